@@ -1,0 +1,22 @@
+"""The pack's graph nodes. Import this package relatively only: ComfyUI owns the name `nodes`."""
+
+from __future__ import annotations
+
+from omni_backend.engine import default_engine
+
+from . import comfy_bridge
+from .load_model import OmniLoadModel
+from .sample import OmniSample
+from .vae_decode import OmniVAEDecode
+
+NODE_CLASSES = {
+    "OmniLoadModel": (OmniLoadModel, "Load Omni Model"),
+    "OmniSample": (OmniSample, "Sample"),
+    "OmniVAEDecode": (OmniVAEDecode, "VAE Decode Patch-Parallel"),
+}
+
+NODE_CLASS_MAPPINGS = {node_id: cls for node_id, (cls, _title) in NODE_CLASSES.items()}
+NODE_DISPLAY_NAME_MAPPINGS = {node_id: title for node_id, (_cls, title) in NODE_CLASSES.items()}
+
+# ComfyUI's "Unload models" (and POST /free) also frees the pipelines this pack holds.
+comfy_bridge.on_unload(lambda: default_engine().unload_all())

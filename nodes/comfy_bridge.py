@@ -1,0 +1,142 @@
+"""The only place that talks to ComfyUI's services, with a headless stand-in for outside ComfyUI.
+
+Inside ComfyUI: folder_paths for model folders, comfy.utils.ProgressBar for progress,
+comfy.model_management for interrupts. Outside (tests, `omni-diffusion run`), `HEADLESS` plays
+those roles: a models directory laid out like ComfyUI's `models/`, a printed progress line and a
+flag that asks the run to stop.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+try:  # ComfyUI's modules exist only inside a ComfyUI process.
+    import folder_paths as _folder_paths  # type: ignore
+except ImportError:
+    _folder_paths = None
+try:
+    import comfy.model_management as _model_management  # type: ignore
+    import comfy.utils as _comfy_utils  # type: ignore
+except ImportError:
+    _model_management = None
+    _comfy_utils = None
+
+IN_COMFYUI = _folder_paths is not None
+
+
+@dataclass
+class HeadlessHost:
+    models_dir: Path = field(default_factory=lambda: Path(os.environ.get("OMNI_MODELS_DIR", "models")))
+    stop: threading.Event = field(default_factory=threading.Event)
+    progress_log: list = field(default_factory=list)
+    show_progress: bool = False
+
+    def folder(self, kind: str) -> list[Path]:
+        return [self.models_dir / kind]
+
+
+HEADLESS = HeadlessHost()
+
+
+# ---- model folders -------------------------------------------------------------------------
+def model_roots(kind: str) -> list[Path]:
+    """Folders configured for `kind` ("diffusers", "loras"), including extra_model_paths."""
+    if IN_COMFYUI:
+        try:
+            return [Path(p) for p in _folder_paths.get_folder_paths(kind)]
+        except KeyError:
+            return []
+    return HEADLESS.folder(kind)
+
+
+def list_model_folders() -> list[str]:
+    """Diffusers folders (they hold model_index.json) under every configured diffusers root."""
+    names: set[str] = set()
+    for root in model_roots("diffusers"):
+        if not root.is_dir():
+            continue
+        for current, dirs, files in os.walk(root, followlinks=True):
+            if "model_index.json" in files:
+                names.add(Path(current).relative_to(root).as_posix())
+                dirs.clear()  # a model's subfolders are its components, not more models
+    return sorted(names)
+
+
+def list_files(kind: str, suffixes: tuple[str, ...]) -> list[str]:
+    names: set[str] = set()
+    for root in model_roots(kind):
+        if root.is_dir():
+            for path in root.rglob("*"):
+                if path.is_file() and path.suffix.lower() in suffixes:
+                    names.add(path.relative_to(root).as_posix())
+    return sorted(names)
+
+
+def resolve_in_roots(kind: str, name: str, input_name: str, must_exist: str | None = None) -> Path:
+    """Find `name` inside the configured roots of `kind`; never outside them."""
+    from omni_backend.errors import OmniInputError
+
+    relative = Path(name)
+    if not name or relative.is_absolute() or ".." in relative.parts:
+        raise OmniInputError(input_name, name, f"names are resolved only inside the {kind} model folders",
+                             f"pick a name from the list of models/{kind}")
+    roots = model_roots(kind)
+    for root in roots:
+        candidate = root / relative
+        if candidate.exists() and (must_exist is None or (candidate / must_exist).exists()):
+            return candidate
+    where = ", ".join(str(r) for r in roots) or f"models/{kind}"
+    raise OmniInputError(input_name, name, f"not found in {where}",
+                         f"put it under models/{kind} (or an extra_model_paths entry) and refresh")
+
+
+# ---- progress and interrupt ----------------------------------------------------------------
+class Progress:
+    """progress(step, total) for the backend, feeding ComfyUI's progress bar when present."""
+
+    def __init__(self, total: int, node_id: str | None = None):
+        self.bar = _comfy_utils.ProgressBar(total, node_id=node_id) if _comfy_utils is not None else None
+
+    def __call__(self, step: int, total: int) -> None:
+        if self.bar is not None:
+            self.bar.update_absolute(step, total)
+        else:
+            HEADLESS.progress_log.append((step, total))
+            if HEADLESS.show_progress:
+                print(f"\r  step {step}/{total}", end="\n" if step == total else "", flush=True)
+
+
+def interrupt_requested() -> bool:
+    if _model_management is not None:
+        return bool(_model_management.processing_interrupted())
+    return HEADLESS.stop.is_set()
+
+
+def raise_interrupted(original: Exception) -> None:
+    """Turn the backend's OmniInterrupted into the host's own interrupt exception."""
+    if _model_management is not None:
+        raise _model_management.InterruptProcessingException() from original
+    raise original
+
+
+def on_unload(callback) -> None:
+    """Run `callback` when ComfyUI unloads models ("Unload models" / POST /free)."""
+    if _model_management is None:
+        return
+    original = _model_management.unload_all_models
+    if getattr(original, "_omni_wrapped", False):
+        return
+
+    def unload_all_models(*args, **kwargs):
+        try:
+            callback()
+        except Exception:  # freeing our cache must never stop ComfyUI from freeing its own
+            logging.getLogger("omni_diffusion").exception("could not unload Omni models")
+        return original(*args, **kwargs)
+
+    unload_all_models._omni_wrapped = True
+    _model_management.unload_all_models = unload_all_models

@@ -1,0 +1,21 @@
+"""Shared bits of the node classes: the category, the custom type names, error translation."""
+
+from __future__ import annotations
+
+import contextlib
+
+from omni_backend.errors import OmniInterrupted
+
+from . import comfy_bridge
+
+CATEGORY = "Omni Diffusion"
+OMNI_MODEL = "OMNI_MODEL"
+
+
+@contextlib.contextmanager
+def host_interrupts():
+    """The backend raises OmniInterrupted; ComfyUI expects its own interrupt exception."""
+    try:
+        yield
+    except OmniInterrupted as exc:
+        comfy_bridge.raise_interrupted(exc)

@@ -1,0 +1,61 @@
+"""Sample: run the denoiser and return a ComfyUI LATENT (raw VAE latents)."""
+
+from __future__ import annotations
+
+import logging
+
+from omni_backend.engine import default_engine
+from omni_backend.request import GenerationRequest
+from omni_backend.sampling import RunControl
+
+from . import comfy_bridge
+from .common import CATEGORY, OMNI_MODEL, host_interrupts
+
+log = logging.getLogger("omni_diffusion")
+MAX_SIZE = 8192
+
+
+class OmniSample:
+    DESCRIPTION = "Generate latents with the model and every feature applied to it upstream."
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("LATENT",)
+    RETURN_NAMES = ("samples",)
+    FUNCTION = "sample"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "model": (OMNI_MODEL,),
+                "prompt": ("STRING", {"multiline": True, "default": ""}),
+                "negative_prompt": ("STRING", {"multiline": True, "default": "",
+                                               "tooltip": "Used when the model runs true CFG (guidance > 1)."}),
+                "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF,
+                                 "control_after_generate": True}),
+                "steps": ("INT", {"default": 20, "min": 1, "max": 1000}),
+                "guidance": ("FLOAT", {"default": 4.0, "min": 0.0, "max": 30.0, "step": 0.1, "round": 0.01,
+                                       "tooltip": "True CFG scale, or the distilled guidance for FLUX.1-dev. "
+                                                  "<= 1 turns CFG off."}),
+                "width": ("INT", {"default": 1024, "min": 16, "max": MAX_SIZE, "step": 16}),
+                "height": ("INT", {"default": 1024, "min": 16, "max": MAX_SIZE, "step": 16}),
+                "frames": ("INT", {"default": 1, "min": 1, "max": 1025, "step": 4,
+                                   "tooltip": "Video models only (4*k+1); images use 1."}),
+                "batch_size": ("INT", {"default": 1, "min": 1, "max": 64}),
+            },
+            "hidden": {"unique_id": "UNIQUE_ID"},
+        }
+
+    def sample(self, model, prompt, negative_prompt, seed, steps, guidance, width, height, frames, batch_size,
+               unique_id=None):
+        request = GenerationRequest(prompt=prompt, negative_prompt=negative_prompt, steps=steps,
+                                    guidance=guidance, seed=seed, width=width, height=height, frames=frames,
+                                    batch_size=batch_size)
+        control = RunControl(progress=comfy_bridge.Progress(steps, unique_id),
+                             interrupted=comfy_bridge.interrupt_requested)
+        with host_interrupts():
+            result = default_engine().generate(model, request, control)
+        report = result.report.text()
+        if report:
+            log.info("Omni Sample:\n%s", report)
+        latent = {"samples": result.latents, "omni_family": result.family}
+        return {"ui": {"text": [report or "plain run"]}, "result": (latent,)}

@@ -1,0 +1,47 @@
+"""Compatibility rules between features, and between features and model families.
+
+One source of truth: nodes, the CLI validator and the browser extension all ask this module.
+A rule looks at a whole spec and returns the problems it finds; each problem names both sides,
+the reason and the fix.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from .errors import OmniIncompatibleError
+
+
+@dataclass(frozen=True)
+class Problem:
+    first: str
+    second: str
+    reason: str
+    fix: str
+
+    def error(self) -> OmniIncompatibleError:
+        return OmniIncompatibleError(self.first, self.second, self.reason, self.fix)
+
+
+Rule = Callable[["ModelSpec"], list]  # noqa: F821 - ModelSpec imported lazily to avoid a cycle
+RULES: list[Rule] = []
+
+
+def rule(function: Rule) -> Rule:
+    RULES.append(function)
+    return function
+
+
+def check_spec(spec) -> list[Problem]:
+    problems: list[Problem] = []
+    for check in RULES:
+        problems.extend(check(spec))
+    return problems
+
+
+def validate_spec(spec):
+    problems = check_spec(spec)
+    if problems:
+        raise problems[0].error()
+    return spec

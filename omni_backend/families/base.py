@@ -1,0 +1,116 @@
+"""What a model family declares: one subclass per family, registered in `families/__init__.py`.
+
+A family knows how to drive its diffusers pipeline (call arguments, guidance), how to turn the
+pipeline's latent output into ComfyUI's convention (raw VAE latents, `[B,C,H,W]` or
+`[B,C,T,H,W]` for video) and back into pixels, where its transformer blocks are, and how to build
+a tiny random-weight copy of itself for tests. Feature modules ask the family for what they need;
+nothing feature-specific is hard-coded elsewhere.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..request import GenerationRequest
+
+if TYPE_CHECKING:
+    import torch
+
+
+@dataclass(frozen=True)
+class GuidanceStyle:
+    """How Sample's single `guidance` input maps onto the pipeline.
+
+    kind: "true_cfg"  - two transformer calls per step (cond, uncond), e.g. Qwen-Image;
+          "cfg"       - classifier-free guidance (batched or two calls), e.g. SD3.5, Wan;
+          "distilled" - guidance is an embedding input, one call per step, e.g. FLUX.1-dev.
+    argument: the pipeline's keyword for it.
+    """
+
+    kind: str
+    argument: str
+    takes_negative_prompt: bool = True
+
+
+class ModelFamily:
+    key: str = ""  # stable id used in specs, workflows and the support matrix
+    title: str = ""  # what users call it
+    pipeline_classes: tuple[str, ...] = ()  # model_index.json "_class_name" values we accept
+    transformer_components: tuple[str, ...] = ("transformer",)
+    video: bool = False
+    guidance: GuidanceStyle = GuidanceStyle("cfg", "guidance_scale")
+    pixel_multiple: int = 16  # VAE downsampling x transformer patch size
+    default_steps: int = 28
+    default_guidance: float = 4.0
+
+    # ---- loading -------------------------------------------------------------------------
+    def pipeline_class(self, class_name: str):
+        return getattr(importlib.import_module("diffusers"), class_name)
+
+    def transformers(self, pipe) -> list[tuple[str, Any]]:
+        """(component name, module) for every denoiser the pipeline holds (Wan A14B has two)."""
+        found = []
+        for name in self.transformer_components:
+            module = getattr(pipe, name, None)
+            if module is not None:
+                found.append((name, module))
+        return found
+
+    def block_lists(self, transformer) -> list[tuple[str, Any]]:
+        """(attribute, nn.ModuleList) of the transformer's repeated blocks, in execution order."""
+        raise NotImplementedError
+
+    def attention_heads(self, transformer_config: dict) -> int:
+        return int(transformer_config["num_attention_heads"])
+
+    # ---- sampling ------------------------------------------------------------------------
+    def call_kwargs(self, pipe, request: GenerationRequest) -> dict:
+        """Keyword arguments for `pipe(...)` beyond prompt/steps/size/generator/output_type."""
+        kwargs: dict[str, Any] = {self.guidance.argument: request.guidance}
+        if self.guidance.takes_negative_prompt and self.uses_negative_prompt(request):
+            kwargs["negative_prompt"] = request.negative_prompt
+        return kwargs
+
+    def uses_negative_prompt(self, request: GenerationRequest) -> bool:
+        return self.guidance.kind in ("true_cfg", "cfg") and request.guidance > 1.0
+
+    def runs_two_branches(self, pipe, request: GenerationRequest) -> bool:
+        """True when a step evaluates a positive and a negative branch (true CFG)."""
+        return self.guidance.kind in ("true_cfg", "cfg") and request.guidance > 1.0
+
+    def to_comfy_latent(self, pipe, latents: "torch.Tensor", request: GenerationRequest) -> "torch.Tensor":
+        """Pipeline output (output_type="latent") -> raw VAE latents in ComfyUI's layout."""
+        raise NotImplementedError
+
+    def decode(self, vae, latents: "torch.Tensor") -> "torch.Tensor":
+        """Raw VAE latents (ComfyUI layout) -> pixels in [-1, 1], `[B,3,H,W]` or `[B,3,F,H,W]`."""
+        return vae.decode(latents.to(vae.dtype), return_dict=False)[0]
+
+    def vae_scale(self, pipe) -> int:
+        """Pixels per latent pixel along each spatial axis."""
+        return int(getattr(pipe, "vae_scale_factor_spatial", None) or pipe.vae_scale_factor)
+
+    def latent_channels(self, vae_config: dict) -> int:
+        return int(vae_config.get("latent_channels") or vae_config.get("z_dim"))
+
+    # ---- tests ---------------------------------------------------------------------------
+    def build_tiny(self):
+        """A tiny random-weight pipeline of the real architecture (eval mode, float32)."""
+        raise NotImplementedError
+
+    def make_tiny(self, directory: str | Path) -> Path:
+        import torch
+
+        torch.manual_seed(0)
+        pipe = self.build_tiny()
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        pipe.save_pretrained(directory, safe_serialization=True)
+        return directory
+
+    def tiny_request_overrides(self) -> dict:
+        """Sample settings that make sense for the tiny copy (e.g. a short video)."""
+        return {}

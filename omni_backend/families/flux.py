@@ -1,0 +1,41 @@
+"""FLUX.1-dev: FluxPipeline (guidance-distilled: guidance is an embedding, one call per step)."""
+
+from __future__ import annotations
+
+from .base import GuidanceStyle, ModelFamily
+
+
+class Flux(ModelFamily):
+    key = "flux"
+    title = "FLUX.1-dev"
+    pipeline_classes = ("FluxPipeline",)
+    guidance = GuidanceStyle("distilled", "guidance_scale", takes_negative_prompt=False)
+    default_steps = 28
+    default_guidance = 3.5
+
+    def block_lists(self, transformer):
+        return [("transformer_blocks", transformer.transformer_blocks),
+                ("single_transformer_blocks", transformer.single_transformer_blocks)]
+
+    def to_comfy_latent(self, pipe, latents, request):
+        unpacked = pipe._unpack_latents(latents, request.height, request.width, pipe.vae_scale_factor)
+        config = pipe.vae.config
+        return unpacked / config.scaling_factor + config.shift_factor
+
+    def build_tiny(self):
+        from diffusers import FluxPipeline, FluxTransformer2DModel
+
+        from ..tiny.parts import autoencoder_kl, clip_text_encoder, t5_text_encoder
+        from ..tiny.schedulers import flow_match_scheduler
+        from ..tiny.tokenizers import clip_tokenizer, t5_tokenizer
+
+        transformer = FluxTransformer2DModel(
+            patch_size=1, in_channels=64, num_layers=2, num_single_layers=2, attention_head_dim=16,
+            num_attention_heads=4, joint_attention_dim=32, pooled_projection_dim=32, guidance_embeds=True,
+            axes_dims_rope=(4, 6, 6),
+        )
+        return FluxPipeline(
+            scheduler=flow_match_scheduler(dynamic=True), vae=autoencoder_kl(0.3611, 0.1159),
+            text_encoder=clip_text_encoder(), tokenizer=clip_tokenizer(),
+            text_encoder_2=t5_text_encoder(), tokenizer_2=t5_tokenizer(), transformer=transformer,
+        )

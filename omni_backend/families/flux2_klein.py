@@ -1,0 +1,55 @@
+"""FLUX.2-klein: Flux2KleinPipeline (Qwen3 text encoder, 32-channel VAE with batch-norm stats)."""
+
+from __future__ import annotations
+
+from .base import GuidanceStyle, ModelFamily
+
+
+class Flux2Klein(ModelFamily):
+    key = "flux2-klein"
+    title = "FLUX.2-klein"
+    pipeline_classes = ("Flux2KleinPipeline",)
+    # The pipeline builds its own empty negative prompt; it takes no negative_prompt argument.
+    guidance = GuidanceStyle("cfg", "guidance_scale", takes_negative_prompt=False)
+    default_steps = 28
+    default_guidance = 4.0
+
+    def runs_two_branches(self, pipe, request):
+        return request.guidance > 1.0 and not pipe.config.is_distilled
+
+    def block_lists(self, transformer):
+        return [("transformer_blocks", transformer.transformer_blocks),
+                ("single_transformer_blocks", transformer.single_transformer_blocks)]
+
+    def to_comfy_latent(self, pipe, latents, request):
+        return latents  # the pipeline already unpacks, de-normalises and unpatchifies
+
+    def call_kwargs(self, pipe, request):
+        kwargs = super().call_kwargs(pipe, request)
+        # Klein reads hidden states from these text-encoder layers; a checkpoint with fewer
+        # layers (our tiny ones) needs the last three instead.
+        layers = pipe.text_encoder.config.num_hidden_layers
+        if layers < 27:
+            kwargs["text_encoder_out_layers"] = tuple(range(max(1, layers - 2), layers + 1))
+        return kwargs
+
+    def build_tiny(self):
+        from diffusers import AutoencoderKLFlux2, Flux2KleinPipeline, Flux2Transformer2DModel
+        from transformers import Qwen3ForCausalLM
+
+        from ..tiny.parts import qwen3_config
+        from ..tiny.schedulers import flow_match_scheduler
+        from ..tiny.tokenizers import qwen_tokenizer
+
+        transformer = Flux2Transformer2DModel(
+            patch_size=1, in_channels=128, num_layers=2, num_single_layers=2, attention_head_dim=16,
+            num_attention_heads=4, joint_attention_dim=96, timestep_guidance_channels=32, mlp_ratio=2.0,
+            axes_dims_rope=(4, 4, 4, 4), guidance_embeds=False,
+        )
+        vae = AutoencoderKLFlux2(block_out_channels=(8, 8, 16, 16), layers_per_block=1, latent_channels=32,
+                                 norm_num_groups=8)
+        return Flux2KleinPipeline(
+            scheduler=flow_match_scheduler(dynamic=True), vae=vae,
+            text_encoder=Qwen3ForCausalLM(qwen3_config(layers=3)).eval(), tokenizer=qwen_tokenizer(),
+            transformer=transformer, is_distilled=False,
+        )

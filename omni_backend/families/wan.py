@@ -1,0 +1,61 @@
+"""Wan2.2 text-to-video: WanPipeline, including the A14B two-expert layout (transformer_2)."""
+
+from __future__ import annotations
+
+from .base import GuidanceStyle, ModelFamily
+
+
+class Wan(ModelFamily):
+    key = "wan2.2"
+    title = "Wan2.2-T2V"
+    pipeline_classes = ("WanPipeline",)
+    transformer_components = ("transformer", "transformer_2")
+    video = True
+    guidance = GuidanceStyle("cfg", "guidance_scale")
+    default_steps = 40
+    default_guidance = 4.0
+
+    def block_lists(self, transformer):
+        return [("blocks", transformer.blocks)]
+
+    def call_kwargs(self, pipe, request):
+        kwargs = super().call_kwargs(pipe, request)
+        kwargs["num_frames"] = request.frames
+        return kwargs
+
+    def to_comfy_latent(self, pipe, latents, request):
+        import torch
+
+        config = pipe.vae.config
+        mean = torch.tensor(config.latents_mean).view(1, config.z_dim, 1, 1, 1).to(latents.device, latents.dtype)
+        std = torch.tensor(config.latents_std).view(1, config.z_dim, 1, 1, 1).to(latents.device, latents.dtype)
+        return latents * std + mean
+
+    def latent_channels(self, vae_config):
+        return int(vae_config["z_dim"])
+
+    def tiny_request_overrides(self):
+        return {"frames": 9}
+
+    def build_tiny(self):
+        from diffusers import AutoencoderKLWan, WanPipeline, WanTransformer3DModel
+
+        from ..tiny.parts import t5_text_encoder
+        from ..tiny.schedulers import flow_match_scheduler
+        from ..tiny.tokenizers import t5_tokenizer
+
+        def expert():
+            return WanTransformer3DModel(
+                patch_size=(1, 2, 2), num_attention_heads=4, attention_head_dim=12, in_channels=16,
+                out_channels=16, text_dim=32, freq_dim=32, ffn_dim=32, num_layers=2, cross_attn_norm=True,
+                qk_norm="rms_norm_across_heads", rope_max_seq_len=32,
+            )
+
+        vae = AutoencoderKLWan(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                               temperal_downsample=[False, True, True],
+                               latents_mean=[0.05 * i for i in range(16)],
+                               latents_std=[1.0 + 0.1 * i for i in range(16)])
+        return WanPipeline(
+            tokenizer=t5_tokenizer(), text_encoder=t5_text_encoder(umt5=True), vae=vae,
+            scheduler=flow_match_scheduler(), transformer=expert(), transformer_2=expert(), boundary_ratio=0.875,
+        )

@@ -1,0 +1,42 @@
+"""Z-Image (Z-Image-Turbo): ZImagePipeline."""
+
+from __future__ import annotations
+
+from .base import GuidanceStyle, ModelFamily
+
+
+class ZImage(ModelFamily):
+    key = "z-image"
+    title = "Z-Image"
+    pipeline_classes = ("ZImagePipeline",)
+    guidance = GuidanceStyle("cfg", "guidance_scale")
+    default_steps = 8
+    default_guidance = 0.0
+
+    def block_lists(self, transformer):
+        # noise_refiner and context_refiner run once per call before the main stack.
+        return [("layers", transformer.layers)]
+
+    def attention_heads(self, transformer_config):
+        return int(transformer_config["n_heads"])
+
+    def to_comfy_latent(self, pipe, latents, request):
+        config = pipe.vae.config
+        return latents / config.scaling_factor + config.shift_factor
+
+    def build_tiny(self):
+        from diffusers import ZImagePipeline, ZImageTransformer2DModel
+        from transformers import Qwen3Model
+
+        from ..tiny.parts import autoencoder_kl, qwen3_config
+        from ..tiny.schedulers import flow_match_scheduler
+        from ..tiny.tokenizers import qwen_tokenizer
+
+        transformer = ZImageTransformer2DModel(
+            all_patch_size=(2,), all_f_patch_size=(1,), in_channels=16, dim=64, n_layers=2, n_refiner_layers=1,
+            n_heads=4, n_kv_heads=4, cap_feat_dim=32, axes_dims=[8, 4, 4], axes_lens=[256, 32, 32],
+        )
+        return ZImagePipeline(
+            scheduler=flow_match_scheduler(), vae=autoencoder_kl(0.3611, 0.1159),
+            text_encoder=Qwen3Model(qwen3_config()).eval(), tokenizer=qwen_tokenizer(), transformer=transformer,
+        )

@@ -1,0 +1,55 @@
+"""ComfyUI IMAGE tensors <-> PIL images and PNG files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def to_pil(images) -> list:
+    """IMAGE [N,H,W,3] float in [0,1] -> list of PIL images."""
+    from PIL import Image
+
+    array = (images.clamp(0, 1) * 255).round().to("cpu").byte().numpy()
+    return [Image.fromarray(frame) for frame in array]
+
+
+def save_pngs(images, directory: str | Path, prefix: str, metadata: dict | None = None) -> list[Path]:
+    """Write each image as PREFIX_00001_.png (ComfyUI's naming), never overwriting earlier files."""
+    import json
+
+    from PIL.PngImagePlugin import PngInfo
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    counter = 1 + max((_counter(p, prefix) for p in directory.glob(f"{prefix}_*_.png")), default=0)
+    info = None
+    if metadata:
+        info = PngInfo()
+        for key, value in metadata.items():
+            info.add_text(key, json.dumps(value))
+    written = []
+    for image in to_pil(images):
+        path = directory / f"{prefix}_{counter:05d}_.png"
+        image.save(path, pnginfo=info, compress_level=4)
+        written.append(path)
+        counter += 1
+    return written
+
+
+def _counter(path: Path, prefix: str) -> int:
+    try:
+        return int(path.name[len(prefix) + 1:].split("_")[0])
+    except ValueError:
+        return 0
+
+
+def load_image(path: str | Path):
+    """PNG/JPEG file -> IMAGE [1,H,W,3] float in [0,1]."""
+    import numpy as np
+    import torch
+    from PIL import Image, ImageOps
+
+    with Image.open(path) as image:
+        image = ImageOps.exif_transpose(image).convert("RGB")
+        array = np.asarray(image, dtype=np.float32) / 255.0
+    return torch.from_numpy(array)[None]

@@ -1,0 +1,67 @@
+"""`Omni`: the engine's scripting face, shaped like vLLM-Omni's quick start.
+
+    omni = Omni(model="/models/diffusers/Qwen-Image", cache_backend="tea_cache",
+                cache_config={"rel_l1_thresh": 0.2})
+    out = omni.generate(prompt="A cat sitting on a windowsill", num_inference_steps=50)
+    out.images[0].save("cat.png")
+
+The graph nodes build exactly the same ModelSpec; a script and a workflow run the same engine.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from .engine import DecodeSettings, Engine, default_engine
+from .errors import OmniInputError
+from .request import GenerationRequest
+from .sampling import RunControl, RunReport
+from .spec import ModelSpec
+
+# Filled in by the feature modules: name -> factory(spec, config dict) -> feature config.
+CACHE_BACKENDS: dict[str, Callable] = {}
+
+
+@dataclass
+class OmniOutput:
+    images: list  # PIL images (video: every frame, in order)
+    latents: Any  # raw VAE latents, ComfyUI layout
+    report: RunReport = field(default_factory=RunReport)
+
+
+class Omni:
+    def __init__(self, model: str, cache_backend: str | None = None, cache_config: dict | None = None,
+                 dtype: str = "auto", device: str = "auto", engine: Engine | None = None, **features):
+        spec = ModelSpec.from_folder(model, dtype=dtype, device=device)
+        if cache_backend is not None:
+            if cache_backend not in CACHE_BACKENDS:
+                raise OmniInputError("cache_backend", cache_backend, "unknown cache backend",
+                                     f"use None or one of {', '.join(sorted(CACHE_BACKENDS))}")
+            spec = spec.replace(cache=CACHE_BACKENDS[cache_backend](spec, dict(cache_config or {})))
+        elif cache_config:
+            raise OmniInputError("cache_config", cache_config, "given without a cache_backend",
+                                 "also pass cache_backend='tea_cache' or 'cache_dit'")
+        if features:
+            raise OmniInputError("Omni", sorted(features), "unknown keyword arguments",
+                                 "see the README's Python section for the supported options")
+        self.spec = spec
+        self.engine = engine or default_engine()
+
+    def generate(self, prompt: str, negative_prompt: str = "", num_inference_steps: int | None = None,
+                 guidance_scale: float | None = None, seed: int = 0, width: int = 1024, height: int = 1024,
+                 num_frames: int = 1, num_images_per_prompt: int = 1, tile_size: int = 0,
+                 progress: Callable[[int, int], None] | None = None) -> OmniOutput:
+        from .decode import to_comfy_images
+        from .images import to_pil
+
+        family = self.spec.family
+        request = GenerationRequest(
+            prompt=prompt, negative_prompt=negative_prompt,
+            steps=num_inference_steps if num_inference_steps is not None else family.default_steps,
+            guidance=guidance_scale if guidance_scale is not None else family.default_guidance,
+            seed=seed, width=width, height=height, frames=num_frames, batch_size=num_images_per_prompt,
+        )
+        result = self.engine.generate(self.spec, request, RunControl(progress=progress))
+        pixels = self.engine.decode(self.spec, result.latents, DecodeSettings(tile_size=tile_size))
+        return OmniOutput(images=to_pil(to_comfy_images(pixels)), latents=result.latents, report=result.report)

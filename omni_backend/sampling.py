@@ -1,0 +1,136 @@
+"""One denoising run: drive the family's diffusers pipeline with progress, interrupt and features.
+
+We call the diffusers pipeline itself (not a copy of its loop), so a run with no features is the
+plain diffusers result, and features attach to the transformer through hooks for the length of
+one run (`RunContext.features`), undone in `finally`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from .errors import OmniInterrupted
+from .request import GenerationRequest
+
+
+@dataclass
+class RunControl:
+    """Callbacks from the host: progress(step, total) and interrupted() -> bool."""
+
+    progress: Callable[[int, int], None] | None = None
+    interrupted: Callable[[], bool] | None = None
+
+    def report_progress(self, step: int, total: int) -> None:
+        if self.progress is not None:
+            self.progress(step, total)
+
+    def stop_requested(self) -> bool:
+        return bool(self.interrupted is not None and self.interrupted())
+
+    def check_interrupt(self) -> None:
+        if self.stop_requested():
+            raise OmniInterrupted("stopped by the user")
+
+
+@dataclass
+class RunReport:
+    """What a run did, feature by feature; shown under the Sample node and logged."""
+
+    sections: dict[str, Any] = field(default_factory=dict)
+    notices: list[str] = field(default_factory=list)
+
+    def add(self, name: str, summary: Any) -> None:
+        self.sections[name] = summary
+
+    def notice(self, text: str) -> None:
+        if text not in self.notices:
+            self.notices.append(text)
+
+    def lines(self) -> list[str]:
+        out = []
+        for name, summary in self.sections.items():
+            text = summary.get("text") if isinstance(summary, dict) else summary
+            out.append(f"{name}: {text}")
+        return out + [f"note: {n}" for n in self.notices]
+
+    def text(self) -> str:
+        return "\n".join(self.lines())
+
+
+@dataclass
+class RunContext:
+    pipe: Any
+    spec: Any
+    request: GenerationRequest
+    control: RunControl
+    report: RunReport
+    state: dict  # the loaded pipeline's long-lived feature state (see PipelineCache)
+    # Per-step control hooks that features may register (e.g. a collective interrupt vote).
+    step_end_hooks: list = field(default_factory=list)
+
+    @property
+    def family(self):
+        return self.spec.family
+
+
+def sample(ctx: RunContext):
+    """Run the pipeline and return raw VAE latents in ComfyUI's layout (float32, CPU)."""
+    import torch
+
+    family, request, pipe = ctx.family, ctx.request, ctx.pipe
+    with contextlib.ExitStack() as stack:
+        for feature in ctx.spec.features():
+            session = getattr(feature, "run_session", None)
+            if session is not None:
+                stack.enter_context(session(ctx))
+        stack.enter_context(_interrupt_checks(ctx))
+
+        def on_step_end(_pipe, index, _timestep, _tensors):
+            stop = ctx.control.stop_requested()
+            for hook in ctx.step_end_hooks:
+                stop = hook(index, stop)
+            ctx.control.report_progress(index + 1, request.steps)
+            if stop:
+                raise OmniInterrupted("stopped by the user")
+            return {}
+
+        generator = torch.Generator(device="cpu").manual_seed(request.seed)
+        kwargs = dict(
+            prompt=request.prompt,
+            num_inference_steps=request.steps,
+            height=request.height,
+            width=request.width,
+            generator=generator,
+            output_type="latent",
+            return_dict=False,
+            callback_on_step_end=on_step_end,
+        )
+        kwargs["num_videos_per_prompt" if family.video else "num_images_per_prompt"] = request.batch_size
+        kwargs.update(family.call_kwargs(pipe, request))
+        ctx.control.report_progress(0, request.steps)
+        with torch.inference_mode():
+            latents = pipe(**kwargs)[0]
+            latents = family.to_comfy_latent(pipe, latents, request)
+    return latents.detach().to("cpu", torch.float32)
+
+
+@contextlib.contextmanager
+def _interrupt_checks(ctx: RunContext):
+    """Check for a stop before each transformer call too, so a slow step ends the run promptly.
+
+    Only in single-process runs: with several ranks the stop must be agreed at a step boundary
+    (a rank leaving between two collectives would hang the others).
+    """
+    if ctx.spec.world_size() > 1:
+        yield
+        return
+    handles = []
+    for _name, transformer in ctx.family.transformers(ctx.pipe):
+        handles.append(transformer.register_forward_pre_hook(lambda *_: ctx.control.check_interrupt()))
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()

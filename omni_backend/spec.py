@@ -1,0 +1,64 @@
+"""OMNI_MODEL: the immutable description of a model and the features applied to it.
+
+Nodes never mutate a spec: every Apply/Config node returns `spec.replace(...)`, which re-validates
+the combination, so a bad pairing fails at the node that introduced it. Weights are not part of a
+spec; the engine loads them lazily, keyed by `weights_key()`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from .devices import resolve_device, resolve_dtype
+from .families import FAMILIES, ModelFamily
+from .model_folder import ModelFolder, inspect_model_folder
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    folder: str  # absolute path of a diffusers model folder
+    family_key: str
+    dtype: str  # torch dtype name, already resolved for the device
+    device: str  # "cpu" or "cuda:N", already resolved
+    cache: Any = None  # TeaCacheConfig | CacheDiTConfig
+    parallel: Any = None  # ParallelConfig
+    memory: Any = None  # MemoryConfig
+    loras: tuple = ()  # LoraSpec, in the order the user chained them
+
+    @classmethod
+    def from_folder(cls, folder: str, dtype: str = "auto", device: str = "auto") -> "ModelSpec":
+        info = inspect_model_folder(folder)
+        device = resolve_device(device)
+        return cls(folder=info.path, family_key=info.family_key, dtype=resolve_dtype(dtype, device), device=device)
+
+    @property
+    def family(self) -> ModelFamily:
+        return FAMILIES[self.family_key]
+
+    @property
+    def model_folder(self) -> ModelFolder:
+        return inspect_model_folder(self.folder)
+
+    @property
+    def name(self) -> str:
+        return self.model_folder.name
+
+    def features(self) -> list:
+        """Feature configs in the order they are applied to a run."""
+        return [f for f in (self.memory, self.parallel, *self.loras, self.cache) if f is not None]
+
+    def replace(self, **changes) -> "ModelSpec":
+        from .compat import validate_spec
+
+        return validate_spec(dataclasses.replace(self, **changes))
+
+    def weights_key(self) -> tuple:
+        """What decides the loaded weights: two specs with equal keys share one loaded pipeline."""
+        memory = self.memory.weights_key() if self.memory is not None else None
+        parallel = self.parallel.layout_key() if self.parallel is not None else None
+        return (self.folder, self.dtype, self.device, memory, parallel)
+
+    def world_size(self) -> int:
+        return self.parallel.world_size if self.parallel is not None else 1
