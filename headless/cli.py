@@ -1,2 +1,111 @@
-def main():
-    print("stub")
+"""`omni-diffusion`: run workflows headless, make tiny test models, run the demo."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from omni_backend.errors import OmniError, OmniInterrupted
+from omni_backend.loading import offline_environment
+
+
+def _cmd_run(args) -> int:
+    from ..nodes import comfy_bridge
+    from .runner import run_workflow
+
+    comfy_bridge.HEADLESS.show_progress = not args.quiet
+    signal.signal(signal.SIGINT, lambda *_: comfy_bridge.HEADLESS.stop.set())  # stop at the next step
+    run = run_workflow(args.workflow, models_dir=args.models_dir, output_dir=args.output_dir,
+                       input_dir=args.input_dir)
+    for node_id, shown in run.ui.items():
+        for text in shown.get("text", []):
+            print(f"[node {node_id}] {text}")
+    for path in run.files:
+        print(path)
+    return 0
+
+
+def _cmd_make_tiny(args) -> int:
+    from omni_backend.families import FAMILIES
+
+    if args.list or not args.family:
+        for key, family in FAMILIES.items():
+            print(f"{key:12s} {family.title}")
+        return 0
+    if args.family not in FAMILIES:
+        print(f"unknown family {args.family!r}; choose one of: {', '.join(FAMILIES)}", file=sys.stderr)
+        return 2
+    if not args.directory:
+        print("make-tiny needs a target DIR", file=sys.stderr)
+        return 2
+    print(FAMILIES[args.family].make_tiny(args.directory))
+    return 0
+
+
+def _cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    for path in run_demo(output_dir=args.output_dir):
+        print(path)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="omni-diffusion", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what the engine does")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run a ComfyUI workflow file (UI or API format) headless")
+    run.add_argument("workflow")
+    run.add_argument("--models-dir", default="models", help="a folder laid out like ComfyUI's models/")
+    run.add_argument("--output-dir", default="output")
+    run.add_argument("--input-dir", default="input")
+    run.add_argument("-q", "--quiet", action="store_true", help="no progress line")
+    run.set_defaults(handler=_cmd_run)
+
+    tiny = sub.add_parser("make-tiny", help="write a tiny random-weight model folder (no download)")
+    tiny.add_argument("family", nargs="?")
+    tiny.add_argument("directory", nargs="?")
+    tiny.add_argument("--list", action="store_true", help="list the families")
+    tiny.set_defaults(handler=_cmd_make_tiny)
+
+    demo = sub.add_parser("demo", help="run the default workflow on the built-in model")
+    demo.add_argument("--output-dir", default="output")
+    demo.set_defaults(handler=_cmd_demo)
+    return parser
+
+
+def main(argv=None) -> int:
+    offline_environment()
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    _quiet_libraries()
+    try:
+        return args.handler(args)
+    except OmniInterrupted:
+        print("stopped by the user", file=sys.stderr)
+        return 130
+    except OmniError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+def _quiet_libraries() -> None:
+    """diffusers/transformers progress bars and load reports would bury our own output."""
+    try:
+        import diffusers
+        import transformers
+
+        diffusers.utils.logging.set_verbosity_error()
+        diffusers.utils.logging.disable_progress_bar()
+        transformers.utils.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()
+    except ImportError:
+        pass
+
+
+if __name__ == "__main__":
+    sys.exit(main())

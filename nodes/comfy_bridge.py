@@ -30,9 +30,14 @@ IN_COMFYUI = _folder_paths is not None
 
 @dataclass
 class HeadlessHost:
+    """What ComfyUI's folders and flags would be, for runs outside ComfyUI."""
+
     models_dir: Path = field(default_factory=lambda: Path(os.environ.get("OMNI_MODELS_DIR", "models")))
+    output_dir: Path = field(default_factory=lambda: Path("output"))
+    input_dir: Path = field(default_factory=lambda: Path("input"))
     stop: threading.Event = field(default_factory=threading.Event)
     progress_log: list = field(default_factory=list)
+    written: list = field(default_factory=list)  # files the output nodes wrote in this run
     show_progress: bool = False
 
     def folder(self, kind: str) -> list[Path]:

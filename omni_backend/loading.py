@@ -22,7 +22,7 @@ def load_pipeline(spec):
     try:
         pipe = pipeline_class.from_pretrained(
             info.path,
-            torch_dtype=torch_dtype(spec.dtype),
+            dtype=torch_dtype(spec.dtype),
             local_files_only=True,  # never reach for a hub: a missing file is an error, not a download
             use_safetensors=True,
             trust_remote_code=False,

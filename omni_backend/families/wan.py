@@ -48,7 +48,7 @@ class Wan(ModelFamily):
             return WanTransformer3DModel(
                 patch_size=(1, 2, 2), num_attention_heads=4, attention_head_dim=12, in_channels=16,
                 out_channels=16, text_dim=32, freq_dim=32, ffn_dim=32, num_layers=2, cross_attn_norm=True,
-                qk_norm="rms_norm_across_heads", rope_max_seq_len=32,
+                qk_norm="rms_norm_across_heads", rope_max_seq_len=1024,
             )
 
         vae = AutoencoderKLWan(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,

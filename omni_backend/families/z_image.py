@@ -34,7 +34,7 @@ class ZImage(ModelFamily):
 
         transformer = ZImageTransformer2DModel(
             all_patch_size=(2,), all_f_patch_size=(1,), in_channels=16, dim=64, n_layers=2, n_refiner_layers=1,
-            n_heads=4, n_kv_heads=4, cap_feat_dim=32, axes_dims=[8, 4, 4], axes_lens=[256, 32, 32],
+            n_heads=4, n_kv_heads=4, cap_feat_dim=32, axes_dims=[8, 4, 4], axes_lens=[1024, 512, 512],
         )
         return ZImagePipeline(
             scheduler=flow_match_scheduler(), vae=autoencoder_kl(0.3611, 0.1159),

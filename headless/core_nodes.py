@@ -1,0 +1,103 @@
+"""Stand-ins for the ComfyUI core nodes our workflows use, with ComfyUI's own input names and order.
+
+They write files the way ComfyUI does (PREFIX_00001_.png in the output folder, the workflow in the
+PNG text chunks), so a workflow runs the same headless and in ComfyUI.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from omni_backend.images import load_image, save_pngs
+
+from ..nodes.comfy_bridge import HEADLESS as HOST
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+
+
+class SaveImage:
+    OUTPUT_NODE = True
+    RETURN_TYPES = ()
+    FUNCTION = "save_images"
+    CATEGORY = "image"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"images": ("IMAGE",), "filename_prefix": ("STRING", {"default": "ComfyUI"})},
+                "hidden": {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"}}
+
+    def save_images(self, images, filename_prefix="ComfyUI", prompt=None, extra_pnginfo=None):
+        metadata = {"prompt": prompt, **(extra_pnginfo or {})} if prompt is not None else None
+        paths = save_pngs(images, HOST.output_dir, filename_prefix, metadata)
+        HOST.written.extend(paths)
+        return {"ui": {"images": [{"filename": p.name, "subfolder": "", "type": "output"} for p in paths]}}
+
+
+class PreviewImage(SaveImage):
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"images": ("IMAGE",)}, "hidden": {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"}}
+
+    def save_images(self, images, filename_prefix="ComfyUI", prompt=None, extra_pnginfo=None):
+        # ComfyUI writes previews to its temp folder; headless there is nothing to show them in.
+        return {"ui": {"images": []}}
+
+
+class SaveAnimatedPNG:
+    OUTPUT_NODE = True
+    RETURN_TYPES = ()
+    FUNCTION = "save_images"
+    CATEGORY = "image/animation"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "images": ("IMAGE",),
+            "filename_prefix": ("STRING", {"default": "ComfyUI"}),
+            "fps": ("FLOAT", {"default": 6.0, "min": 0.01, "max": 1000.0, "step": 0.01}),
+            "compress_level": ("INT", {"default": 4, "min": 0, "max": 9}),
+        }, "hidden": {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"}}
+
+    def save_images(self, images, fps, compress_level, filename_prefix="ComfyUI", prompt=None, extra_pnginfo=None):
+        from omni_backend.images import to_pil
+
+        frames = to_pil(images)
+        HOST.output_dir.mkdir(parents=True, exist_ok=True)
+        index = 1 + sum(1 for _ in HOST.output_dir.glob(f"{filename_prefix}_*_.png"))
+        path = Path(HOST.output_dir) / f"{filename_prefix}_{index:05d}_.png"
+        frames[0].save(path, save_all=True, append_images=frames[1:], duration=int(1000.0 / fps), loop=0,
+                       compress_level=compress_level)
+        HOST.written.append(path)
+        return {"ui": {"images": [{"filename": path.name, "subfolder": "", "type": "output"}], "animated": (True,)}}
+
+
+class LoadImage:
+    RETURN_TYPES = ("IMAGE", "MASK")
+    FUNCTION = "load_image"
+    CATEGORY = "image"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        folder = HOST.input_dir
+        files = sorted(p.name for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) \
+            if folder.is_dir() else []
+        return {"required": {"image": (files, {"image_upload": True})}}
+
+    def load_image(self, image):
+        import torch
+
+        from omni_backend.errors import OmniInputError
+
+        path = HOST.input_dir / image
+        if Path(image).is_absolute() or ".." in Path(image).parts or not path.is_file():
+            raise OmniInputError("image", image, f"not found in {HOST.input_dir}", "put the file in the input folder")
+        pixels = load_image(path)
+        return (pixels, torch.zeros(pixels.shape[:3]))
+
+
+CORE_NODE_CLASSES = {
+    "SaveImage": SaveImage,
+    "PreviewImage": PreviewImage,
+    "SaveAnimatedPNG": SaveAnimatedPNG,
+    "LoadImage": LoadImage,
+}

@@ -1,0 +1,115 @@
+"""Run an API-format prompt: validate it like ComfyUI's queue does, then execute the output nodes.
+
+A small stand-in for ComfyUI's executor (no caching between prompts, no async, no lazy inputs):
+enough to run shared workflows of this pack and ComfyUI's image I/O nodes headless.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+from omni_backend.errors import OmniError, OmniInterrupted
+
+from .node_defs import node_inputs
+from .workflow_format import WorkflowError, WorkflowProblem, unknown_node_problem, value_problem
+
+
+class NodeExecutionError(OmniError, RuntimeError):
+    def __init__(self, node_id: str, title: str, class_type: str, error: Exception):
+        self.node_id, self.title, self.class_type, self.error = node_id, title, class_type, error
+        super().__init__(f"node {node_id} ({title}, {class_type}) failed: {error}")
+
+
+def _title(prompt: dict, node_id: str) -> str:
+    return prompt[node_id].get("_meta", {}).get("title") or prompt[node_id]["class_type"]
+
+
+def validate_prompt(prompt: dict, classes: dict) -> list[WorkflowProblem]:
+    problems = []
+    for node_id, node in prompt.items():
+        node_class = classes.get(node["class_type"])
+        if node_class is None:
+            problems.append(unknown_node_problem(node_id, _title(prompt, node_id), node["class_type"], classes))
+            continue
+        given = node.get("inputs", {})
+        constants = {}
+        for definition in node_inputs(node_class):
+            value = given.get(definition.name)
+            if value is None:
+                if definition.required:
+                    problems.append(WorkflowProblem(node_id, _title(prompt, node_id),
+                                                    f"required input {definition.name!r} is missing",
+                                                    f"connect or set {definition.name}"))
+                continue
+            if _is_link(value):
+                if str(value[0]) not in prompt:
+                    problems.append(WorkflowProblem(node_id, _title(prompt, node_id),
+                                                    f"{definition.name} is connected to missing node {value[0]}",
+                                                    "reconnect the input"))
+                continue
+            constants[definition.name] = value
+            if definition.is_widget:
+                problem = value_problem(definition, value)
+                if problem:
+                    problems.append(WorkflowProblem(node_id, _title(prompt, node_id),
+                                                    f"{definition.name} = {value!r}: {problem}",
+                                                    f"set {definition.name} to a valid value"))
+        validator = getattr(node_class, "VALIDATE_INPUTS", None)
+        if validator is not None:
+            wanted = inspect.signature(validator).parameters
+            verdict = validator(**{k: constants.get(k) for k in wanted if k not in ("cls", "self")})
+            if verdict is not True:
+                problems.append(WorkflowProblem(node_id, _title(prompt, node_id), str(verdict),
+                                                "change the input named above"))
+    if not any(getattr(classes.get(n["class_type"]), "OUTPUT_NODE", False) for n in prompt.values()):
+        problems.append(WorkflowProblem("-", "prompt", "the workflow has no output node",
+                                        "add a Save Image or Preview Image node"))
+    return problems
+
+
+def _is_link(value) -> bool:
+    return isinstance(value, list) and len(value) == 2 and isinstance(value[1], int)
+
+
+def execute(prompt: dict, classes: dict, extra_pnginfo: dict | None = None) -> dict:
+    """Run every output node (and what it needs); returns {node_id: ui dict} of the output nodes."""
+    problems = validate_prompt(prompt, classes)
+    if problems:
+        raise WorkflowError(problems)
+    results: dict[str, tuple] = {}
+    ui: dict[str, dict] = {}
+    running: set[str] = set()
+
+    def run(node_id: str) -> tuple:
+        if node_id in results:
+            return results[node_id]
+        if node_id in running:
+            raise WorkflowError(WorkflowProblem(node_id, _title(prompt, node_id), "is part of a cycle",
+                                                "remove the loop between nodes"))
+        running.add(node_id)
+        node = prompt[node_id]
+        node_class = classes[node["class_type"]]
+        kwargs = {}
+        for name, value in node.get("inputs", {}).items():
+            kwargs[name] = run(str(value[0]))[value[1]] if _is_link(value) else value
+        hidden = node_class.INPUT_TYPES().get("hidden", {})
+        for name, kind in hidden.items():
+            kwargs[name] = {"PROMPT": prompt, "EXTRA_PNGINFO": extra_pnginfo, "UNIQUE_ID": node_id}.get(kind)
+        try:
+            output = getattr(node_class(), node_class.FUNCTION)(**kwargs)
+        except OmniInterrupted:
+            raise
+        except Exception as exc:
+            raise NodeExecutionError(node_id, _title(prompt, node_id), node["class_type"], exc) from exc
+        if isinstance(output, dict):
+            if output.get("ui"):
+                ui[node_id] = output["ui"]
+            output = tuple(output.get("result", ()))
+        results[node_id] = tuple(output or ())
+        running.discard(node_id)
+        return results[node_id]
+
+    for node_id, node in prompt.items():
+        if getattr(classes[node["class_type"]], "OUTPUT_NODE", False):
+            run(node_id)
+    return ui

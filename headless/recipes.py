@@ -1,0 +1,86 @@
+"""The shipped workflows, as code. `python -m omni_diffusion_nodes.headless.recipes DIR` writes them.
+
+The JSON files in workflows/ are what users load; they are regenerated from here only on purpose,
+because a changed widget list breaks every workflow users saved with the old one (the test suite
+checks the committed files against the nodes' current inputs).
+
+Model names are the real checkpoints' folder names under models/diffusers; the tests put tiny
+random-weight stand-ins under the same names and run the files unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from .builder import WorkflowBuilder
+from .node_defs import all_node_classes
+
+# family key -> (model folder name, Sample settings)
+BASE_MODELS = {
+    "qwen-image": ("Qwen-Image", dict(steps=20, guidance=4.0, width=768, height=768, negative_prompt=" ")),
+    "z-image": ("Z-Image-Turbo", dict(steps=8, guidance=0.0, width=768, height=768)),
+    "flux": ("FLUX.1-dev", dict(steps=20, guidance=3.5, width=768, height=768)),
+    "flux2-klein": ("FLUX.2-klein-base-4B", dict(steps=20, guidance=4.0, width=768, height=768)),
+    "sd3": ("stable-diffusion-3.5-medium", dict(steps=20, guidance=4.5, width=768, height=768,
+                                                negative_prompt="blurry, low quality")),
+    "wan2.2": ("Wan2.2-T2V-A14B-Diffusers", dict(steps=20, guidance=4.0, width=832, height=480, frames=9,
+                                                 negative_prompt="blurry, static, low quality")),
+}
+
+PROMPTS = {
+    "wan2.2": "a red fox running through fresh snow, cinematic tracking shot",
+}
+DEFAULT_PROMPT = "a cat sitting on a windowsill at sunset, detailed photo"
+
+
+def base_workflow(family: str, features=(), filename_prefix: str | None = None) -> dict:
+    """Load -> [features...] -> Sample -> Decode -> Save. `features`: (node type, widgets) pairs."""
+    model_name, settings = BASE_MODELS[family]
+    builder = WorkflowBuilder(all_node_classes())
+    model = builder.add("OmniLoadModel", model_name=model_name)
+    for node_type, widgets in features:
+        node = builder.add(node_type, **widgets)
+        builder.connect(model, node, "model")
+        model = node
+    sample = builder.add("OmniSample", prompt=PROMPTS.get(family, DEFAULT_PROMPT), seed=42, **settings)
+    decode = builder.add("OmniVAEDecode")
+    prefix = filename_prefix or f"omni-{family}"
+    if family == "wan2.2":
+        save = builder.add("SaveAnimatedPNG", filename_prefix=prefix, fps=16.0)
+    else:
+        save = builder.add("SaveImage", filename_prefix=prefix)
+    builder.chain((model, sample, "model"), (model, decode, "model"), (sample, decode, "samples"),
+                  (decode, save, "images"))
+    return builder.to_json()
+
+
+def demo_workflow(model_name: str) -> dict:
+    """What `omni-diffusion demo` runs: the Qwen-Image graph on the built-in model, small and quick."""
+    builder = WorkflowBuilder(all_node_classes())
+    model = builder.add("OmniLoadModel", model_name=model_name, dtype="fp32", device="cpu")
+    sample = builder.add("OmniSample", prompt="a red circle at the top left on a blue background", seed=0,
+                         steps=25, guidance=4.0, width=64, height=64)
+    decode = builder.add("OmniVAEDecode")
+    save = builder.add("SaveImage", filename_prefix="omni-demo")
+    builder.chain((model, sample, "model"), (model, decode, "model"), (sample, decode, "samples"),
+                  (decode, save, "images"))
+    return builder.to_json()
+
+
+def shipped_workflows() -> dict[str, dict]:
+    """file name -> workflow; one per family now, feature workflows join as features land."""
+    return {f"{family}.json": base_workflow(family) for family in BASE_MODELS}
+
+
+def main(argv=None) -> None:
+    target = Path((argv or sys.argv[1:] or ["workflows"])[0])
+    target.mkdir(parents=True, exist_ok=True)
+    for name, workflow in shipped_workflows().items():
+        (target / name).write_text(json.dumps(workflow, indent=2) + "\n", encoding="utf-8")
+        print(target / name)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,97 @@
+"""The shipped workflows: valid against ComfyUI's schema, widgets matching the nodes, and they run."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+from omni_diffusion_nodes.headless.node_defs import all_node_classes
+from omni_diffusion_nodes.headless.runner import run_workflow
+from omni_diffusion_nodes.headless.workflow_format import WorkflowError, check_widgets, load_workflow
+
+WORKFLOWS = sorted((Path(__file__).resolve().parent.parent / "workflows").glob("*.json"))
+SCHEMA_FILE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "workflow-0.4.schema.json"
+
+
+def test_there_is_a_workflow_per_family():
+    from omni_backend.families import FAMILIES
+
+    names = {p.stem for p in WORKFLOWS}
+    assert set(FAMILIES) <= names
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
+def test_workflow_matches_comfyui_schema(path):
+    if not SCHEMA_FILE.exists():
+        pytest.skip(f"ComfyUI's workflow schema is not at {SCHEMA_FILE}")
+    jsonschema.validate(json.loads(path.read_text()), json.loads(SCHEMA_FILE.read_text()))
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
+def test_saved_widgets_match_current_node_inputs(headless, path):
+    assert check_widgets(load_workflow(path), all_node_classes()) == []
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
+def test_workflow_runs_headless(headless, path):
+    run = run_workflow(path)
+    assert run.files, "the workflow wrote no image"
+    assert all(f.exists() and f.stat().st_size > 0 for f in run.files)
+
+
+def _sample_node(workflow):
+    return next(n for n in workflow["nodes"] if n["type"] == "OmniSample")
+
+
+def test_reordered_widgets_are_caught(headless):
+    workflow = load_workflow(WORKFLOWS[0])
+    broken = copy.deepcopy(workflow)
+    node = _sample_node(broken)
+    widgets = [i for i in node["inputs"] if i.get("widget")]
+    widgets[3], widgets[4] = widgets[4], widgets[3]  # as if two inputs had been swapped in INPUT_TYPES
+    node["inputs"] = [i for i in node["inputs"] if not i.get("widget")] + widgets
+    problems = check_widgets(broken, all_node_classes())
+    assert len(problems) == 1 and "saved widgets" in problems[0].problem
+
+
+def test_renamed_widget_is_caught(headless):
+    broken = copy.deepcopy(load_workflow(WORKFLOWS[0]))
+    node = _sample_node(broken)
+    slot = next(i for i in node["inputs"] if i.get("widget", {}).get("name") == "guidance")
+    slot["name"] = slot["widget"]["name"] = "cfg"  # as saved before a rename of "cfg" to "guidance"
+    problems = check_widgets(broken, all_node_classes())
+    assert len(problems) == 1 and "'cfg'" in problems[0].problem
+
+
+def test_shifted_values_are_caught_without_widget_names(headless):
+    """Older files carry no widget names: a missing value shifts the rest and is caught by count/type."""
+    broken = copy.deepcopy(load_workflow(WORKFLOWS[0]))
+    node = _sample_node(broken)
+    node["inputs"] = [i for i in node["inputs"] if not i.get("widget")]
+    del node["widgets_values"][2]  # the seed
+    problems = check_widgets(broken, all_node_classes())
+    assert problems and "widget values" in problems[0].problem
+
+
+def test_out_of_range_value_is_caught(headless):
+    broken = copy.deepcopy(load_workflow(WORKFLOWS[0]))
+    _sample_node(broken)["widgets_values"][4] = 0  # steps (after prompt, negative, seed, seed control)
+    problems = check_widgets(broken, all_node_classes())
+    assert [p.problem for p in problems] == ["steps = 0: below the minimum 1"]
+    with pytest.raises(WorkflowError, match="steps"):
+        run_workflow(broken)
+
+
+def test_api_format_runs_too(headless, tmp_path):
+    from omni_diffusion_nodes.headless.runner import to_prompt
+
+    prompt = to_prompt(load_workflow(WORKFLOWS[0]))
+    sample = next(n for n in prompt.values() if n["class_type"] == "OmniSample")
+    sample["inputs"].update(steps=2, width=64, height=64)
+    path = tmp_path / "api.json"
+    path.write_text(json.dumps(prompt))
+    assert run_workflow(path).files
