@@ -3,6 +3,15 @@
 Nodes never mutate a spec: every Apply/Config node returns `spec.replace(...)`, which re-validates
 the combination, so a bad pairing fails at the node that introduced it. Weights are not part of a
 spec; the engine loads them lazily, keyed by `weights_key()`.
+
+A feature is a frozen dataclass held in one of the fields below. The engine looks for two
+optional methods on it:
+- `prepare_pipeline(pipe, spec)`: weight-level work done once when the pipeline is loaded
+  (FP8, offload hooks, parallel sharding). Anything it changes must be reflected in
+  `weights_key()`, so specs that differ here never share a loaded pipeline.
+- `run_session(ctx: RunContext)`: a context manager around one run (hooks, adapter weights,
+  cache state); everything it does is undone on exit, also on errors and interrupts.
+Feature x feature and feature x family rules live in `compat.py`.
 """
 
 from __future__ import annotations
