@@ -71,7 +71,23 @@ def demo_workflow(model_name: str) -> dict:
 
 def shipped_workflows() -> dict[str, dict]:
     """file name -> workflow; one per family now, feature workflows join as features land."""
-    return {f"{family}.json": base_workflow(family) for family in BASE_MODELS}
+    workflows = {f"{family}.json": base_workflow(family) for family in BASE_MODELS}
+    workflows.update(cache_workflows())
+    return workflows
+
+
+def cache_workflows() -> dict[str, dict]:
+    teacache = ("OmniApplyTeaCache", dict(rel_l1_thresh=0.2))
+    taylorseer = ("OmniApplyCacheDiT", dict(preset="DBCache + TaylorSeer (Fn1 B0 W8)", enable_taylorseer=True,
+                                            max_warmup_steps=8))
+    dbcache = ("OmniApplyCacheDiT", dict(preset="vllm-omni default (Fn1 B0 W4)"))
+    return {
+        "qwen-image-teacache.json": base_workflow("qwen-image", [teacache], "omni-qwen-image-teacache"),
+        "qwen-image-cache-dit-taylorseer.json": base_workflow("qwen-image", [taylorseer],
+                                                              "omni-qwen-image-cache-dit"),
+        "z-image-cache-dit.json": base_workflow("z-image", [dbcache], "omni-z-image-cache-dit"),
+        "wan2.2-cache-dit.json": base_workflow("wan2.2", [dbcache], "omni-wan2.2-cache-dit"),
+    }
 
 
 def main(argv=None) -> None:

@@ -5,12 +5,15 @@ from __future__ import annotations
 from omni_backend.engine import default_engine
 
 from . import comfy_bridge
+from .cache_nodes import OmniApplyCacheDiT, OmniApplyTeaCache
 from .load_model import OmniLoadModel
 from .sample import OmniSample
 from .vae_decode import OmniVAEDecode
 
 NODE_CLASSES = {
     "OmniLoadModel": (OmniLoadModel, "Load Omni Model"),
+    "OmniApplyTeaCache": (OmniApplyTeaCache, "Apply TeaCache"),
+    "OmniApplyCacheDiT": (OmniApplyCacheDiT, "Apply Cache-DiT"),
     "OmniSample": (OmniSample, "Sample"),
     "OmniVAEDecode": (OmniVAEDecode, "VAE Decode Patch-Parallel"),
 }

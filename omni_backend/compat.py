@@ -45,3 +45,22 @@ def validate_spec(spec):
     if problems:
         raise problems[0].error()
     return spec
+
+
+# ---- memory (Offload/FP8) ----------------------------------------------------------------------
+@rule
+def layerwise_offload_needs_one_device(spec) -> list[Problem]:
+    memory = spec.memory
+    if memory is None or memory.offload != "layerwise" or spec.world_size() <= 1:
+        return []
+    return [Problem(
+        "Offload/FP8 (offload = layerwise)", f"Parallel Config ({spec.world_size()} devices)",
+        "layerwise offload streams one DiT's blocks through a single device, while a multi-GPU layout splits "
+        "each block's work across devices (vLLM-Omni documents layerwise offload as single-card only)",
+        "use offload = model (or none; auto never picks layerwise with several devices), or run on one device")]
+
+
+@rule
+def cache_fits_family(spec) -> list[Problem]:
+    """TeaCache needs a per-family extractor; Cache-DiT needs blocks left over after Fn + Bn."""
+    return spec.cache.problems(spec) if spec.cache is not None else []

@@ -13,14 +13,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from .cache import CACHE_BACKENDS
 from .engine import DecodeSettings, Engine, default_engine
 from .errors import OmniInputError
 from .request import GenerationRequest
 from .sampling import RunControl, RunReport
 from .spec import ModelSpec
-
-# Filled in by the feature modules: name -> factory(spec, config dict) -> feature config.
-CACHE_BACKENDS: dict[str, Callable] = {}
 
 
 @dataclass
@@ -38,7 +36,7 @@ class Omni:
             if cache_backend not in CACHE_BACKENDS:
                 raise OmniInputError("cache_backend", cache_backend, "unknown cache backend",
                                      f"use None or one of {', '.join(sorted(CACHE_BACKENDS))}")
-            spec = spec.replace(cache=CACHE_BACKENDS[cache_backend](spec, dict(cache_config or {})))
+            spec = spec.replace(cache=CACHE_BACKENDS[cache_backend](dict(cache_config or {})))
         elif cache_config:
             raise OmniInputError("cache_config", cache_config, "given without a cache_backend",
                                  "also pass cache_backend='tea_cache' or 'cache_dit'")

@@ -69,6 +69,9 @@ class RunContext:
     state: dict  # the loaded pipeline's long-lived feature state (see PipelineCache)
     # Per-step control hooks that features may register (e.g. a collective interrupt vote).
     step_end_hooks: list = field(default_factory=list)
+    # Sums statistics across the ranks that share a decision (TeaCache's skip rule); identity in
+    # a single process, an all-reduce over the sequence-parallel group in a worker group.
+    reduce_sums: Callable | None = None
 
     @property
     def family(self):

@@ -43,6 +43,7 @@ class ModelFamily:
     video: bool = False
     guidance: GuidanceStyle = GuidanceStyle("cfg", "guidance_scale")
     pixel_multiple: int = 16  # VAE downsampling x transformer patch size
+    cfg_in_separate_calls: bool = False  # cond and uncond are two transformer calls (not one batch)
     default_steps: int = 28
     default_guidance: float = 4.0
 
@@ -62,6 +63,11 @@ class ModelFamily:
     def block_lists(self, transformer) -> list[tuple[str, Any]]:
         """(attribute, nn.ModuleList) of the transformer's repeated blocks, in execution order."""
         raise NotImplementedError
+
+    # Children of a block whose linears FP8 may quantize: attention and MLP only. Modulation/AdaLN,
+    # norms and everything outside the blocks stay in high precision (memory/fp8_layers.py says why).
+    fp8_block_parts: tuple[str, ...] = ("attn", "attn1", "attn2", "attention", "ff", "ff_context", "img_mlp",
+                                        "txt_mlp", "ffn", "feed_forward")
 
     def attention_heads(self, transformer_config: dict) -> int:
         return int(transformer_config["num_attention_heads"])
@@ -95,6 +101,19 @@ class ModelFamily:
 
     def latent_channels(self, vae_config: dict) -> int:
         return int(vae_config.get("latent_channels") or vae_config.get("z_dim"))
+
+    # ---- caches ----------------------------------------------------------------------------
+    # TeaCache: polynomial rescaling the relative L1 change of the first block's modulated input
+    # (highest order first). None means the family has no extractor and TeaCache is refused.
+    teacache_coefficients: tuple[float, ...] | None = None
+
+    def teacache_modulated_input(self, block, args, kwargs):
+        """The first block's modulated input for this call (what TeaCache compares across steps)."""
+        raise NotImplementedError
+
+    def block_counts(self, transformer_config: dict) -> list[int]:
+        """Blocks per block list, read from the config (no weights needed)."""
+        return [int(transformer_config["num_layers"])]
 
     # ---- tests ---------------------------------------------------------------------------
     def build_tiny(self):

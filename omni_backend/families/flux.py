@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from ..cache.block_io import block_arguments
 from .base import GuidanceStyle, ModelFamily
+
+# vLLM-Omni's fitted TeaCache polynomial for FluxTransformer2DModel (also used for FLUX.2-klein).
+FLUX_TEACACHE_COEFFICIENTS = (498.651651, -283.781631, 55.8554382, -3.82021401, 0.264230861)
 
 
 class Flux(ModelFamily):
@@ -12,10 +16,22 @@ class Flux(ModelFamily):
     guidance = GuidanceStyle("distilled", "guidance_scale", takes_negative_prompt=False)
     default_steps = 28
     default_guidance = 3.5
+    # Single-stream blocks: proj_mlp is the MLP's input, proj_out the fused attention+MLP output.
+    fp8_block_parts = ModelFamily.fp8_block_parts + ("proj_mlp", "proj_out")
+
+    teacache_coefficients = FLUX_TEACACHE_COEFFICIENTS
 
     def block_lists(self, transformer):
         return [("transformer_blocks", transformer.transformer_blocks),
                 ("single_transformer_blocks", transformer.single_transformer_blocks)]
+
+    def block_counts(self, transformer_config):
+        return [int(transformer_config["num_layers"]), int(transformer_config["num_single_layers"])]
+
+    def teacache_modulated_input(self, block, args, kwargs):
+        arguments = block_arguments(block, args, kwargs)
+        modulated, *_gates = block.norm1(arguments["hidden_states"], emb=arguments["temb"])
+        return modulated
 
     def to_comfy_latent(self, pipe, latents, request):
         unpacked = pipe._unpack_latents(latents, request.height, request.width, pipe.vae_scale_factor)

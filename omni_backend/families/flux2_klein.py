@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from ..cache.block_io import block_arguments
 from .base import GuidanceStyle, ModelFamily
+from .flux import FLUX_TEACACHE_COEFFICIENTS
 
 
 class Flux2Klein(ModelFamily):
@@ -11,15 +13,28 @@ class Flux2Klein(ModelFamily):
     pipeline_classes = ("Flux2KleinPipeline",)
     # The pipeline builds its own empty negative prompt; it takes no negative_prompt argument.
     guidance = GuidanceStyle("cfg", "guidance_scale", takes_negative_prompt=False)
+    cfg_in_separate_calls = True
     default_steps = 28
     default_guidance = 4.0
 
     def runs_two_branches(self, pipe, request):
         return request.guidance > 1.0 and not pipe.config.is_distilled
 
+    teacache_coefficients = FLUX_TEACACHE_COEFFICIENTS
+
     def block_lists(self, transformer):
         return [("transformer_blocks", transformer.transformer_blocks),
                 ("single_transformer_blocks", transformer.single_transformer_blocks)]
+
+    def block_counts(self, transformer_config):
+        return [int(transformer_config["num_layers"]), int(transformer_config["num_single_layers"])]
+
+    def teacache_modulated_input(self, block, args, kwargs):
+        from diffusers.models.transformers.transformer_flux2 import Flux2Modulation
+
+        arguments = block_arguments(block, args, kwargs)
+        (shift_msa, scale_msa, _gate), _mlp = Flux2Modulation.split(arguments["temb_mod_img"], 2)
+        return (1 + scale_msa) * block.norm1(arguments["hidden_states"]) + shift_msa
 
     def to_comfy_latent(self, pipe, latents, request):
         return latents  # the pipeline already unpacks, de-normalises and unpatchifies

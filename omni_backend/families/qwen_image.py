@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from ..cache.block_io import block_arguments
 from .base import GuidanceStyle, ModelFamily
+
+# vLLM-Omni's fitted TeaCache polynomial for QwenImageTransformer2DModel.
+QWEN_TEACACHE_COEFFICIENTS = (-450.0, 280.0, -45.0, 3.2, -0.02)
 
 
 def _latent_stats(vae, like):
@@ -19,11 +23,21 @@ class QwenImage(ModelFamily):
     title = "Qwen-Image"
     pipeline_classes = ("QwenImagePipeline",)
     guidance = GuidanceStyle("true_cfg", "true_cfg_scale")
+    cfg_in_separate_calls = True
     default_steps = 50
     default_guidance = 4.0
 
+    teacache_coefficients = QWEN_TEACACHE_COEFFICIENTS
+
     def block_lists(self, transformer):
         return [("transformer_blocks", transformer.transformer_blocks)]
+
+    def teacache_modulated_input(self, block, args, kwargs):
+        arguments = block_arguments(block, args, kwargs)
+        shift_scale_gate = block.img_mod(arguments["temb"]).chunk(2, dim=-1)[0]
+        modulated, _gate = block._modulate(block.img_norm1(arguments["hidden_states"]), shift_scale_gate,
+                                           arguments.get("modulate_index"))
+        return modulated
 
     def to_comfy_latent(self, pipe, latents, request):
         # The pipeline returns packed, normalised latents [B, seq, C*4]; ComfyUI keeps raw VAE latents.

@@ -12,6 +12,7 @@ class Wan(ModelFamily):
     transformer_components = ("transformer", "transformer_2")
     video = True
     guidance = GuidanceStyle("cfg", "guidance_scale")
+    cfg_in_separate_calls = True
     default_steps = 40
     default_guidance = 4.0
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from ..cache.block_io import block_arguments
 from .base import GuidanceStyle, ModelFamily
+from .qwen_image import QWEN_TEACACHE_COEFFICIENTS
 
 
 class ZImage(ModelFamily):
@@ -13,9 +15,20 @@ class ZImage(ModelFamily):
     default_steps = 8
     default_guidance = 0.0
 
+    # vLLM-Omni uses the Qwen-Image polynomial for Z-Image (no fit of its own was published).
+    teacache_coefficients = QWEN_TEACACHE_COEFFICIENTS
+
     def block_lists(self, transformer):
         # noise_refiner and context_refiner run once per call before the main stack.
         return [("layers", transformer.layers)]
+
+    def block_counts(self, transformer_config):
+        return [int(transformer_config["n_layers"])]
+
+    def teacache_modulated_input(self, block, args, kwargs):
+        arguments = block_arguments(block, args, kwargs)
+        scale_msa = block.adaLN_modulation(arguments["adaln_input"]).unsqueeze(1).chunk(4, dim=2)[0]
+        return block.attention_norm1(arguments["x"]) * (1.0 + scale_msa)
 
     def attention_heads(self, transformer_config):
         return int(transformer_config["n_heads"])

@@ -1,0 +1,189 @@
+"""Apply Cache-DiT: DBCache, TaylorSeer and SCM from the cache-dit library, per run.
+
+cache-dit is enabled at the start of each run with a config built for that run (step count,
+CFG layout, the SCM mask for that many steps) and disabled at the end, which restores the
+transformer exactly (checked by the tests): nothing of it survives into a later run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import logging
+from dataclasses import dataclass
+
+from ..errors import OmniIncompatibleError, OmniInputError
+
+log = logging.getLogger("omni_diffusion")
+
+SCM_POLICIES = ("none", "slow", "medium", "fast", "ultra")
+SCM_MODES = ("dynamic", "static")
+
+
+@dataclass(frozen=True)
+class CacheDiTConfig:
+    # Defaults follow vLLM-Omni's (cache-dit's own are Fn=8, W=8, threshold 0.08).
+    Fn_compute_blocks: int = 1
+    Bn_compute_blocks: int = 0
+    max_warmup_steps: int = 4
+    residual_diff_threshold: float = 0.24
+    max_cached_steps: int = -1
+    max_continuous_cached_steps: int = 3
+    enable_taylorseer: bool = False
+    taylorseer_order: int = 1
+    scm_policy: str = "none"
+    scm_mode: str = "dynamic"
+
+    label = "Cache-DiT"
+    node_title = "Apply Cache-DiT"
+
+    def __post_init__(self):
+        for name in ("Fn_compute_blocks", "Bn_compute_blocks", "max_warmup_steps"):
+            if getattr(self, name) < 0:
+                raise OmniInputError(name, getattr(self, name), "cannot be negative", "use 0 or more")
+        if self.residual_diff_threshold < 0:
+            raise OmniInputError("residual_diff_threshold", self.residual_diff_threshold, "cannot be negative",
+                                 "use 0.24 (the default) or another positive value")
+        if self.scm_policy not in SCM_POLICIES:
+            raise OmniInputError("scm_policy", self.scm_policy, "unknown SCM policy",
+                                 f"use one of {', '.join(SCM_POLICIES)}")
+        if self.scm_mode not in SCM_MODES:
+            raise OmniInputError("scm_mode", self.scm_mode, "unknown SCM mode", "use dynamic or static")
+        if not 1 <= self.taylorseer_order <= 4:
+            raise OmniInputError("taylorseer_order", self.taylorseer_order, "TaylorSeer orders run from 1 to 4",
+                                 "use 1 (recommended) or 2")
+
+    def problems(self, spec) -> list:
+        from ..compat import Problem
+
+        family = spec.family
+        smallest = min(family.block_counts(spec.model_folder.transformer_config))
+        used = self.Fn_compute_blocks + self.Bn_compute_blocks
+        if used < smallest:
+            return []
+        return [Problem(f"{self.node_title} (Fn_compute_blocks + Bn_compute_blocks = {used})", family.title,
+                        f"this model's smallest block list has {smallest} blocks, so nothing would be left to "
+                        "cache", f"keep Fn + Bn below {smallest} (e.g. Fn 1, Bn 0)")]
+
+    @contextlib.contextmanager
+    def run_session(self, ctx):
+        import cache_dit
+
+        family, pipe, request = ctx.family, ctx.pipe, ctx.request
+        for problem in self.problems(ctx.spec):
+            raise problem.error()
+        _quiet_cache_dit()
+        steps = split_steps(family, pipe, request.steps)
+        separate_cfg = family.cfg_in_separate_calls and family.runs_two_branches(pipe, request)
+        base = self._db_config(request.steps, separate_cfg, ctx.report)
+        modifiers = [cache_dit.ParamsModifier(cache_config=self._db_config(n, separate_cfg, ctx.report, expert=i))
+                     for i, n in enumerate(steps)] if len(steps) > 1 else None
+        calibrator = (cache_dit.TaylorSeerCalibratorConfig(taylorseer_order=self.taylorseer_order)
+                      if self.enable_taylorseer else None)
+        cache_dit.enable_cache(pipe, cache_config=base, calibrator_config=calibrator, params_modifiers=modifiers)
+        try:
+            yield
+        finally:
+            try:
+                lists = [len(family.block_lists(t)) for _name, t in family.transformers(pipe)]
+                ctx.report.add(self.label, summarize(cache_dit.summary(pipe, logging=False), lists, separate_cfg))
+            finally:
+                cache_dit.disable_cache(pipe)
+
+    def _db_config(self, steps: int, separate_cfg: bool, report, expert: int = 0):
+        from cache_dit import DBCacheConfig, steps_mask
+
+        warmup, max_cached = self.max_warmup_steps, self.max_cached_steps
+        if expert == 1:
+            # Wan2.2's low-noise expert runs few, late steps: its own small warm-up and budget (as vLLM-Omni).
+            warmup, max_cached = min(warmup, 2), 20 if max_cached < 0 else max_cached
+        mask = None
+        if self.scm_policy != "none":
+            if steps >= 8 or steps in (4, 6):
+                mask = steps_mask(mask_policy=self.scm_policy, total_steps=steps)
+            else:
+                report.notice(f"SCM needs 4, 6 or at least 8 steps per transformer; {steps} steps ran with "
+                              "DBCache only")
+        return DBCacheConfig(
+            Fn_compute_blocks=self.Fn_compute_blocks, Bn_compute_blocks=self.Bn_compute_blocks,
+            max_warmup_steps=warmup, residual_diff_threshold=self.residual_diff_threshold,
+            max_cached_steps=max_cached, max_continuous_cached_steps=self.max_continuous_cached_steps,
+            enable_separate_cfg=separate_cfg, num_inference_steps=steps, steps_computation_mask=mask,
+            steps_computation_policy=self.scm_mode,
+        )
+
+    def with_preset(self, name: str) -> "CacheDiTConfig":
+        return dataclasses.replace(self, **PRESETS[name]) if name != "custom" else self
+
+
+# The seed's benchmark rows, by name (acceleration-overview.md).
+PRESETS = {
+    "custom": {},
+    "vllm-omni default (Fn1 B0 W4)": dict(Fn_compute_blocks=1, Bn_compute_blocks=0, max_warmup_steps=4,
+                                          residual_diff_threshold=0.24, max_continuous_cached_steps=3,
+                                          enable_taylorseer=False, scm_policy="none"),
+    "DBCache + TaylorSeer (Fn1 B0 W8)": dict(Fn_compute_blocks=1, Bn_compute_blocks=0, max_warmup_steps=8,
+                                             residual_diff_threshold=0.24, max_continuous_cached_steps=3,
+                                             enable_taylorseer=True, taylorseer_order=1, scm_policy="none"),
+    "DBCache + TaylorSeer + SCM fast (Fn8 B0 W4)": dict(Fn_compute_blocks=8, Bn_compute_blocks=0,
+                                                        max_warmup_steps=4, residual_diff_threshold=0.24,
+                                                        max_continuous_cached_steps=3, enable_taylorseer=True,
+                                                        taylorseer_order=1, scm_policy="fast"),
+}
+
+
+def _quiet_cache_dit() -> None:
+    """cache-dit logs every hook it installs (INFO and WARNING) on every run; that buries the user's log."""
+    logging.getLogger("cache_dit").setLevel(logging.ERROR)
+    for name in list(logging.root.manager.loggerDict):
+        if name.startswith("cache_dit"):
+            logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def split_steps(family, pipe, steps: int) -> list[int]:
+    """Steps each denoiser runs: Wan2.2 A14B hands over to transformer_2 at its boundary timestep."""
+    boundary_ratio = getattr(pipe.config, "boundary_ratio", None)
+    if len(family.transformers(pipe)) < 2 or boundary_ratio is None:
+        return [steps]
+    scheduler = copy.deepcopy(pipe.scheduler)
+    scheduler.set_timesteps(steps)
+    boundary = boundary_ratio * scheduler.config.num_train_timesteps
+    high_noise = int(sum(1 for t in scheduler.timesteps if t >= boundary))
+    return [high_noise, steps - high_noise]
+
+
+def summarize(stats, lists_per_transformer: list[int], separate_cfg: bool) -> dict:
+    """cache-dit reports one entry per block list plus a model-level one; the steps a transformer
+    cached are those of its first block list."""
+    firsts, position = [], 0
+    for count in lists_per_transformer:
+        if position < len(stats):
+            firsts.append(stats[position])
+        position += count
+    stats = firsts
+    parts, cached_total, calls_total = [], 0, 0
+    for index, stat in enumerate(stats):
+        executed = int(getattr(stat, "accumulated_executed_steps", 0) or 0)
+        cached = len(getattr(stat, "cached_steps", []) or [])
+        cfg_cached = len(getattr(stat, "cfg_cached_steps", []) or [])
+        name = f"transformer {index + 1}: " if len(stats) > 1 else ""
+        branch = f", uncond cached {cfg_cached}" if separate_cfg else ""
+        parts.append(f"{name}cached {cached}/{executed} steps{branch}")
+        cached_total += cached + cfg_cached
+        calls_total += executed * (2 if separate_cfg else 1)
+    speedup = calls_total / (calls_total - cached_total) if calls_total > cached_total else 1.0
+    text = "; ".join(parts) + f"; estimated transformer speedup {speedup:.2f}x (Fn/Bn blocks still run)"
+    return {"text": text, "speedup_estimate": speedup,
+            "cached_steps": [list(getattr(s, "cached_steps", []) or []) for s in stats],
+            "cfg_cached_steps": [list(getattr(s, "cfg_cached_steps", []) or []) for s in stats]}
+
+
+def refuse_second_cache(existing, new_title: str) -> None:
+    """One cache method per model: the seed marks TeaCache x Cache-DiT incompatible."""
+    if existing is None:
+        return
+    raise OmniIncompatibleError(new_title, existing.node_title,
+                                "a model takes one cache method (TeaCache and Cache-DiT both skip the same "
+                                "transformer work and cannot be stacked)",
+                                f"remove {existing.node_title} or {new_title} from the chain")

@@ -1,0 +1,87 @@
+"""Apply TeaCache: the feature config carried by OMNI_MODEL and its per-run session."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+from ..errors import OmniInputError
+
+
+@dataclass(frozen=True)
+class TeaCacheConfig:
+    rel_l1_thresh: float = 0.2
+    start_fraction: float = 0.0  # caching may act from this fraction of the steps ...
+    end_fraction: float = 1.0  # ... up to this one
+    compute_last_step: bool = True
+    coefficients: tuple[float, ...] | None = None  # None: the family's fitted polynomial
+
+    label = "TeaCache"
+    node_title = "Apply TeaCache"
+
+    def __post_init__(self):
+        if not self.rel_l1_thresh >= 0:
+            raise OmniInputError("rel_l1_thresh", self.rel_l1_thresh, "the threshold cannot be negative",
+                                 "use 0 (never skip) up to about 0.6; 0.2 is the recommended default")
+        if not 0.0 <= self.start_fraction <= self.end_fraction <= 1.0:
+            raise OmniInputError("start_percent/end_percent", (self.start_fraction, self.end_fraction),
+                                 "need 0 <= start <= end <= 1", "e.g. start 0.0 and end 1.0")
+        if self.coefficients is not None and len(self.coefficients) != 5:
+            raise OmniInputError("coefficients", self.coefficients, "TeaCache needs exactly 5 coefficients "
+                                 "(a degree-4 polynomial, highest order first)",
+                                 "leave it empty to use the model's own, or paste 5 comma-separated numbers")
+
+    def problems(self, spec) -> list:
+        from ..compat import Problem
+        from ..families import FAMILIES
+
+        family = spec.family
+        if family.teacache_coefficients is not None:
+            return []
+        supported = ", ".join(f.title for f in FAMILIES.values() if f.teacache_coefficients is not None)
+        return [Problem(self.node_title, family.title, f"there is no TeaCache extractor for {family.title}",
+                        f"use Apply Cache-DiT instead (TeaCache supports: {supported})")]
+
+    def polynomial(self, family) -> tuple[float, ...]:
+        return self.coefficients or family.teacache_coefficients
+
+    @contextlib.contextmanager
+    def run_session(self, ctx):
+        from .teacache_hooks import TeaCacheDecider, TeaCacheSchedule, attach, detach
+
+        family = ctx.family
+        for problem in self.problems(ctx.spec):
+            raise problem.error()
+        schedule = TeaCacheSchedule(ctx.request.steps, self.start_fraction, self.end_fraction,
+                                    self.compute_last_step)
+        attached = []
+        try:
+            for _name, transformer in family.transformers(ctx.pipe):
+                block_lists = [blocks for _attr, blocks in family.block_lists(transformer)]
+                decider = TeaCacheDecider(lambda block, a, k: family.teacache_modulated_input(block, a, k),
+                                          self.polynomial(family), self.rel_l1_thresh, schedule,
+                                          agree=ctx.reduce_sums)
+                manager = attach(transformer, block_lists, decider)
+                attached.append((transformer, block_lists, manager, decider))
+            yield
+        finally:
+            for transformer, block_lists, manager, _decider in attached:
+                manager.reset()
+                detach(transformer, block_lists)
+            ctx.report.add(self.label, summarize([decider for *_rest, decider in attached]))
+
+
+def summarize(deciders) -> dict:
+    branches = {}
+    for decider in deciders:
+        for name, record in decider.steps.items():
+            entry = branches.setdefault(name, {"computed": [], "skipped": []})
+            entry["computed"] += record["computed"]
+            entry["skipped"] += record["skipped"]
+    computed = sum(len(b["computed"]) for b in branches.values())
+    total = computed + sum(len(b["skipped"]) for b in branches.values())
+    speedup = total / computed if computed else 1.0
+    parts = [f"{name} computed {len(b['computed'])}/{len(b['computed']) + len(b['skipped'])} steps"
+             for name, b in branches.items()]
+    text = ", ".join(parts) + f"; estimated transformer speedup {speedup:.2f}x" if parts else "not used"
+    return {"text": text, "branches": branches, "speedup_estimate": speedup}
