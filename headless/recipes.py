@@ -35,9 +35,11 @@ PROMPTS = {
 DEFAULT_PROMPT = "a cat sitting on a windowsill at sunset, detailed photo"
 
 
-def base_workflow(family: str, features=(), filename_prefix: str | None = None) -> dict:
-    """Load -> [features...] -> Sample -> Decode -> Save. `features`: (node type, widgets) pairs."""
+def base_workflow(family: str, features=(), filename_prefix: str | None = None, sample: dict | None = None) -> dict:
+    """Load -> [features...] -> Sample -> Decode -> Save. `features`: (node type, widgets) pairs;
+    `sample`: Sample settings that differ from the family's usual ones."""
     model_name, settings = BASE_MODELS[family]
+    settings = {**settings, **(sample or {})}
     builder = WorkflowBuilder(all_node_classes())
     model = builder.add("OmniLoadModel", model_name=model_name)
     for node_type, widgets in features:
@@ -69,9 +71,18 @@ def demo_workflow(model_name: str) -> dict:
     return builder.to_json()
 
 
+# The LoRA files the LoRA workflow names (under models/loras; users pick their own in the node).
+LORA_FILES = ("qwen-image-style-lora.safetensors", "qwen-image-detail-lora.safetensors")
+
+
 def shipped_workflows() -> dict[str, dict]:
     """file name -> workflow; one per family now, feature workflows join as features land."""
     workflows = {f"{family}.json": base_workflow(family) for family in BASE_MODELS}
+    # 512 px keeps it quick on the tiny stand-in the test suite runs it with; users set their size.
+    workflows["qwen-image-two-loras.json"] = base_workflow(
+        "qwen-image", features=[("OmniLoadLoRA", dict(lora_name=LORA_FILES[0], strength=0.8)),
+                                ("OmniLoadLoRA", dict(lora_name=LORA_FILES[1], strength=0.5))],
+        filename_prefix="omni-qwen-image-loras", sample=dict(width=512, height=512))
     workflows.update(cache_workflows())
     return workflows
 

@@ -6,6 +6,7 @@ from omni_backend.engine import default_engine
 
 from . import comfy_bridge
 from .cache_nodes import OmniApplyCacheDiT, OmniApplyTeaCache
+from .load_lora import OmniLoadLoRA
 from .load_model import OmniLoadModel
 from .sample import OmniSample
 from .vae_decode import OmniVAEDecode
@@ -14,6 +15,7 @@ NODE_CLASSES = {
     "OmniLoadModel": (OmniLoadModel, "Load Omni Model"),
     "OmniApplyTeaCache": (OmniApplyTeaCache, "Apply TeaCache"),
     "OmniApplyCacheDiT": (OmniApplyCacheDiT, "Apply Cache-DiT"),
+    "OmniLoadLoRA": (OmniLoadLoRA, "Load LoRA"),
     "OmniSample": (OmniSample, "Sample"),
     "OmniVAEDecode": (OmniVAEDecode, "VAE Decode Patch-Parallel"),
 }

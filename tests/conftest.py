@@ -39,6 +39,7 @@ def _import_pack():
 PACK = _import_pack()
 
 from omni_backend.families import FAMILIES  # noqa: E402
+from omni_backend.tiny.lora import make_tiny_lora  # noqa: E402
 from omni_diffusion_nodes.headless import recipes  # noqa: E402
 from omni_diffusion_nodes.headless.cli import _quiet_libraries  # noqa: E402
 from omni_diffusion_nodes.nodes import comfy_bridge  # noqa: E402
@@ -56,6 +57,9 @@ def models_dir(tmp_path_factory) -> Path:
         real_name = recipes.BASE_MODELS[key][0]
         (diffusers_dir / real_name).symlink_to(diffusers_dir / key, target_is_directory=True)
     (root / "loras").mkdir()
+    for index, name in enumerate(recipes.LORA_FILES):  # tiny stand-ins for the LoRA workflow's files
+        make_tiny_lora(diffusers_dir / "qwen-image", root / "loras" / name, seed=index,
+                       layout=("diffusers", "kohya")[index % 2])
     return root
 
 

@@ -1,0 +1,81 @@
+"""LoraSpec: one LoRA file in the model's stack, with its strength and the component it acts on.
+
+Chained Load LoRA nodes give `ModelSpec.loras` = (LoraSpec, ...). A LoraSpec is a runtime feature:
+it never enters `weights_key()`, so adding, removing or re-weighting LoRAs never reloads the base
+weights. Its `run_session` loads the file into the pipeline the first time (kept for later runs,
+see adapters.py), switches it on with its strength for this run, and off again at the end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..compat import Problem, rule
+from ..errors import OmniInputError
+
+# "auto": every part of the file, where diffusers puts it. "transformer_2": the file's denoiser
+# part into Wan2.2 A14B's second (low-noise) expert. Others: only that part of the file acts.
+COMPONENT_CHOICES = ("auto", "transformer", "transformer_2", "text_encoder", "text_encoder_2")
+
+
+@dataclass(frozen=True)
+class LoraSpec:
+    path: str  # a .safetensors file (absolute; nodes resolve it inside models/loras)
+    strength: float = 1.0  # multiplies the adapter's own alpha/rank scale; negative subtracts it
+    component: str = "auto"
+
+    def __post_init__(self):
+        if self.component not in COMPONENT_CHOICES:
+            raise OmniInputError("component", self.component, "unknown component",
+                                 f"choose one of {', '.join(COMPONENT_CHOICES)}")
+        if isinstance(self.strength, bool) or not isinstance(self.strength, (int, float)) \
+                or not math.isfinite(self.strength):
+            raise OmniInputError("strength", self.strength, "must be a finite number", "use e.g. 1.0, 0.5 or -0.5")
+        object.__setattr__(self, "strength", float(self.strength))
+        object.__setattr__(self, "path", str(self.path))
+
+    @property
+    def name(self) -> str:
+        return Path(self.path).name
+
+    @contextlib.contextmanager
+    def run_session(self, ctx):
+        from .adapters import PipelineAdapters
+
+        adapters = PipelineAdapters.of(ctx)
+        token, adapter = adapters.push(self)
+        try:
+            ctx.report.add("LoRA", adapters.describe())
+            for prefix, layers in adapter.ignored.items():
+                ctx.report.notice(f"{adapter.file}: its {layers} {prefix} layers are not applied (diffusers loads "
+                                  f"{ctx.family.title} LoRAs into {', '.join(adapter.components) or 'none'} only)")
+            yield
+        finally:
+            adapters.pop(token)
+
+
+def lora_components(spec) -> list[str]:
+    """The components of this model that diffusers loads LoRA layers into."""
+    folder = spec.model_folder
+    pipeline_class = spec.family.pipeline_class(folder.pipeline_class)
+    return [c for c in getattr(pipeline_class, "_lora_loadable_modules", []) if c in folder.components]
+
+
+@rule
+def lora_component_exists(spec) -> list:
+    problems = []
+    for lora in spec.loras:
+        if not isinstance(lora, LoraSpec):
+            continue
+        available = lora_components(spec)
+        if not available:
+            problems.append(Problem(f"Load LoRA ({lora.name})", spec.family.title,
+                                    "diffusers has no LoRA loader for this pipeline", "remove the Load LoRA node"))
+        elif lora.component != "auto" and lora.component not in available:
+            problems.append(Problem(f"Load LoRA ({lora.name}, component={lora.component})", spec.family.title,
+                                    f"this model takes LoRA layers only in {', '.join(available)}",
+                                    "set component to auto or one of those"))
+    return problems
