@@ -24,9 +24,9 @@ if "omni_diffusion_nodes" not in sys.modules:
         sys.modules["omni_diffusion_nodes"] = module
         spec.loader.exec_module(module)
 
-from omni_diffusion_nodes.headless.cli import _quiet_libraries  # noqa: E402
+from omni_backend.loading import quiet_libraries  # noqa: E402
 
-_quiet_libraries()
+quiet_libraries()
 
 
 def timed(function) -> float:

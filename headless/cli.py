@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from omni_backend.errors import OmniError, OmniInterrupted
-from omni_backend.loading import offline_environment
+from omni_backend.loading import offline_environment, quiet_libraries
 
 
 def _cmd_run(args) -> int:
@@ -53,6 +53,14 @@ def _cmd_demo(args) -> int:
     return 0
 
 
+def _cmd_worker(args) -> int:
+    from omni_backend.parallel.worker import main as worker_main
+
+    forwarded = ["--rank", str(args.rank), "--world-size", str(args.world_size), "--master", args.master,
+                 "--device", args.device]
+    return worker_main(forwarded)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="omni-diffusion", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log what the engine does")
@@ -72,6 +80,13 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("--list", action="store_true", help="list the families")
     tiny.set_defaults(handler=_cmd_make_tiny)
 
+    worker = sub.add_parser("worker", help="serve as a rank of a multi-machine worker group")
+    worker.add_argument("--rank", type=int, required=True, help="this machine's rank (rank 0 is ComfyUI's machine)")
+    worker.add_argument("--world-size", type=int, required=True)
+    worker.add_argument("--master", required=True, help="HOST:PORT set as rendezvous in Parallel Config")
+    worker.add_argument("--device", default="auto", help="cuda:N, cpu or auto")
+    worker.set_defaults(handler=_cmd_worker)
+
     demo = sub.add_parser("demo", help="run the default workflow on the built-in model")
     demo.add_argument("--output-dir", default="output")
     demo.set_defaults(handler=_cmd_demo)
@@ -82,7 +97,7 @@ def main(argv=None) -> int:
     offline_environment()
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
-    _quiet_libraries()
+    quiet_libraries()
     try:
         return args.handler(args)
     except OmniInterrupted:
@@ -93,18 +108,6 @@ def main(argv=None) -> int:
         return 1
 
 
-def _quiet_libraries() -> None:
-    """diffusers/transformers progress bars and load reports would bury our own output."""
-    try:
-        import diffusers
-        import transformers
-
-        diffusers.utils.logging.set_verbosity_error()
-        diffusers.utils.logging.disable_progress_bar()
-        transformers.utils.logging.set_verbosity_error()
-        transformers.utils.logging.disable_progress_bar()
-    except ImportError:
-        pass
 
 
 if __name__ == "__main__":

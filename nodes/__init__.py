@@ -5,9 +5,10 @@ from __future__ import annotations
 from omni_backend.engine import default_engine
 
 from . import comfy_bridge
-from .cache_nodes import OmniApplyCacheDiT, OmniApplyTeaCache
 from .load_lora import OmniLoadLoRA
+from .cache_nodes import OmniApplyCacheDiT, OmniApplyTeaCache
 from .load_model import OmniLoadModel
+from .parallel_config import OmniParallelConfig
 from .sample import OmniSample
 from .vae_decode import OmniVAEDecode
 
@@ -15,6 +16,7 @@ NODE_CLASSES = {
     "OmniLoadModel": (OmniLoadModel, "Load Omni Model"),
     "OmniApplyTeaCache": (OmniApplyTeaCache, "Apply TeaCache"),
     "OmniApplyCacheDiT": (OmniApplyCacheDiT, "Apply Cache-DiT"),
+    "OmniParallelConfig": (OmniParallelConfig, "Parallel Config"),
     "OmniLoadLoRA": (OmniLoadLoRA, "Load LoRA"),
     "OmniSample": (OmniSample, "Sample"),
     "OmniVAEDecode": (OmniVAEDecode, "VAE Decode Patch-Parallel"),

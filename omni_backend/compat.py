@@ -64,3 +64,9 @@ def layerwise_offload_needs_one_device(spec) -> list[Problem]:
 def cache_fits_family(spec) -> list[Problem]:
     """TeaCache needs a per-family extractor; Cache-DiT needs blocks left over after Fn + Bn."""
     return spec.cache.problems(spec) if spec.cache is not None else []
+
+
+@rule
+def parallel_layout_fits(spec) -> list[Problem]:
+    """Devices, heads, sequence-parallel plans and true CFG for the chosen Parallel Config."""
+    return spec.parallel.problems(spec) if spec.parallel is not None else []

@@ -38,6 +38,7 @@ class Engine:
     def __init__(self, max_loaded: int = 1):
         self.pipelines = PipelineCache(max_loaded)
         self._lock = threading.RLock()  # one run at a time per engine (ComfyUI runs prompts serially)
+        self._groups = None  # GroupExecutor, created on the first multi-process run
 
     # ---- public --------------------------------------------------------------------------
     def generate(self, spec, request: GenerationRequest, control: RunControl | None = None) -> Generation:
@@ -54,12 +55,23 @@ class Engine:
             return self._executor(spec).decode(spec, latents, settings)
 
     def unload_all(self) -> None:
+        """Free every loaded pipeline and end the worker processes."""
         with self._lock:
             self.pipelines.clear()
+            if self._groups is not None:
+                self._groups.shutdown()
 
     # ---- internals -----------------------------------------------------------------------
     def _executor(self, spec):
-        return InProcessExecutor(self)
+        from .parallel.runtime import current_context
+
+        if spec.world_size() == 1 or current_context() is not None:
+            return InProcessExecutor(self)  # a worker rank runs its share in-process
+        if self._groups is None:
+            from .parallel.group import GroupExecutor
+
+            self._groups = GroupExecutor()
+        return self._groups.for_spec(spec)
 
     def loaded(self, spec) -> LoadedPipeline:
         def load():

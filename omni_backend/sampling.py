@@ -84,7 +84,7 @@ def sample(ctx: RunContext):
 
     family, request, pipe = ctx.family, ctx.request, ctx.pipe
     with contextlib.ExitStack() as stack:
-        for feature in ctx.spec.features():
+        for feature in ctx.spec.session_features():
             session = getattr(feature, "run_session", None)
             if session is not None:
                 stack.enter_context(session(ctx))

@@ -55,8 +55,13 @@ class ModelSpec:
         return self.model_folder.name
 
     def features(self) -> list:
-        """Feature configs in the order they are applied to a run."""
+        """Feature configs in the order they prepare a loaded pipeline."""
         return [f for f in (self.memory, self.parallel, *self.loras, self.cache) if f is not None]
+
+    def session_features(self) -> list:
+        """Feature configs in the order their run sessions are entered. Parallel comes last so its
+        CFG wrapper is the transformer's outermost forward (caches inside see one call per step)."""
+        return [f for f in (self.memory, *self.loras, self.cache, self.parallel) if f is not None]
 
     def replace(self, **changes) -> "ModelSpec":
         from .compat import validate_spec

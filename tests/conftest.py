@@ -41,10 +41,10 @@ PACK = _import_pack()
 from omni_backend.families import FAMILIES  # noqa: E402
 from omni_backend.tiny.lora import make_tiny_lora  # noqa: E402
 from omni_diffusion_nodes.headless import recipes  # noqa: E402
-from omni_diffusion_nodes.headless.cli import _quiet_libraries  # noqa: E402
+from omni_backend.loading import quiet_libraries  # noqa: E402
 from omni_diffusion_nodes.nodes import comfy_bridge  # noqa: E402
 
-_quiet_libraries()
+quiet_libraries()
 
 
 @pytest.fixture(scope="session")

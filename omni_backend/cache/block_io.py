@@ -40,6 +40,35 @@ def stream_inputs(block, args, kwargs):
     return arguments[hidden_name], encoder
 
 
+def stream_inputs_as_computed(block, args, kwargs):
+    """stream_inputs after the block's own sequence-parallel split hooks, if any.
+
+    Under sequence parallelism diffusers' `_cp_plan` splits the sequence in a hook on the first
+    block, inside any cache hook wrapped around it. A cache that records the block's input (or
+    returns in its place) must see the shard the block computes on, so replay that split here
+    (cache-dit does the same for its Fn residual).
+    """
+    from diffusers.hooks.context_parallel import ContextParallelSplitHook
+
+    hidden, encoder = stream_inputs(block, args, kwargs)
+    registry = getattr(block, "_diffusers_hook", None)
+    if registry is None:
+        return hidden, encoder
+    names = _parameters(type(block))
+    hidden_name = "hidden_states" if "hidden_states" in names else names[0]
+    for hook in registry.hooks.values():
+        if not isinstance(hook, ContextParallelSplitHook):
+            continue
+        for name, plan in hook.metadata.items():
+            if getattr(plan, "split_output", True):
+                continue
+            if name == hidden_name:
+                hidden = hook._prepare_cp_input(hidden, plan)
+            elif name == "encoder_hidden_states" and encoder is not None:
+                encoder = hook._prepare_cp_input(encoder, plan)
+    return hidden, encoder
+
+
 def stream_outputs(block, output):
     """(hidden_states, encoder_hidden_states or None) from the block's return value."""
     meta = _metadata(type(block))

@@ -75,7 +75,11 @@ class CacheDiTConfig:
             raise problem.error()
         _quiet_cache_dit()
         steps = split_steps(family, pipe, request.steps)
-        separate_cfg = family.cfg_in_separate_calls and family.runs_two_branches(pipe, request)
+        from ..parallel.runtime import cfg_parallel_active
+
+        # Under CFG-parallel each rank makes one call per step (its branch): no alternation to track.
+        separate_cfg = (family.cfg_in_separate_calls and family.runs_two_branches(pipe, request)
+                        and not cfg_parallel_active())
         base = self._db_config(request.steps, separate_cfg, ctx.report)
         modifiers = [cache_dit.ParamsModifier(cache_config=self._db_config(n, separate_cfg, ctx.report, expert=i))
                      for i, n in enumerate(steps)] if len(steps) > 1 else None

@@ -21,7 +21,7 @@ from typing import Callable
 import torch
 from diffusers.hooks.hooks import BaseState, CacheContext, HookRegistry, ModelHook, StateManager
 
-from .block_io import make_output, stream_inputs, stream_outputs
+from .block_io import make_output, stream_inputs_as_computed, stream_outputs
 
 BLOCK_HOOK = "omni_teacache_block"
 CONTEXT_HOOK = "omni_teacache_default_context"
@@ -76,7 +76,7 @@ class TeaCacheBlockHook(ModelHook):
 
     def new_forward(self, module, *args, **kwargs):
         state: TeaCacheState = self.state_manager.get_state()
-        hidden, encoder = stream_inputs(module, args, kwargs)
+        hidden, encoder = stream_inputs_as_computed(module, args, kwargs)
         if self.decider is not None:
             branch = self.state_manager.context.name
             state.should_compute = self.decider.decide(state, branch, module, args, kwargs, hidden)

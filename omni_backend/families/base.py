@@ -102,6 +102,17 @@ class ModelFamily:
     def latent_channels(self, vae_config: dict) -> int:
         return int(vae_config.get("latent_channels") or vae_config.get("z_dim"))
 
+    # ---- parallelism -----------------------------------------------------------------------
+    supports_sequence_parallel: bool = True
+
+    def has_true_cfg(self, model_index: dict) -> bool:
+        """Whether guidance > 1 runs a negative branch (what CFG-parallel splits)."""
+        return self.guidance.kind in ("true_cfg", "cfg")
+
+    def sequence_parallel_plan(self, transformer) -> dict | None:
+        """diffusers `_cp_plan` format: where the sequence is split and gathered (None: no SP)."""
+        return getattr(transformer, "_cp_plan", None)
+
     # ---- caches ----------------------------------------------------------------------------
     # TeaCache: polynomial rescaling the relative L1 change of the first block's modulated input
     # (highest order first). None means the family has no extractor and TeaCache is refused.

@@ -17,6 +17,9 @@ class Flux2Klein(ModelFamily):
     default_steps = 28
     default_guidance = 4.0
 
+    def has_true_cfg(self, model_index):
+        return not model_index.get("is_distilled", False)  # the distilled klein checkpoints ignore guidance
+
     def runs_two_branches(self, pipe, request):
         return request.guidance > 1.0 and not pipe.config.is_distilled
 

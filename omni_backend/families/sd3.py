@@ -13,6 +13,11 @@ class StableDiffusion3(ModelFamily):
     default_steps = 28
     default_guidance = 4.5
 
+    supports_sequence_parallel = False
+
+    def sequence_parallel_plan(self, transformer):
+        return None  # SD3's joint attention calls torch SDPA directly, outside diffusers' dispatcher
+
     def block_lists(self, transformer):
         return [("transformer_blocks", transformer.transformer_blocks)]
 

@@ -22,6 +22,15 @@ class ZImage(ModelFamily):
         # noise_refiner and context_refiner run once per call before the main stack.
         return [("layers", transformer.layers)]
 
+    def sequence_parallel_plan(self, transformer):
+        from diffusers.models._modeling_parallel import ContextParallelOutput
+
+        from ..parallel.sequence_parallel import Z_IMAGE_PLAN
+
+        gather = {f"all_final_layer.{key}": ContextParallelOutput(gather_dim=1, expected_dims=3)
+                  for key in transformer.all_final_layer}
+        return {**Z_IMAGE_PLAN, **gather}
+
     def block_counts(self, transformer_config):
         return [int(transformer_config["n_layers"])]
 

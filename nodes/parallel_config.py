@@ -1,0 +1,62 @@
+"""Parallel Config: run the model on a group of worker processes (GPUs, or CPU processes)."""
+
+from __future__ import annotations
+
+from omni_backend.errors import OmniError
+from omni_backend.parallel.config import ParallelConfig
+
+from .common import CATEGORY, OMNI_MODEL
+
+
+def parse_devices(text: str) -> tuple[str, ...]:
+    text = (text or "").strip()
+    if text in ("", "auto"):
+        return ()
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+class OmniParallelConfig:
+    DESCRIPTION = ("Split each step across worker processes, one per device: Ulysses and Ring sequence "
+                   "parallelism, CFG-parallel (positive/negative branch per device), tensor parallelism. "
+                   "World size = ulysses x ring x cfg x tensor_parallel.")
+    CATEGORY = CATEGORY
+    RETURN_TYPES = (OMNI_MODEL,)
+    RETURN_NAMES = ("model",)
+    FUNCTION = "apply"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        degree = {"default": 1, "min": 1, "max": 64}
+        return {"required": {
+            "model": (OMNI_MODEL,),
+            "ulysses_degree": ("INT", dict(degree, tooltip="All-to-all over attention heads (must divide them).")),
+            "ring_degree": ("INT", dict(degree, tooltip="K/V passed around a ring: any head count.")),
+            "cfg_parallel": ("INT", {"default": 1, "min": 1, "max": 2,
+                                     "tooltip": "2: positive and negative branch on different devices."}),
+            "tensor_parallel": ("INT", dict(degree, tooltip="Shard the DiT's weights across devices.")),
+            "vae_patch_parallel": ("INT", dict(degree, tooltip="Decode VAE tiles on this many ranks.")),
+            "devices": ("STRING", {"default": "auto",
+                                   "tooltip": "auto (all visible GPUs, else CPU processes) or e.g. cuda:0,cuda:1"}),
+            "remote_ranks": ("INT", {"default": 0, "min": 0, "max": 63,
+                                     "tooltip": "Ranks started on other machines with omni-diffusion worker."}),
+            "rendezvous": ("STRING", {"default": "",
+                                      "tooltip": "HOST:PORT for remote ranks to reach this machine; empty = local."}),
+        }}
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, ulysses_degree=None, ring_degree=None, cfg_parallel=None, tensor_parallel=None,
+                        vae_patch_parallel=None, devices=None, remote_ranks=None, rendezvous=None):
+        values = dict(ulysses_degree=ulysses_degree, ring_degree=ring_degree, cfg_parallel=cfg_parallel,
+                      tensor_parallel=tensor_parallel, vae_patch_parallel=vae_patch_parallel,
+                      remote_ranks=remote_ranks, rendezvous=rendezvous)
+        if any(v is None for v in values.values()) or devices is None:
+            return True  # linked inputs are checked when the node runs
+        try:
+            ParallelConfig(devices=parse_devices(devices), **values)
+        except OmniError as exc:
+            return str(exc)
+        return True
+
+    def apply(self, model, devices, **degrees):
+        config = ParallelConfig(devices=parse_devices(devices), **degrees)
+        return (model.replace(parallel=config if config.world_size > 1 else None),)

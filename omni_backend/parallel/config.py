@@ -1,0 +1,141 @@
+"""Parallel Config: the multi-process layout carried by OMNI_MODEL.
+
+world size = cfg_parallel x ring_degree x ulysses_degree x tensor_parallel. Ranks are laid out
+on a (cfg, ring, ulysses, tp) grid, tp innermost and cfg outermost (vLLM-Omni's order): Ulysses
+peers sit on neighbouring ranks and ring peers are strided, so the chattiest groups stay closest.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+from ..errors import OmniInputError
+
+
+@dataclass(frozen=True)
+class ParallelConfig:
+    ulysses_degree: int = 1
+    ring_degree: int = 1
+    cfg_parallel: int = 1
+    tensor_parallel: int = 1
+    vae_patch_parallel: int = 1
+    devices: tuple[str, ...] = ()  # one per local rank; empty = automatic (GPUs, else CPU processes)
+    remote_ranks: int = 0  # ranks started on other machines with `omni-diffusion worker` (the highest ranks)
+    rendezvous: str = ""  # HOST:PORT the ranks meet at; empty = a free port on 127.0.0.1
+
+    label = "Parallel"
+    node_title = "Parallel Config"
+
+    def __post_init__(self):
+        for name in ("ulysses_degree", "ring_degree", "cfg_parallel", "tensor_parallel", "vae_patch_parallel"):
+            if getattr(self, name) < 1:
+                raise OmniInputError(name, getattr(self, name), "degrees start at 1", f"set {name} to 1 or more")
+        if self.cfg_parallel not in (1, 2):
+            raise OmniInputError("cfg_parallel", self.cfg_parallel, "CFG has two branches to split",
+                                 "use 1 (off) or 2")
+        if self.remote_ranks < 0 or self.remote_ranks >= self.world_size:
+            raise OmniInputError("remote_ranks", self.remote_ranks,
+                                 f"must leave rank 0 on this machine (world size {self.world_size})",
+                                 f"use 0 to {self.world_size - 1}")
+        if self.remote_ranks and not self.rendezvous:
+            raise OmniInputError("rendezvous", self.rendezvous, "remote ranks need an address to meet at",
+                                 "set HOST:PORT reachable from the other machines (this machine's address)")
+        for device in self.devices:
+            if device != "cpu" and not (device.startswith("cuda:") and device[5:].isdigit()):
+                raise OmniInputError("devices", device, "not a device name", "use cpu or cuda:N, comma-separated")
+        if self.devices and len(self.devices) != self.local_ranks:
+            raise OmniInputError("devices", ",".join(self.devices),
+                                 f"lists {len(self.devices)} devices for {self.local_ranks} local ranks",
+                                 f"list exactly {self.local_ranks} devices, or use auto")
+        if self.vae_patch_parallel > self.world_size:
+            raise OmniInputError("vae_patch_parallel", self.vae_patch_parallel,
+                                 f"VAE tiles are decoded by the worker group's ranks, and it has {self.world_size}",
+                                 f"use at most {self.world_size}, or raise the other degrees")
+
+    @property
+    def sequence_parallel(self) -> int:
+        return self.ulysses_degree * self.ring_degree
+
+    @property
+    def world_size(self) -> int:
+        return self.cfg_parallel * self.sequence_parallel * self.tensor_parallel
+
+    @property
+    def local_ranks(self) -> int:
+        return self.world_size - self.remote_ranks
+
+    def layout_key(self) -> tuple:
+        """What decides the worker processes and their process groups (not VAE patching)."""
+        return (self.ulysses_degree, self.ring_degree, self.cfg_parallel, self.tensor_parallel, self.devices,
+                self.remote_ranks, self.rendezvous)
+
+    def describe(self) -> str:
+        parts = [f"{name} {value}" for name, value in (
+            ("ulysses", self.ulysses_degree), ("ring", self.ring_degree), ("cfg", self.cfg_parallel),
+            ("tp", self.tensor_parallel), ("vae patches", self.vae_patch_parallel)) if value > 1]
+        return f"{self.world_size} ranks ({', '.join(parts) or 'no split'})"
+
+    # ---- validation ----------------------------------------------------------------------------
+    def problems(self, spec) -> list:
+        from ..compat import Problem
+
+        family, info = spec.family, spec.model_folder
+        title = f"{self.node_title} ({self.describe()})"
+        found = []
+        available = available_local_ranks(self)
+        if self.local_ranks > available:
+            found.append(Problem(title, "this machine", f"it needs {self.local_ranks} local ranks but "
+                                 f"{available} devices are available",
+                                 "lower the degrees, list devices explicitly, or add remote ranks"))
+        if self.sequence_parallel > 1 and not family.supports_sequence_parallel:
+            found.append(Problem(title, family.title, "this model has no sequence-parallel plan",
+                                 "use cfg_parallel (or tensor parallel) for it"))
+        heads = family.attention_heads(info.transformer_config)
+        split = self.ulysses_degree * self.tensor_parallel
+        if heads % split:
+            working = [d for d in range(1, heads + 1) if heads % (d * self.tensor_parallel) == 0]
+            found.append(Problem(title, family.title, f"its {heads} attention heads do not divide by "
+                                 f"ulysses_degree x tensor_parallel = {split}",
+                                 f"use ulysses_degree in {working} (or ring_degree, which splits no heads)"))
+        if self.cfg_parallel > 1 and not family.has_true_cfg(info.model_index):
+            found.append(Problem(title, family.title, "the model runs no negative branch (its guidance is "
+                                 "distilled into one pass), so there is nothing to split",
+                                 "set cfg_parallel to 1; use sequence parallelism to spread the work"))
+        return found
+
+    # ---- the feature contract (these run inside the worker processes) --------------------------
+    def prepare_pipeline(self, pipe, spec) -> None:
+        from .runtime import current_context
+        from .setup import parallelize_pipeline
+
+        context = current_context()
+        if context is not None:  # world size 1 runs the plain pipeline
+            parallelize_pipeline(pipe, spec, context)
+
+    @contextlib.contextmanager
+    def run_session(self, ctx):
+        from .runtime import current_context
+        from .session import parallel_run
+
+        context = current_context()
+        if context is None:
+            yield
+            return
+        with parallel_run(ctx, context):
+            yield
+
+
+MAX_CPU_RANKS = 8  # CPU ranks are processes that time-share the cores: useful for testing, not for speed
+
+
+def available_local_ranks(config) -> int:
+    """GPUs on this machine (or the listed ones that exist); CPU processes up to MAX_CPU_RANKS."""
+    import torch
+
+    if torch.cuda.is_available() and not all(d == "cpu" for d in config.devices or ("cuda",)):
+        count = torch.cuda.device_count()
+        if config.devices:
+            return len([d for d in config.devices if d == "cpu" or int(d.split(":")[1]) < count])
+        return count
+    return MAX_CPU_RANKS

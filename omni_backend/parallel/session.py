@@ -1,0 +1,44 @@
+"""What a parallel layout does around one run inside a worker."""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import torch.distributed as dist
+
+from .cfg_parallel import cfg_parallel_forward
+
+
+@contextlib.contextmanager
+def parallel_run(ctx, context):
+    config = context.config
+    world = context.group("world")
+
+    def agree_to_stop(_step, stop: bool) -> bool:
+        # Every rank must leave the loop at the same step, or the others wait in a collective.
+        flag = torch.tensor([1.0 if stop else 0.0], device=context.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=world)
+        return bool(flag.item())
+
+    ctx.step_end_hooks.append(agree_to_stop)
+    if config.sequence_parallel > 1:
+        sp_group = context.group("sp")
+
+        def sum_over_sequence(sums):
+            sums = sums.to(context.device)
+            dist.all_reduce(sums, group=sp_group)
+            return sums.cpu()
+
+        ctx.reduce_sums = sum_over_sequence
+    ctx.report.add("Parallel", config.describe())
+    with contextlib.ExitStack() as stack:
+        if config.cfg_parallel > 1:
+            if ctx.family.runs_two_branches(ctx.pipe, ctx.request):
+                for _name, transformer in ctx.family.transformers(ctx.pipe):
+                    stack.enter_context(cfg_parallel_forward(transformer, context.group("cfg"),
+                                                             batched=not ctx.family.cfg_in_separate_calls))
+            else:
+                ctx.report.notice(f"guidance {ctx.request.guidance} runs no negative branch: CFG-parallel ranks "
+                                  "computed the same branch (set guidance > 1, or cfg_parallel 1)")
+        yield

@@ -1,0 +1,20 @@
+"""Weight-level parallel set-up of a pipeline inside a worker (run once per load)."""
+
+from __future__ import annotations
+
+from ..errors import OmniIncompatibleError
+from .sequence_parallel import SequenceParallelAttention, apply_sequence_parallel
+
+
+def parallelize_pipeline(pipe, spec, context) -> None:
+    config = context.config
+    family = spec.family
+    if config.sequence_parallel > 1:
+        attention = SequenceParallelAttention(ulysses_group=context.group("ulysses"),
+                                              ring_group=context.group("ring"), sp_group=context.group("sp"))
+        for _name, transformer in family.transformers(pipe):
+            plan = family.sequence_parallel_plan(transformer)
+            if plan is None:
+                raise OmniIncompatibleError("Parallel Config (sequence parallel)", family.title,
+                                            "this model has no sequence-parallel plan", "use cfg_parallel instead")
+            apply_sequence_parallel(transformer, plan, attention)

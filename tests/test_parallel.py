@@ -1,0 +1,174 @@
+"""Worker groups over gloo on 127.0.0.1: every method equals the single-process result.
+
+Tolerance: the parallel latent must match the single-process one to 1e-5 relative to its largest
+value (float32 reductions in a different order; the CFG split is exact).
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from omni_backend.cache import CacheDiTConfig, TeaCacheConfig
+from omni_backend.engine import Engine
+from omni_backend.errors import OmniIncompatibleError, OmniInterrupted, OmniWorkerError
+from omni_backend.parallel.config import ParallelConfig
+from omni_backend.request import GenerationRequest
+from omni_backend.sampling import RunControl
+from omni_backend.spec import ModelSpec
+
+SP_FAMILIES = ["qwen-image", "z-image", "flux", "flux2-klein", "wan2.2"]
+CFG_FAMILIES = ["qwen-image", "z-image", "flux2-klein", "sd3", "wan2.2"]
+RELATIVE_TOLERANCE = 1e-5
+
+
+@pytest.fixture(scope="module")
+def engine():
+    engine = Engine()
+    yield engine
+    engine.unload_all()
+
+
+def spec_for(models_dir, family, **parallel):
+    spec = ModelSpec.from_folder(str(models_dir / "diffusers" / family), dtype="fp32", device="cpu")
+    return spec.replace(parallel=ParallelConfig(**parallel)) if parallel else spec
+
+
+def request_for(family, **changes):
+    values = dict(prompt="a red circle on a blue background", negative_prompt="blurry, dark", steps=3,
+                  guidance=4.0, width=64, height=48, frames=5 if family == "wan2.2" else 1)
+    values.update(changes)
+    return GenerationRequest(**values)
+
+
+def assert_same(parallel, single):
+    scale = single.abs().max()
+    difference = (parallel - single).abs().max()
+    assert difference <= RELATIVE_TOLERANCE * scale, f"max |diff| {difference:.3g} vs scale {scale:.3g}"
+
+
+@pytest.mark.parametrize("layout", [dict(ulysses_degree=2), dict(ring_degree=2)], ids=["ulysses2", "ring2"])
+def test_sequence_parallel_equals_single_process(models_dir, engine, layout):
+    for family in SP_FAMILIES:
+        request = request_for(family)
+        single = engine.generate(spec_for(models_dir, family), request).latents
+        result = engine.generate(spec_for(models_dir, family, **layout), request)
+        assert_same(result.latents, single)
+        assert "2 ranks" in result.report.text()
+
+
+def test_cfg_parallel_equals_single_process(models_dir, engine):
+    for family in CFG_FAMILIES:
+        request = request_for(family)
+        single = engine.generate(spec_for(models_dir, family), request).latents
+        assert_same(engine.generate(spec_for(models_dir, family, cfg_parallel=2), request).latents, single)
+
+
+def test_hybrid_ulysses_ring_on_four_ranks(models_dir, engine):
+    request = request_for("qwen-image")
+    single = engine.generate(spec_for(models_dir, "qwen-image"), request).latents
+    hybrid = spec_for(models_dir, "qwen-image", ulysses_degree=2, ring_degree=2)
+    assert_same(engine.generate(hybrid, request).latents, single)
+
+
+def test_progress_interrupt_and_recovery(models_dir, engine):
+    spec = spec_for(models_dir, "qwen-image", ulysses_degree=2)
+    request = request_for("qwen-image", steps=8)
+    seen = []
+    stop = {"now": False}
+
+    def progress(step, total):
+        seen.append(step)
+        stop["now"] = stop["now"] or step >= 2
+
+    with pytest.raises(OmniInterrupted):
+        engine.generate(spec, request, RunControl(progress=progress, interrupted=lambda: stop["now"]))
+    assert seen and max(seen) < 8, "the ranks must stop before the last step"
+
+    seen.clear()
+    started = time.monotonic()
+    engine.generate(spec, request, RunControl(progress=progress))  # both ranks left at the same step
+    assert seen[-1] == 8 and time.monotonic() - started < 120
+
+
+def test_killed_worker_gives_a_clear_error_and_the_next_run_rebuilds(models_dir, engine):
+    spec = spec_for(models_dir, "flux", ring_degree=2)
+    request = request_for("flux", steps=40, width=256, height=256)
+    engine.generate(spec, request_for("flux"))  # the group is up
+    group = engine._groups.group
+
+    def kill_rank_one(step, _total):
+        if step == 1:
+            group.processes[1].kill()
+
+    started = time.monotonic()
+    with pytest.raises(OmniWorkerError) as info:
+        engine.generate(spec, request, RunControl(progress=kill_rank_one))
+    assert time.monotonic() - started < 60
+    assert "rank 1" in str(info.value) and "next run starts a new one" in str(info.value)
+    assert all(process.poll() is not None for process in group.processes), "no orphan workers"
+
+    single = engine.generate(spec_for(models_dir, "flux"), request_for("flux")).latents
+    assert_same(engine.generate(spec, request_for("flux")).latents, single)
+    assert engine._groups.group is not group
+
+
+def test_caches_agree_across_sequence_parallel_ranks(models_dir, engine):
+    request = request_for("qwen-image", steps=8)
+    base = spec_for(models_dir, "qwen-image")
+    teacache = TeaCacheConfig(rel_l1_thresh=0.4)
+    single = engine.generate(base.replace(cache=teacache), request)
+    parallel = engine.generate(base.replace(cache=teacache, parallel=ParallelConfig(ulysses_degree=2)), request)
+    single_steps = single.report.sections["TeaCache"]["branches"]
+    assert parallel.report.sections["TeaCache"]["branches"] == single_steps, "ranks decide like one process"
+    assert any(branch["skipped"] for branch in single_steps.values())
+    assert_same(parallel.latents, single.latents)
+
+    cache_dit = CacheDiTConfig(residual_diff_threshold=1.0, max_warmup_steps=2)
+    result = engine.generate(base.replace(cache=cache_dit, parallel=ParallelConfig(ulysses_degree=2)), request)
+    assert result.report.sections["Cache-DiT"]["cached_steps"][0], "cache-dit cached steps on both ranks"
+
+
+def test_remote_rank_joins_through_the_rendezvous(models_dir, engine):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    address = f"127.0.0.1:{port}"
+    remote = subprocess.Popen([sys.executable, "-m", "omni_diffusion_nodes.headless.cli", "worker", "--rank", "1",
+                               "--world-size", "2", "--master", address, "--device", "cpu"],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        request = request_for("z-image")
+        single = engine.generate(spec_for(models_dir, "z-image"), request).latents
+        spec = spec_for(models_dir, "z-image", ulysses_degree=2, remote_ranks=1, rendezvous=address)
+        assert_same(engine.generate(spec, request).latents, single)
+        engine.unload_all()
+        assert remote.poll() is None, "a remote rank outlives a group and waits for the next one"
+    finally:
+        remote.kill()
+        output = remote.communicate(timeout=10)[0]
+    assert "joining group generation" in output
+
+
+@pytest.mark.parametrize("layout, family, fragment", [
+    (dict(ulysses_degree=3, devices=("cpu",) * 3), "qwen-image", "[1, 2, 4]"),
+    (dict(ulysses_degree=2), "sd3", "no sequence-parallel plan"),
+    (dict(cfg_parallel=2), "flux", "distilled"),
+    (dict(ring_degree=16), "qwen-image", "devices are available"),
+])
+def test_impossible_layouts_are_refused_before_loading(models_dir, layout, family, fragment):
+    with pytest.raises(OmniIncompatibleError) as info:
+        spec_for(models_dir, family, **layout)
+    assert fragment in str(info.value) and "Parallel Config" in str(info.value)
+
+
+def test_unload_ends_the_workers(models_dir, engine):
+    engine.generate(spec_for(models_dir, "z-image", ulysses_degree=2), request_for("z-image"))
+    processes = list(engine._groups.group.processes)
+    engine.unload_all()
+    assert all(process.poll() is not None for process in processes)
