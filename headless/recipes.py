@@ -84,6 +84,7 @@ def shipped_workflows() -> dict[str, dict]:
                                 ("OmniLoadLoRA", dict(lora_name=LORA_FILES[1], strength=0.5))],
         filename_prefix="omni-qwen-image-loras", sample=dict(width=512, height=512))
     workflows.update(cache_workflows())
+    workflows.update(parallel_workflows())
     return workflows
 
 
@@ -98,6 +99,23 @@ def cache_workflows() -> dict[str, dict]:
                                                               "omni-qwen-image-cache-dit"),
         "z-image-cache-dit.json": base_workflow("z-image", [dbcache], "omni-z-image-cache-dit"),
         "wan2.2-cache-dit.json": base_workflow("wan2.2", [dbcache], "omni-wan2.2-cache-dit"),
+    }
+
+
+def parallel_workflows() -> dict[str, dict]:
+    def layout(**degrees):
+        return ("OmniParallelConfig", degrees)
+
+    # Smaller than the families' usual sizes: on the test suite's CPU ranks these run on two cores.
+    return {
+        "qwen-image-ulysses2.json": base_workflow("qwen-image", [layout(ulysses_degree=2)],
+                                                  "omni-qwen-image-ulysses2", sample=dict(width=512, height=512)),
+        "wan2.2-ulysses2-cfg2.json": base_workflow("wan2.2", [layout(ulysses_degree=2, cfg_parallel=2)],
+                                                   "omni-wan2.2-ulysses2-cfg2",
+                                                   sample=dict(width=480, height=272, frames=9)),
+        "z-image-tp2-vae-patch2.json": base_workflow("z-image", [layout(tensor_parallel=2, vae_patch_parallel=2)],
+                                                     "omni-z-image-tp2-vae-patch2",
+                                                     sample=dict(width=512, height=512)),
     }
 
 

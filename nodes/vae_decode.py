@@ -29,5 +29,6 @@ class OmniVAEDecode:
 
     def decode(self, model, samples, tile_size, tile_overlap):
         with host_interrupts():
-            images = decode_to_images(default_engine(), model, samples, DecodeSettings(tile_size, tile_overlap))
-        return (images,)
+            images, report = decode_to_images(default_engine(), model, samples,
+                                              DecodeSettings(tile_size, tile_overlap))
+        return {"ui": {"text": [report.text()]}, "result": (images,)}

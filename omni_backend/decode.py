@@ -23,7 +23,9 @@ def check_latent(spec, latent: dict):
 
 
 def decode_to_images(engine, spec, latent: dict, settings):
-    return to_comfy_images(engine.decode(spec, check_latent(spec, latent), settings))
+    """(IMAGE, RunReport) for a LATENT decoded with the model's VAE."""
+    pixels, report = engine.decode_with_report(spec, check_latent(spec, latent), settings)
+    return to_comfy_images(pixels), report
 
 
 def to_comfy_images(pixels):

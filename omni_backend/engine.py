@@ -51,6 +51,10 @@ class Engine:
 
     def decode(self, spec, latents, settings: DecodeSettings = DecodeSettings()):
         """Raw latents (ComfyUI layout) -> pixels in [0, 1], `[B,3,H,W]` or `[B,3,F,H,W]`."""
+        return self.decode_with_report(spec, latents, settings)[0]
+
+    def decode_with_report(self, spec, latents, settings: DecodeSettings = DecodeSettings()):
+        """(pixels, RunReport): the report says how the decode was split and its memory per rank."""
         with self._lock:
             return self._executor(spec).decode(spec, latents, settings)
 
@@ -102,15 +106,36 @@ class InProcessExecutor:
     def decode(self, spec, latents, settings: DecodeSettings):
         import torch
 
+        from .parallel.runtime import current_context
+        from .parallel.vae_patch import PeakActivation, decode_on_ranks, patches_for_ranks
         from .vae_tiling import decode_tiled, plan_for
 
         entry = self.engine.loaded(spec)
         vae = entry.pipe.vae
         scale = spec.family.vae_scale(entry.pipe)
+        latents = latents.to(vae.device)
         tiles = plan_for(latents, scale, settings.tile_size, settings.tile_overlap)
+        report = RunReport()
+        context = current_context()
+        ranks = spec.parallel.vae_patch_parallel if spec.parallel is not None else 1
         with torch.inference_mode():
-            pixels = decode_tiled(spec.family, vae, latents.to(vae.device), scale, tiles)
-        return (pixels / 2 + 0.5).clamp(0, 1)
+            if context is not None and ranks > 1:
+                if len(tiles) == 1:
+                    tiles = patches_for_ranks(latents.shape[-2], latents.shape[-1], ranks,
+                                              settings.tile_overlap // scale)
+                if context.rank >= ranks:
+                    return None, None  # not in the VAE group: nothing to decode
+                pixels, peaks = decode_on_ranks(spec.family, vae, latents, scale, tiles, context.group("vae"))
+            else:
+                with PeakActivation(vae, latents.device) as peak:
+                    pixels = decode_tiled(spec.family, vae, latents, scale, tiles)
+                peaks = [peak.bytes]
+        if pixels is None:
+            return None, None
+        megabytes = ", ".join(f"{p / 2**20:.1f}" for p in peaks)
+        report.add("VAE", {"text": f"{len(tiles)} tile(s) on {len(peaks)} rank(s); peak decode activation per "
+                                   f"rank (MiB): {megabytes}", "tiles": len(tiles), "peak_bytes": peaks})
+        return (pixels / 2 + 0.5).clamp(0, 1), report
 
 
 _default_engine: Engine | None = None

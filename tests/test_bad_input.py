@@ -128,7 +128,7 @@ def test_latent_from_another_model_is_refused_and_engine_stays_usable(headless, 
         nodes["OmniVAEDecode"]().decode(sd3, latent, 0, 64)
     assert_clear(info.value, "samples", "32", "16 channels", "flux2-klein")
     good = nodes["OmniSample"]().sample(sd3, **tiny_settings("sd3"))["result"][0]
-    assert nodes["OmniVAEDecode"]().decode(sd3, good, 0, 64)[0].shape[0] == 1
+    assert nodes["OmniVAEDecode"]().decode(sd3, good, 0, 64)["result"][0].shape[0] == 1
 
 
 def test_workflow_that_is_not_json(headless, tmp_path):

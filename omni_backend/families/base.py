@@ -104,6 +104,7 @@ class ModelFamily:
 
     # ---- parallelism -----------------------------------------------------------------------
     supports_sequence_parallel: bool = True
+    supports_tensor_parallel: bool = True
 
     def has_true_cfg(self, model_index: dict) -> bool:
         """Whether guidance > 1 runs a negative branch (what CFG-parallel splits)."""
@@ -112,6 +113,26 @@ class ModelFamily:
     def sequence_parallel_plan(self, transformer) -> dict | None:
         """diffusers `_cp_plan` format: where the sequence is split and gathered (None: no SP)."""
         return getattr(transformer, "_cp_plan", None)
+
+    def tensor_parallel_plan(self, transformer) -> dict | None:
+        """diffusers `_tp_plan` format: which linears are column/row sharded (None: no TP)."""
+        return getattr(transformer, "_tp_plan", None)
+
+    tensor_parallel_sharded_norms: tuple[str, ...] = ()  # norms over sharded features (module globs)
+
+    def tensor_parallel_widths(self, transformer_config: dict) -> dict[str, int]:
+        """What tensor parallelism splits, by name: every value must divide by the TP degree."""
+        heads = self.attention_heads(transformer_config)
+        head_dim = int(transformer_config.get("attention_head_dim", 0) or 0)
+        widths = {"attention heads": heads}
+        if head_dim:
+            widths["MLP width"] = 4 * heads * head_dim
+        return widths
+
+    def after_tensor_parallel(self, transformer, group) -> None:
+        """Fix-ups a family needs once its linears hold shards (local head counts, sharded norms).
+
+        diffusers' Qwen-Image and FLUX processors reshape by head_dim and need none."""
 
     # ---- caches ----------------------------------------------------------------------------
     # TeaCache: polynomial rescaling the relative L1 change of the first block's modulated input

@@ -29,6 +29,11 @@ class Flux2Klein(ModelFamily):
         return [("transformer_blocks", transformer.transformer_blocks),
                 ("single_transformer_blocks", transformer.single_transformer_blocks)]
 
+    def tensor_parallel_widths(self, transformer_config):
+        heads = int(transformer_config["num_attention_heads"])
+        inner = heads * int(transformer_config["attention_head_dim"])
+        return {"attention heads": heads, "MLP width": int(inner * float(transformer_config["mlp_ratio"]))}
+
     def block_counts(self, transformer_config):
         return [int(transformer_config["num_layers"]), int(transformer_config["num_single_layers"])]
 

@@ -14,6 +14,10 @@ class StableDiffusion3(ModelFamily):
     default_guidance = 4.5
 
     supports_sequence_parallel = False
+    supports_tensor_parallel = False
+
+    def tensor_parallel_plan(self, transformer):
+        return None  # no sharding plan for SD3 (the seed marks it unsupported too)
 
     def sequence_parallel_plan(self, transformer):
         return None  # SD3's joint attention calls torch SDPA directly, outside diffusers' dispatcher

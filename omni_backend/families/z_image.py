@@ -31,6 +31,28 @@ class ZImage(ModelFamily):
                   for key in transformer.all_final_layer}
         return {**Z_IMAGE_PLAN, **gather}
 
+    def tensor_parallel_plan(self, transformer):
+        plan = {}
+        for stack in ("layers", "noise_refiner", "context_refiner"):
+            for projection in ("to_q", "to_k", "to_v"):
+                plan[f"{stack}.*.attention.{projection}"] = "colwise"
+            plan[f"{stack}.*.attention.to_out.0"] = "rowwise"
+            plan[f"{stack}.*.feed_forward.w1"] = "colwise"  # SwiGLU: w2(silu(w1 x) * w3 x)
+            plan[f"{stack}.*.feed_forward.w3"] = "colwise"
+            plan[f"{stack}.*.feed_forward.w2"] = "rowwise"
+        return plan
+
+    def after_tensor_parallel(self, transformer, group):
+        import torch.distributed as dist
+
+        from ..parallel.tensor_parallel import divide_attention_heads
+
+        divide_attention_heads(transformer, dist.get_world_size(group))  # its processor reshapes by attn.heads
+
+    def tensor_parallel_widths(self, transformer_config):
+        dim = int(transformer_config["dim"])
+        return {"attention heads": int(transformer_config["n_heads"]), "MLP width": int(dim / 3 * 8)}
+
     def block_counts(self, transformer_config):
         return [int(transformer_config["n_layers"])]
 

@@ -19,6 +19,7 @@ import time
 from datetime import timedelta
 
 STORE_TIMEOUT = timedelta(seconds=30)
+CHUNK = 4 * 1024 * 1024  # the libuv TCPStore refuses messages above 8 MiB: larger values go in parts
 
 
 def connect(host: str, port: int, is_host: bool):
@@ -37,13 +38,19 @@ class Channel:
         self.keys = PrefixStore(f"g{generation}/", store)
 
     def put(self, key: str, value) -> None:
-        self.keys.set(key, pickle.dumps(value))
+        data = pickle.dumps(value)
+        parts = [data[i:i + CHUNK] for i in range(0, len(data), CHUNK)] or [b""]
+        for index, part in enumerate(parts[1:], start=1):
+            self.keys.set(f"{key}#{index}", part)
+        self.keys.set(key, len(parts).to_bytes(8, "big") + parts[0])  # written last: the value is complete
 
     def has(self, key: str) -> bool:
         return self.keys.check([key])
 
     def get(self, key: str):
-        return pickle.loads(self.keys.get(key))
+        head = self.keys.get(key)
+        count = int.from_bytes(head[:8], "big")
+        return pickle.loads(head[8:] + b"".join(self.keys.get(f"{key}#{i}") for i in range(1, count)))
 
     def wait(self, key: str, poll: float = 0.05, still_waiting=None):
         """Block until `key` exists; `still_waiting()` may raise to give up."""

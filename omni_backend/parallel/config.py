@@ -91,6 +91,17 @@ class ParallelConfig:
         if self.sequence_parallel > 1 and not family.supports_sequence_parallel:
             found.append(Problem(title, family.title, "this model has no sequence-parallel plan",
                                  "use cfg_parallel (or tensor parallel) for it"))
+        if self.tensor_parallel > 1 and not family.supports_tensor_parallel:
+            found.append(Problem(title, family.title, "this model has no tensor-parallel plan",
+                                 "use sequence parallelism or cfg_parallel for it"))
+        elif self.tensor_parallel > 1:
+            widths = family.tensor_parallel_widths(info.transformer_config)
+            uneven = {name: width for name, width in widths.items() if width % self.tensor_parallel}
+            if uneven:
+                working = [d for d in range(2, 65) if all(w % d == 0 for w in widths.values())]
+                shown = ", ".join(f"{name} {width}" for name, width in uneven.items())
+                found.append(Problem(title, family.title, f"tensor_parallel {self.tensor_parallel} does not divide "
+                                     f"its {shown}", f"use tensor_parallel in {working or [1]}"))
         heads = family.attention_heads(info.transformer_config)
         split = self.ulysses_degree * self.tensor_parallel
         if heads % split:

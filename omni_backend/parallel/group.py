@@ -199,7 +199,7 @@ class GroupExecutor:
     def decode(self, spec, latents, settings):
         from ..sampling import RunControl
 
-        return self.group.call("decode", (spec, latents, settings), RunControl())
+        return self.group.call("decode", (spec, latents, settings), RunControl())  # (pixels, report) of rank 0
 
     def shutdown(self) -> None:
         if self.group is not None:

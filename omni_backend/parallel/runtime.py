@@ -60,5 +60,7 @@ def build_context(rank: int, world_size: int, device, config) -> ParallelContext
     groups = {name: mesh[name].get_group() for name in names}
     groups["sp"] = mesh["ring", "ulysses"]._flatten("sp").get_group()
     groups["world"] = dist.group.WORLD
+    # VAE patch-parallel decodes on the first ranks; every rank must take part in creating the group.
+    groups["vae"] = dist.new_group(list(range(config.vae_patch_parallel)))
     return ParallelContext(rank=rank, world_size=world_size, device=device, config=config, mesh=mesh,
                            groups=groups)

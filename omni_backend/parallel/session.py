@@ -31,7 +31,15 @@ def parallel_run(ctx, context):
             return sums.cpu()
 
         ctx.reduce_sums = sum_over_sequence
-    ctx.report.add("Parallel", config.describe())
+    summary = {"text": config.describe()}
+    if config.tensor_parallel > 1:
+        local = sum(p.numel() * p.element_size() for _name, transformer in ctx.family.transformers(ctx.pipe)
+                    for p in transformer.parameters())
+        per_rank = [0] * context.world_size
+        dist.all_gather_object(per_rank, local, group=world)
+        summary["rank_weight_bytes"] = per_rank
+        summary["text"] += f"; DiT weights per rank {', '.join(f'{b / 2**20:.1f}' for b in per_rank)} MiB"
+    ctx.report.add("Parallel", summary)
     with contextlib.ExitStack() as stack:
         if config.cfg_parallel > 1:
             if ctx.family.runs_two_branches(ctx.pipe, ctx.request):

@@ -78,7 +78,7 @@ def _handle(engine, kind: str, payload, control, rank: int):
         return generation if rank == 0 else None
     if kind == "decode":
         spec, latents, settings = payload
-        return engine.decode(spec, latents, settings)
+        return engine.decode_with_report(spec, latents, settings)
     raise ValueError(f"unknown request {kind!r}")
 
 

@@ -1,0 +1,150 @@
+"""Tensor parallelism: shard a DiT's attention and MLP linears across the ranks of a TP group.
+
+The plans are diffusers' own `_tp_plan` (Qwen-Image, FLUX.1, FLUX.2) or the family's (Z-Image,
+Wan), in the same format: module-path globs -> "colwise" | "rowwise" | Packed*Parallel. diffusers
+applies them with DTensor and refuses CPU devices; we apply the same plans with two small
+Linear subclasses that hold only their shard and talk through plain torch.distributed, so the
+CPU (gloo) path tests exactly the plan a GPU runs. Modulation/AdaLN, embeddings, norms and the
+output projection are not in the plans and stay replicated.
+
+- ColumnParallelLinear keeps a block of output rows (a subset of heads / MLP features) and needs
+  no communication; its output feeds a row-parallel layer or the attention of its heads.
+- RowParallelLinear keeps the matching block of input columns; the partial products are summed
+  with an all-reduce and the (replicated) bias is added once.
+Packed layers (SwiGLU gate+up, FLUX.2's fused QKV+MLP) shard each packed block separately.
+"""
+
+from __future__ import annotations
+
+import re
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from diffusers.hooks.tensor_parallel import PackedColwiseParallel, PackedRowwiseParallel
+
+
+def _block_sizes(total: int, blocks) -> list[int]:
+    if blocks is None:
+        return [total]
+    if sum(blocks) == total:
+        return list(blocks)
+    unit = total // sum(blocks)  # relative sizes, e.g. [1, 1] for gate/up halves
+    return [b * unit for b in blocks]
+
+
+def _local_blocks(tensor: torch.Tensor, dim: int, sizes: list[int], rank: int, world: int) -> torch.Tensor:
+    pieces = []
+    for chunk in tensor.split(sizes, dim=dim):
+        if chunk.shape[dim] % world:
+            raise ValueError(f"a packed block of {chunk.shape[dim]} does not split over {world} ranks")
+        pieces.append(chunk.chunk(world, dim=dim)[rank])
+    return torch.cat(pieces, dim=dim).contiguous()
+
+
+class ColumnParallelLinear(torch.nn.Linear):
+    """y_local = x W_local^T + b_local: this rank's rows of the output features."""
+
+    @classmethod
+    def from_linear(cls, linear: torch.nn.Linear, group, blocks=None) -> "ColumnParallelLinear":
+        rank, world = dist.get_rank(group), dist.get_world_size(group)
+        sizes = _block_sizes(linear.out_features, blocks)
+        weight = _local_blocks(linear.weight.data, 0, sizes, rank, world)
+        shard = cls(linear.in_features, weight.shape[0], bias=linear.bias is not None, device="meta")
+        shard.weight = torch.nn.Parameter(weight, requires_grad=False)
+        if linear.bias is not None:
+            shard.bias = torch.nn.Parameter(_local_blocks(linear.bias.data, 0, sizes, rank, world),
+                                            requires_grad=False)
+        shard.full_out_features = linear.out_features
+        return shard
+
+
+class RowParallelLinear(torch.nn.Linear):
+    """y = all_reduce(x_local W_local^T) + b: the input features arrive sharded."""
+
+    @classmethod
+    def from_linear(cls, linear: torch.nn.Linear, group, blocks=None) -> "RowParallelLinear":
+        rank, world = dist.get_rank(group), dist.get_world_size(group)
+        sizes = _block_sizes(linear.in_features, blocks)
+        weight = _local_blocks(linear.weight.data, 1, sizes, rank, world)
+        shard = cls(weight.shape[1], linear.out_features, bias=linear.bias is not None, device="meta")
+        shard.weight = torch.nn.Parameter(weight, requires_grad=False)
+        if linear.bias is not None:
+            shard.bias = torch.nn.Parameter(linear.bias.data.clone(), requires_grad=False)
+        shard.group = group
+        shard.full_in_features = linear.in_features
+        return shard
+
+    def forward(self, x):
+        partial = F.linear(x, self.weight)
+        dist.all_reduce(partial, group=self.group)
+        return partial if self.bias is None else partial + self.bias
+
+
+class ShardedRMSNorm(torch.nn.Module):
+    """RMSNorm over a feature vector whose features are spread over the TP ranks (Wan's QK norm
+    spans all heads): the mean square is all-reduced so every rank normalises like one device."""
+
+    def __init__(self, norm: torch.nn.RMSNorm, group):
+        super().__init__()
+        rank, world = dist.get_rank(group), dist.get_world_size(group)
+        self.group, self.world = group, world
+        self.eps = norm.eps if norm.eps is not None else torch.finfo(torch.float32).eps
+        self.full_features = norm.normalized_shape[-1]
+        self.weight = torch.nn.Parameter(norm.weight.data.chunk(world)[rank].clone(), requires_grad=False) \
+            if norm.weight is not None else None
+
+    def forward(self, x):
+        squares = x.float().pow(2).sum(dim=-1, keepdim=True)
+        dist.all_reduce(squares, group=self.group)
+        normed = (x.float() * torch.rsqrt(squares / self.full_features + self.eps)).to(x.dtype)
+        return normed * self.weight if self.weight is not None else normed
+
+
+def module_glob(glob: str):
+    """A plan key ("blocks.*.attn1.to_q") as a regex over module names; * is one path component."""
+    return re.compile("^" + re.escape(glob).replace(r"\*", r"[^.]+") + "$")
+
+
+def apply_tensor_parallel(model: torch.nn.Module, plan: dict, group) -> int:
+    """Replace every linear the plan names with its shard; returns how many were sharded."""
+    compiled = [(module_glob(path), style) for path, style in plan.items()]
+    targets = []
+    for name, module in model.named_modules():
+        for pattern, style in compiled:
+            if pattern.match(name):
+                if not isinstance(module, torch.nn.Linear):
+                    raise TypeError(f"tensor-parallel plan names {name}, a {type(module).__name__}, not a Linear")
+                targets.append((name, module, style))
+                break
+    for name, module, style in targets:
+        _replace(model, name, _shard(module, style, group))
+    return len(targets)
+
+
+def _shard(linear, style, group):
+    if style == "colwise":
+        return ColumnParallelLinear.from_linear(linear, group)
+    if style == "rowwise":
+        return RowParallelLinear.from_linear(linear, group)
+    if isinstance(style, PackedColwiseParallel):
+        blocks = style.blocks if getattr(style, "blocks", None) else getattr(linear, "_tp_packed_col_blocks", None)
+        return ColumnParallelLinear.from_linear(linear, group, blocks)
+    if isinstance(style, PackedRowwiseParallel):
+        blocks = style.blocks if getattr(style, "blocks", None) else getattr(linear, "_tp_packed_row_blocks", None)
+        return RowParallelLinear.from_linear(linear, group, blocks)
+    raise ValueError(f"unsupported tensor-parallel style {style!r}")
+
+
+def _replace(model, name: str, new_module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, new_module)
+
+
+def divide_attention_heads(model: torch.nn.Module, world: int) -> None:
+    """Attention modules whose processors reshape by `attn.heads` must see their local head count."""
+    for module in model.modules():
+        sharded = any(isinstance(child, ColumnParallelLinear) for child in module.children())
+        if sharded and isinstance(getattr(module, "heads", None), int):
+            module.heads //= world
