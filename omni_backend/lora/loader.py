@@ -202,8 +202,11 @@ def _shape_problem(where: str, layer, parts: dict) -> str | None:
         return f"{where}: lora_A {list(a)} and lora_B {list(b)} are not matrices"
     if a[0] != b[1]:
         return f"rank mismatch at {where}: lora_A {list(a)} has rank {a[0]} but lora_B {list(b)} has rank {b[1]}"
-    inputs = getattr(layer, "in_features", None) or getattr(layer, "in_channels", None)
-    outputs = getattr(layer, "out_features", None) or getattr(layer, "out_channels", None)
+    # A tensor-parallel shard is checked against the whole layer it was cut from.
+    inputs = getattr(layer, "full_in_features", None) or getattr(layer, "in_features", None) \
+        or getattr(layer, "in_channels", None)
+    outputs = getattr(layer, "full_out_features", None) or getattr(layer, "out_features", None) \
+        or getattr(layer, "out_channels", None)
     if (inputs is not None and a[1] != inputs) or (outputs is not None and b[0] != outputs):
         return (f"shape mismatch at {where}: the model's layer maps {inputs} -> {outputs} features, the LoRA's "
                 f"lora_A {list(a)} / lora_B {list(b)} map {a[1]} -> {b[0]}")
@@ -238,12 +241,20 @@ def family_hint(keys, family) -> str:
 # ---- loading into the pipeline -------------------------------------------------------------
 def load_adapter(pipe, family, lora: LoraFile, adapter_name: str, into: str, compute_dtype) -> KeyMatch:
     """Check, then load the file as peft adapter `adapter_name`; on failure nothing is left behind."""
+    from ..parallel.tensor_parallel import is_tensor_parallel, reduce_after_lora, shard_lora_factors
+
     match = match_lora(pipe, family, lora, into)
     models = [getattr(pipe, c) for c in loadable_components(pipe)]
     kwargs = {"load_into_transformer_2": True} if into == SECOND_EXPERT else {}
+    sharded = any(is_tensor_parallel(model) for model in models)
+    # On tensor-parallel ranks every layer holds a shard: cut the factors to match.
+    source = shard_lora_factors(pipe, _converted_state_dict(pipe, family, lora)) if sharded else lora.path
     try:
         with adapters_in_compute_dtype(models, compute_dtype), _quiet():
-            pipe.load_lora_weights(lora.path, adapter_name=adapter_name, use_safetensors=True, **kwargs)
+            pipe.load_lora_weights(source, adapter_name=adapter_name, use_safetensors=True, **kwargs)
+        if sharded:
+            for model in models:
+                reduce_after_lora(model)
         wrong = low_precision_factors(models, adapter_name)
         if wrong:  # the guard above failed: never run an adapter rounded to 8 bits
             raise RuntimeError(f"LoRA factors were created in low precision: {', '.join(wrong[:3])}")

@@ -42,7 +42,19 @@ def _local_blocks(tensor: torch.Tensor, dim: int, sizes: list[int], rank: int, w
     return torch.cat(pieces, dim=dim).contiguous()
 
 
-class ColumnParallelLinear(torch.nn.Linear):
+class _Shard:
+    """Where a sharded linear's piece sits: rank, world and the packed block sizes it was cut by."""
+
+    def _record(self, group, sizes):
+        self.group = group
+        self.shard_rank, self.shard_world, self.shard_sizes = dist.get_rank(group), dist.get_world_size(group), sizes
+
+    def cut(self, tensor: torch.Tensor, dim: int) -> torch.Tensor:
+        """Cut a full tensor along `dim` the way this layer's weight was cut (for LoRA factors)."""
+        return _local_blocks(tensor, dim, self.shard_sizes, self.shard_rank, self.shard_world)
+
+
+class ColumnParallelLinear(torch.nn.Linear, _Shard):
     """y_local = x W_local^T + b_local: this rank's rows of the output features."""
 
     @classmethod
@@ -55,12 +67,19 @@ class ColumnParallelLinear(torch.nn.Linear):
         if linear.bias is not None:
             shard.bias = torch.nn.Parameter(_local_blocks(linear.bias.data, 0, sizes, rank, world),
                                             requires_grad=False)
-        shard.full_out_features = linear.out_features
+        shard.full_in_features, shard.full_out_features = linear.in_features, linear.out_features
+        shard._record(group, sizes)
         return shard
 
 
-class RowParallelLinear(torch.nn.Linear):
-    """y = all_reduce(x_local W_local^T) + b: the input features arrive sharded."""
+class RowParallelLinear(torch.nn.Linear, _Shard):
+    """y = all_reduce(x_local W_local^T) + b: the input features arrive sharded.
+
+    When a LoRA wraps this layer, the wrapper adds its own partial product (lora_A is cut by
+    input columns too), so the reduction moves to the wrapper's output: see `reduce_after_lora`.
+    """
+
+    reduce_output = True
 
     @classmethod
     def from_linear(cls, linear: torch.nn.Linear, group, blocks=None) -> "RowParallelLinear":
@@ -71,12 +90,17 @@ class RowParallelLinear(torch.nn.Linear):
         shard.weight = torch.nn.Parameter(weight, requires_grad=False)
         if linear.bias is not None:
             shard.bias = torch.nn.Parameter(linear.bias.data.clone(), requires_grad=False)
-        shard.group = group
-        shard.full_in_features = linear.in_features
+        shard.full_in_features, shard.full_out_features = linear.in_features, linear.out_features
+        shard._record(group, sizes)
         return shard
 
     def forward(self, x):
         partial = F.linear(x, self.weight)
+        if not self.reduce_output:
+            return partial  # the LoRA wrapper around us reduces (and adds the bias)
+        return self.finish(partial)
+
+    def finish(self, partial):
         dist.all_reduce(partial, group=self.group)
         return partial if self.bias is None else partial + self.bias
 
@@ -140,6 +164,49 @@ def _replace(model, name: str, new_module) -> None:
     parent_name, _, child = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
     setattr(parent, child, new_module)
+
+
+# ---- LoRA on sharded layers -----------------------------------------------------------------
+def is_tensor_parallel(model: torch.nn.Module) -> bool:
+    return any(isinstance(m, _Shard) for m in model.modules())
+
+
+def shard_lora_factors(pipe, state_dict: dict) -> dict:
+    """Cut a LoRA's factors like the layers they adapt: lora_B by output rows on column-parallel
+    layers, lora_A by input columns on row-parallel ones (packed blocks cut per block)."""
+    sharded = {}
+    for key, tensor in state_dict.items():
+        layer, part = _sharded_layer_for(pipe, key)
+        if isinstance(layer, ColumnParallelLinear) and part == "B":
+            tensor = layer.cut(tensor, 0)
+        elif isinstance(layer, RowParallelLinear) and part == "A":
+            tensor = layer.cut(tensor, 1)
+        sharded[key] = tensor
+    return sharded
+
+
+def _sharded_layer_for(pipe, key: str):
+    match = re.match(r"^(?P<component>[^.]+)\.(?P<module>.+)\.lora_(?P<part>[AB])\.weight$", key)
+    if match is None:
+        return None, None
+    model = getattr(pipe, match["component"], None)
+    if model is None:
+        return None, None
+    try:
+        layer = model.get_submodule(match["module"])
+    except AttributeError:
+        return None, None
+    layer = layer.get_base_layer() if hasattr(layer, "get_base_layer") else layer
+    return layer, match["part"]
+
+
+def reduce_after_lora(model: torch.nn.Module) -> None:
+    """Move each LoRA-wrapped row-parallel layer's reduction to the wrapper's output."""
+    for module in model.modules():
+        base = module.get_base_layer() if hasattr(module, "get_base_layer") else None
+        if isinstance(base, RowParallelLinear) and base.reduce_output:
+            base.reduce_output = False
+            module.register_forward_hook(lambda _m, _inputs, output, base=base: base.finish(output))
 
 
 def divide_attention_heads(model: torch.nn.Module, world: int) -> None:
