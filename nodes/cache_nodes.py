@@ -6,7 +6,7 @@ from omni_backend.cache import CacheDiTConfig, TeaCacheConfig
 from omni_backend.cache.cachedit import PRESETS, SCM_MODES, SCM_POLICIES, refuse_second_cache
 from omni_backend.errors import OmniInputError
 
-from .common import CATEGORY, OMNI_MODEL
+from .common import ModelFeatureNode, OMNI_MODEL
 
 
 def parse_coefficients(text: str) -> tuple[float, ...] | None:
@@ -24,13 +24,9 @@ def parse_coefficients(text: str) -> tuple[float, ...] | None:
     return values
 
 
-class OmniApplyTeaCache:
+class OmniApplyTeaCache(ModelFeatureNode):
     DESCRIPTION = ("Skip the whole transformer on steps whose first-block input barely changed, reusing the "
                    "last computed residual. 0.2 is about 2x on Qwen-Image at near-identical quality.")
-    CATEGORY = CATEGORY
-    RETURN_TYPES = (OMNI_MODEL,)
-    RETURN_NAMES = ("model",)
-    FUNCTION = "apply"
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -64,13 +60,9 @@ class OmniApplyTeaCache:
         return (model.replace(cache=config),)
 
 
-class OmniApplyCacheDiT:
+class OmniApplyCacheDiT(ModelFeatureNode):
     DESCRIPTION = ("cache-dit's DBCache (+ TaylorSeer, + SCM step masks). Presets reproduce vLLM-Omni's "
                    "benchmark settings; 'custom' uses the values below.")
-    CATEGORY = CATEGORY
-    RETURN_TYPES = (OMNI_MODEL,)
-    RETURN_NAMES = ("model",)
-    FUNCTION = "apply"
 
     @classmethod
     def INPUT_TYPES(cls):

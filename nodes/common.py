@@ -12,6 +12,15 @@ CATEGORY = "Omni Diffusion"
 OMNI_MODEL = "OMNI_MODEL"
 
 
+class ModelFeatureNode:
+    """Base of the OMNI_MODEL -> OMNI_MODEL nodes: each adds one feature to the model's spec."""
+
+    CATEGORY = CATEGORY
+    RETURN_TYPES = (OMNI_MODEL,)
+    RETURN_NAMES = ("model",)
+    FUNCTION = "apply"
+
+
 @contextlib.contextmanager
 def host_interrupts():
     """The backend raises OmniInterrupted; ComfyUI expects its own interrupt exception."""

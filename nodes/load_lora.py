@@ -9,21 +9,17 @@ from omni_backend.lora import COMPONENT_CHOICES, LoraSpec
 from omni_backend.lora.loader import SUFFIX, check_lora_file
 
 from . import comfy_bridge
-from .common import CATEGORY, OMNI_MODEL
+from .common import ModelFeatureNode, OMNI_MODEL
 
 
 def lora_choices() -> list[str]:
     return comfy_bridge.list_files("loras", (SUFFIX,))
 
 
-class OmniLoadLoRA:
+class OmniLoadLoRA(ModelFeatureNode):
     DESCRIPTION = ("Add a LoRA from models/loras (.safetensors). Chain several to stack them, each with its own "
                    "strength. The base weights stay loaded: changing a strength or the set of LoRAs does not "
                    "reload them, and a LoRA file is read once.")
-    CATEGORY = CATEGORY
-    RETURN_TYPES = (OMNI_MODEL,)
-    RETURN_NAMES = ("model",)
-    FUNCTION = "apply"
 
     @classmethod
     def INPUT_TYPES(cls):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from omni_backend.errors import OmniError
 from omni_backend.parallel.config import ParallelConfig
 
-from .common import CATEGORY, OMNI_MODEL
+from .common import ModelFeatureNode, OMNI_MODEL
 
 
 def parse_devices(text: str) -> tuple[str, ...]:
@@ -15,14 +15,10 @@ def parse_devices(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.split(",") if part.strip())
 
 
-class OmniParallelConfig:
+class OmniParallelConfig(ModelFeatureNode):
     DESCRIPTION = ("Split each step across worker processes, one per device: Ulysses and Ring sequence "
                    "parallelism, CFG-parallel (positive/negative branch per device), tensor parallelism. "
                    "World size = ulysses x ring x cfg x tensor_parallel.")
-    CATEGORY = CATEGORY
-    RETURN_TYPES = (OMNI_MODEL,)
-    RETURN_NAMES = ("model",)
-    FUNCTION = "apply"
 
     @classmethod
     def INPUT_TYPES(cls):

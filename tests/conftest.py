@@ -93,3 +93,13 @@ def tiny_settings():
         return values
 
     return settings
+
+
+@pytest.fixture(scope="module")
+def engine():
+    """A private Engine per test module (its worker groups end with the module)."""
+    from omni_backend.engine import Engine
+
+    engine = Engine()
+    yield engine
+    engine.unload_all()

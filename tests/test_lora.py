@@ -18,7 +18,6 @@ import torch
 from omni_backend.engine import default_engine
 from omni_backend.errors import OmniIncompatibleError, OmniInputError, OmniInterrupted
 from omni_backend.families import FAMILIES
-from omni_backend.lora import LoraSpec
 from omni_backend.lora.adapters import STATE_KEY
 from omni_backend.request import GenerationRequest
 from omni_backend.sampling import RunControl

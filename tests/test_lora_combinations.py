@@ -6,19 +6,11 @@ import pytest
 import torch
 
 from omni_backend.cache import TeaCacheConfig
-from omni_backend.engine import Engine
 from omni_backend.lora.config import LoraSpec
 from omni_backend.parallel.config import ParallelConfig
 from omni_backend.request import GenerationRequest
 from omni_backend.spec import ModelSpec
 from omni_backend.tiny.lora import make_tiny_lora
-
-
-@pytest.fixture(scope="module")
-def engine():
-    engine = Engine()
-    yield engine
-    engine.unload_all()
 
 
 @pytest.fixture(scope="module")

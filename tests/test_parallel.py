@@ -1,8 +1,5 @@
-"""Worker groups over gloo on 127.0.0.1: every method equals the single-process result.
-
-Tolerance: the parallel latent must match the single-process one to 1e-5 relative to its largest
-value (float32 reductions in a different order; the CFG split is exact).
-"""
+"""Worker groups over gloo on 127.0.0.1: every method equals the single-process result
+(to parallel_support.RELATIVE_TOLERANCE)."""
 
 from __future__ import annotations
 
@@ -12,44 +9,15 @@ import sys
 import time
 
 import pytest
-import torch
+from parallel_support import assert_same, request_for, spec_for
 
 from omni_backend.cache import CacheDiTConfig, TeaCacheConfig
-from omni_backend.engine import Engine
 from omni_backend.errors import OmniIncompatibleError, OmniInterrupted, OmniWorkerError
 from omni_backend.parallel.config import ParallelConfig
-from omni_backend.request import GenerationRequest
 from omni_backend.sampling import RunControl
-from omni_backend.spec import ModelSpec
 
 SP_FAMILIES = ["qwen-image", "z-image", "flux", "flux2-klein", "wan2.2"]
 CFG_FAMILIES = ["qwen-image", "z-image", "flux2-klein", "sd3", "wan2.2"]
-RELATIVE_TOLERANCE = 1e-5
-
-
-@pytest.fixture(scope="module")
-def engine():
-    engine = Engine()
-    yield engine
-    engine.unload_all()
-
-
-def spec_for(models_dir, family, **parallel):
-    spec = ModelSpec.from_folder(str(models_dir / "diffusers" / family), dtype="fp32", device="cpu")
-    return spec.replace(parallel=ParallelConfig(**parallel)) if parallel else spec
-
-
-def request_for(family, **changes):
-    values = dict(prompt="a red circle on a blue background", negative_prompt="blurry, dark", steps=3,
-                  guidance=4.0, width=64, height=48, frames=5 if family == "wan2.2" else 1)
-    values.update(changes)
-    return GenerationRequest(**values)
-
-
-def assert_same(parallel, single):
-    scale = single.abs().max()
-    difference = (parallel - single).abs().max()
-    assert difference <= RELATIVE_TOLERANCE * scale, f"max |diff| {difference:.3g} vs scale {scale:.3g}"
 
 
 @pytest.mark.parametrize("layout", [dict(ulysses_degree=2), dict(ring_degree=2)], ids=["ulysses2", "ring2"])

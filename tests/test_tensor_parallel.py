@@ -4,39 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from parallel_support import assert_same, request_for, spec_for
 
-from omni_backend.engine import DecodeSettings, Engine
+from omni_backend.engine import DecodeSettings
 from omni_backend.errors import OmniIncompatibleError
-from omni_backend.parallel.config import ParallelConfig
 from omni_backend.parallel.tensor_parallel import module_glob
-from omni_backend.request import GenerationRequest
-from omni_backend.spec import ModelSpec
 
 TP_FAMILIES = ["qwen-image", "z-image", "flux", "flux2-klein", "wan2.2"]
-RELATIVE_TOLERANCE = 1e-5
-
-
-@pytest.fixture(scope="module")
-def engine():
-    engine = Engine()
-    yield engine
-    engine.unload_all()
-
-
-def spec_for(models_dir, family, **parallel):
-    spec = ModelSpec.from_folder(str(models_dir / "diffusers" / family), dtype="fp32", device="cpu")
-    return spec.replace(parallel=ParallelConfig(**parallel)) if parallel else spec
-
-
-def request_for(family, **changes):
-    values = dict(prompt="a red circle on a blue background", negative_prompt="blurry", steps=3, guidance=4.0,
-                  width=64, height=48, frames=5 if family == "wan2.2" else 1)
-    values.update(changes)
-    return GenerationRequest(**values)
-
-
-def assert_same(parallel, single):
-    assert (parallel - single).abs().max() <= RELATIVE_TOLERANCE * single.abs().max()
 
 
 def expected_rank_bytes(transformer, plan, degree: int, sharded_norms=()) -> int:

@@ -1,0 +1,29 @@
+"""Helpers shared by the multi-process tests: specs with a layout, small requests, the tolerance."""
+
+from __future__ import annotations
+
+from omni_backend.parallel.config import ParallelConfig
+from omni_backend.request import GenerationRequest
+from omni_backend.spec import ModelSpec
+
+# Parallel latents must match the single-process ones to 1e-5 of their largest value (float32
+# reductions in another order); the CFG split is exact.
+RELATIVE_TOLERANCE = 1e-5
+
+
+def spec_for(models_dir, family, **parallel):
+    spec = ModelSpec.from_folder(str(models_dir / "diffusers" / family), dtype="fp32", device="cpu")
+    return spec.replace(parallel=ParallelConfig(**parallel)) if parallel else spec
+
+
+def request_for(family, **changes):
+    values = dict(prompt="a red circle on a blue background", negative_prompt="blurry, dark", steps=3,
+                  guidance=4.0, width=64, height=48, frames=5 if family == "wan2.2" else 1)
+    values.update(changes)
+    return GenerationRequest(**values)
+
+
+def assert_same(parallel, single):
+    scale = single.abs().max()
+    difference = (parallel - single).abs().max()
+    assert difference <= RELATIVE_TOLERANCE * scale, f"max |diff| {difference:.3g} vs scale {scale:.3g}"
