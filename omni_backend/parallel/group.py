@@ -160,18 +160,31 @@ class WorkerGroup:
             return outcome[1]
         if outcome[0] == "interrupted":
             raise OmniInterrupted("stopped by the user (all ranks stopped at the same step)")
+        # Rank 0 often fails *because* another rank was killed (its collective lost the peer): give
+        # that a moment to show, and name the killed rank rather than rank 0's lost connection.
+        # (Ranks that exit with an error after rank 0's failure are its consequence, not its cause.)
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline:
+            killed = [rank for rank, process in enumerate(self.processes) if (process.poll() or 0) < 0]
+            if killed:
+                message = self._death_message(killed[0])
+                self.close()
+                raise OmniWorkerError(f"{message}\n(rank 0 then failed with: {outcome[1]})")
+            time.sleep(0.05)
         self.close()
         raise OmniWorkerError(f"{outcome[1]}\nThe worker group was shut down; the next run starts a new one.")
 
     def _check_alive(self) -> None:
         for rank, process in enumerate(self.processes):
-            code = process.poll()
-            if code is not None:
-                reason = self.channel.get(f"error/{rank}") if self.channel.has(f"error/{rank}") else None
-                how = f"exited with code {code}" if code >= 0 else f"was killed by signal {-code}"
-                detail = reason or self._log_tail(rank)
-                raise OmniWorkerError(f"worker rank {rank} {how}: {detail}\nThe worker group was shut down; "
-                                      "the next run starts a new one.")
+            if process.poll() is not None:
+                raise OmniWorkerError(self._death_message(rank))
+
+    def _death_message(self, rank: int) -> str:
+        code = self.processes[rank].poll()
+        reason = self.channel.get(f"error/{rank}") if self.channel.has(f"error/{rank}") else None
+        how = f"exited with code {code}" if code >= 0 else f"was killed by signal {-code}"
+        return (f"worker rank {rank} {how}: {reason or self._log_tail(rank)}\nThe worker group was shut down; "
+                "the next run starts a new one.")
 
     def _log_tail(self, rank: int, lines: int = 15) -> str:
         path = self.logs / f"rank{rank}.log"
