@@ -19,7 +19,9 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
-from diffusers.hooks.hooks import BaseState, CacheContext, HookRegistry, ModelHook, StateManager
+from diffusers.hooks.hooks import BaseState, CacheContext, ModelHook, StateManager
+
+from ..hooks import add_hook, remove_hook
 
 from .block_io import make_output, stream_inputs_as_computed, stream_outputs
 
@@ -167,13 +169,12 @@ class DefaultContextHook(ModelHook):
 def attach(transformer, block_lists, decider: TeaCacheDecider) -> StateManager:
     """Register the hooks; returns the state manager holding one state per CFG branch."""
     manager = StateManager(TeaCacheState)
-    HookRegistry.check_if_exists_or_initialize(transformer).register_hook(DefaultContextHook(manager),
-                                                                          CONTEXT_HOOK)
+    add_hook(transformer, DefaultContextHook(manager), CONTEXT_HOOK)
     for list_index, blocks in enumerate(block_lists):
         for position, block in enumerate(blocks):
             hook = TeaCacheBlockHook(manager, list_index, first=position == 0, last=position == len(blocks) - 1,
                                      decider=decider if list_index == 0 and position == 0 else None)
-            HookRegistry.check_if_exists_or_initialize(block).register_hook(hook, BLOCK_HOOK)
+            add_hook(block, hook, BLOCK_HOOK)
     # diffusers caches which child modules carry hooks; cache_context() must now see ours.
     transformer._diffusers_hook.invalidate_child_registries_cache()
     return manager
@@ -183,22 +184,8 @@ def detach(transformer, block_lists) -> None:
     """Remove every hook `attach` added and leave the modules as they were."""
     for blocks in block_lists:
         for block in blocks:
-            _remove(block, BLOCK_HOOK)
-    _remove(transformer, CONTEXT_HOOK)
+            remove_hook(block, BLOCK_HOOK)
+    remove_hook(transformer, CONTEXT_HOOK)
     registry = getattr(transformer, "_diffusers_hook", None)
     if registry is not None:
         registry.invalidate_child_registries_cache()
-
-
-def _remove(module, name: str) -> None:
-    registry = getattr(module, "_diffusers_hook", None)
-    if registry is None:
-        return
-    registry.remove_hook(name, recurse=False)
-    if not registry.hooks:
-        # The registry leaves `forward` as an instance attribute bound to the class method and
-        # itself on the module; drop both so the module is exactly as loaded.
-        forward = module.__dict__.get("forward")
-        if getattr(forward, "__func__", None) is type(module).forward:
-            del module.forward
-        del module._diffusers_hook
