@@ -85,6 +85,7 @@ def shipped_workflows() -> dict[str, dict]:
         filename_prefix="omni-qwen-image-loras", sample=dict(width=512, height=512))
     workflows.update(cache_workflows())
     workflows.update(parallel_workflows())
+    workflows.update(memory_workflows())
     return workflows
 
 
@@ -99,6 +100,19 @@ def cache_workflows() -> dict[str, dict]:
                                                               "omni-qwen-image-cache-dit"),
         "z-image-cache-dit.json": base_workflow("z-image", [dbcache], "omni-z-image-cache-dit"),
         "wan2.2-cache-dit.json": base_workflow("wan2.2", [dbcache], "omni-wan2.2-cache-dit"),
+    }
+
+
+def memory_workflows() -> dict[str, dict]:
+    # Memory savers are for small GPUs, so these also run at a smaller size than the family's usual
+    # one (which keeps them quick on the tiny stand-ins the test suite runs them with).
+    layerwise_fp8 = ("OmniOffloadFP8", dict(offload="layerwise", blocks_on_device=2, fp8="weight_only"))
+    model_offload = ("OmniOffloadFP8", dict(offload="model"))
+    return {
+        "qwen-image-layerwise-fp8.json": base_workflow("qwen-image", [layerwise_fp8], "omni-qwen-image-layerwise-fp8",
+                                                       sample=dict(width=512, height=512)),
+        "wan2.2-model-offload.json": base_workflow("wan2.2", [model_offload], "omni-wan2.2-model-offload",
+                                                   sample=dict(width=480, height=272, frames=9)),
     }
 
 

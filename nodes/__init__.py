@@ -8,6 +8,7 @@ from . import comfy_bridge
 from .load_lora import OmniLoadLoRA
 from .cache_nodes import OmniApplyCacheDiT, OmniApplyTeaCache
 from .load_model import OmniLoadModel
+from .offload_fp8 import OmniOffloadFP8
 from .parallel_config import OmniParallelConfig
 from .sample import OmniSample
 from .vae_decode import OmniVAEDecode
@@ -18,6 +19,7 @@ NODE_CLASSES = {
     "OmniApplyCacheDiT": (OmniApplyCacheDiT, "Apply Cache-DiT"),
     "OmniParallelConfig": (OmniParallelConfig, "Parallel Config"),
     "OmniLoadLoRA": (OmniLoadLoRA, "Load LoRA"),
+    "OmniOffloadFP8": (OmniOffloadFP8, "Offload/FP8"),
     "OmniSample": (OmniSample, "Sample"),
     "OmniVAEDecode": (OmniVAEDecode, "VAE Decode Patch-Parallel"),
 }

@@ -55,8 +55,10 @@ class ModelSpec:
         return self.model_folder.name
 
     def features(self) -> list:
-        """Feature configs in the order they prepare a loaded pipeline."""
-        return [f for f in (self.memory, self.parallel, *self.loras, self.cache) if f is not None]
+        """Feature configs in the order they prepare a loaded pipeline. Memory comes after parallel:
+        offload must hook and hold the modules that really run (tensor-parallel shards replace the
+        linears it would otherwise have captured)."""
+        return [f for f in (self.parallel, self.memory, *self.loras, self.cache) if f is not None]
 
     def session_features(self) -> list:
         """Feature configs in the order their run sessions are entered. Parallel comes last so its

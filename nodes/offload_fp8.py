@@ -1,0 +1,55 @@
+"""Offload/FP8: CPU offload (model-level or layerwise) and FP8 weights, as a MemoryConfig on the spec."""
+
+from __future__ import annotations
+
+from omni_backend.errors import OmniError
+from omni_backend.memory import FP8_CHOICES, OFFLOAD_CHOICES, MemoryConfig
+from omni_backend.memory.config import MAX_BLOCKS_ON_DEVICE
+
+from .common import ModelFeatureNode, OMNI_MODEL
+
+
+class OmniOffloadFP8(ModelFeatureNode):
+    DESCRIPTION = ("Save device memory: offload weights to the CPU (whole components taking turns, or DiT blocks "
+                   "streamed a few at a time) and/or store the DiT's attention and MLP weights in FP8. "
+                   "Changing these reloads the model; outputs of offload equal the plain run.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model": (OMNI_MODEL,),
+            "offload": (list(OFFLOAD_CHOICES), {
+                "default": "none",
+                "tooltip": "model: text encoder, DiT(s) and VAE take turns on the device. layerwise: only "
+                           "blocks_on_device DiT blocks are on the device, the next one copied in while one runs. "
+                           "auto: picks from free device memory and model size."}),
+            "blocks_on_device": ("INT", {
+                "default": 2, "min": 1, "max": MAX_BLOCKS_ON_DEVICE,
+                "tooltip": "Layerwise offload: DiT blocks resident at once (the running one included)."}),
+            "fp8": (list(FP8_CHOICES), {
+                "default": "off",
+                "tooltip": "weight_only: FP8 weights with per-channel scales, computed in the model's dtype (any "
+                           "device). w8a8: FP8 activations too, on GPUs with FP8 tensor cores (sm89+); elsewhere it "
+                           "runs weight-only and says so. Only attention/MLP linears; modulation, embeddings and "
+                           "norms stay in full precision."}),
+            "fp8_text_encoder": ("BOOLEAN", {
+                "default": False, "tooltip": "Also store the text encoder's layer weights in FP8 (weight-only)."}),
+        }}
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, fp8=None, fp8_text_encoder=None):
+        # Queue time: fp8_text_encoder without an fp8 mode is refused before anything runs. (Naming
+        # these two here turns off ComfyUI's own checks of them; MemoryConfig checks both.)
+        if fp8 is None or fp8_text_encoder is None:
+            return True  # linked inputs are checked when the node runs
+        try:
+            MemoryConfig(fp8=fp8, fp8_text_encoder=fp8_text_encoder)
+        except OmniError as exc:
+            return str(exc)
+        return True
+
+    def apply(self, model, offload, blocks_on_device, fp8, fp8_text_encoder):
+        config = MemoryConfig(offload=offload, blocks_on_device=int(blocks_on_device), fp8=fp8,
+                              fp8_text_encoder=bool(fp8_text_encoder))
+        # All off is the plain model: it shares the plain model's loaded weights.
+        return (model.replace(memory=None if config.is_noop else config),)

@@ -1,0 +1,90 @@
+"""MemoryConfig: the Offload/FP8 node's feature (see spec.py for the feature contract).
+
+Everything here is weight-level: FP8 replaces layers and offload installs hooks once, when the
+pipeline loads (`prepare_pipeline`), so every field that changes that work is in `weights_key()`
+and a different choice loads its own pipeline; nothing leaks into a pipeline loaded without it.
+The run session only reports what runs and puts the layerwise window back into its resting state
+when a run ends early (an interrupt in the middle of a step).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+from ..errors import OmniInputError
+
+OFFLOAD_CHOICES = ("none", "auto", "model", "layerwise")
+FP8_CHOICES = ("off", "weight_only", "w8a8")
+MAX_BLOCKS_ON_DEVICE = 64
+
+
+@dataclass(frozen=True)
+class MemoryConfig:
+    offload: str = "none"
+    blocks_on_device: int = 2  # layerwise: DiT blocks resident at once, the running one included
+    fp8: str = "off"
+    fp8_text_encoder: bool = False
+
+    def __post_init__(self):
+        if self.offload not in OFFLOAD_CHOICES:
+            raise OmniInputError("offload", self.offload, "unknown offload mode",
+                                 f"choose one of {', '.join(OFFLOAD_CHOICES)}")
+        if self.fp8 not in FP8_CHOICES:
+            raise OmniInputError("fp8", self.fp8, "unknown FP8 mode", f"choose one of {', '.join(FP8_CHOICES)}")
+        if isinstance(self.blocks_on_device, bool) or not isinstance(self.blocks_on_device, int) \
+                or not 1 <= self.blocks_on_device <= MAX_BLOCKS_ON_DEVICE:
+            raise OmniInputError("blocks_on_device", self.blocks_on_device,
+                                 f"layerwise offload keeps between 1 and {MAX_BLOCKS_ON_DEVICE} blocks on the device",
+                                 "use 2 (one block runs while the next one is copied in), or more for speed")
+        if self.fp8_text_encoder and self.fp8 == "off":
+            raise OmniInputError("fp8_text_encoder", self.fp8_text_encoder, "it quantizes the text encoder with the "
+                                 "FP8 mode chosen in fp8, which is off", "set fp8 to weight_only (or w8a8), or turn "
+                                 "fp8_text_encoder off")
+
+    @property
+    def is_noop(self) -> bool:
+        return self.offload == "none" and self.fp8 == "off"
+
+    @property
+    def keeps_weights_off_device(self) -> bool:
+        # With offload the master copies live on the CPU; with FP8 each layer goes to the device only
+        # once quantized, so the full-precision model is never resident there (see memory/apply.py).
+        return not self.is_noop
+
+    def weights_key(self) -> tuple:
+        window = self.blocks_on_device if self.offload in ("layerwise", "auto") else None
+        return ("memory", self.offload, window, self.fp8, self.fp8_text_encoder)
+
+    def describe(self) -> str:
+        parts = [f"offload {self.offload}"]
+        if self.offload in ("layerwise", "auto"):
+            parts.append(f"{self.blocks_on_device} blocks on device")
+        parts.append(f"fp8 {self.fp8}" + (" (+ text encoder)" if self.fp8_text_encoder else ""))
+        return ", ".join(parts)
+
+    # ---- feature contract -----------------------------------------------------------------
+    def prepare_pipeline(self, pipe, spec) -> None:
+        from .apply import apply_memory
+
+        apply_memory(pipe, spec, self)
+
+    @contextlib.contextmanager
+    def run_session(self, ctx):
+        from .apply import memory_state
+
+        state = memory_state(ctx.pipe)
+        if state is None:  # pragma: no cover - the engine always prepares before it runs
+            raise RuntimeError("Offload/FP8 was not applied to this pipeline")
+        if not ctx.state.get("memory_cleanup_registered"):
+            # Unloading the pipeline gives every parameter its storage back and removes our hooks.
+            ctx.state.setdefault("cleanups", []).append(state.uninstall)
+            ctx.state["memory_cleanup_registered"] = True
+        ctx.report.add("memory", {"text": state.summary(), "offload": state.offload, "fp8": state.fp8_mode})
+        for notice in state.notices:
+            ctx.report.notice(notice)
+        try:
+            yield
+        finally:
+            for window in state.block_windows:
+                window.settle()
