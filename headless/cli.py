@@ -6,7 +6,6 @@ import argparse
 import logging
 import signal
 import sys
-from pathlib import Path
 
 from omni_backend.errors import OmniError, OmniInterrupted
 from omni_backend.loading import offline_environment, quiet_libraries
@@ -26,6 +25,17 @@ def _cmd_run(args) -> int:
     for path in run.files:
         print(path)
     return 0
+
+
+def _cmd_validate(args) -> int:
+    from .validate import validate_file
+
+    problems = validate_file(args.workflow, models_dir=args.models_dir)
+    for problem in problems:
+        print(problem)
+    if not problems:
+        print("valid")
+    return 1 if problems else 0
 
 
 def _cmd_make_tiny(args) -> int:
@@ -73,6 +83,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--input-dir", default="input")
     run.add_argument("-q", "--quiet", action="store_true", help="no progress line")
     run.set_defaults(handler=_cmd_run)
+
+    check = sub.add_parser("validate", help="check a workflow file (UI or API format) without loading weights: "
+                                            "prints 'valid', or one line per problem and exits 1")
+    check.add_argument("workflow")
+    check.add_argument("--models-dir", default="models", help="a folder laid out like ComfyUI's models/")
+    check.set_defaults(handler=_cmd_validate)
 
     tiny = sub.add_parser("make-tiny", help="write a tiny random-weight model folder (no download)")
     tiny.add_argument("family", nargs="?")

@@ -59,8 +59,10 @@ def validate_prompt(prompt: dict, classes: dict) -> list[WorkflowProblem]:
             wanted = inspect.signature(validator).parameters
             verdict = validator(**{k: constants.get(k) for k in wanted if k not in ("cls", "self")})
             if verdict is not True:
-                problems.append(WorkflowProblem(node_id, _title(prompt, node_id), str(verdict),
-                                                "change the input named above"))
+                # Our validators return an error's text, which ends in its own ". Fix: ...".
+                text, _, fix = str(verdict).rpartition(". Fix: ")
+                problems.append(WorkflowProblem(node_id, _title(prompt, node_id), text or str(verdict),
+                                                fix if text else "change the input named above"))
     if not any(getattr(classes.get(n["class_type"]), "OUTPUT_NODE", False) for n in prompt.values()):
         problems.append(WorkflowProblem("-", "prompt", "the workflow has no output node",
                                         "add a Save Image or Preview Image node"))

@@ -27,6 +27,7 @@ class WorkflowProblem:
     title: str
     problem: str
     fix: str
+    rule: str = ""  # the compat rule id, for feature combinations (see headless/validate.py)
 
     def __str__(self) -> str:
         return f"node {self.node_id} ({self.title}): {self.problem}. Fix: {self.fix}"
@@ -63,7 +64,11 @@ def is_api_format(data: dict) -> bool:
 
 
 def node_title(node: dict) -> str:
-    return node.get("title") or node.get("type", "?")
+    """The title the editor shows: a user's own, else the node's display name."""
+    from ..nodes import NODE_DISPLAY_NAME_MAPPINGS
+
+    kind = node.get("type", "?")
+    return node.get("title") or NODE_DISPLAY_NAME_MAPPINGS.get(kind, kind)
 
 
 # ---- widgets ------------------------------------------------------------------------------

@@ -25,11 +25,12 @@ class OmniInputError(OmniError, ValueError):
 class OmniIncompatibleError(OmniError, ValueError):
     """Two features (or a feature and a model family) that cannot run together."""
 
-    def __init__(self, first: str, second: str, reason: str, fix: str):
+    def __init__(self, first: str, second: str, reason: str, fix: str, rule: str = ""):
         self.first = first
         self.second = second
         self.reason = reason
         self.fix = fix
+        self.rule = rule  # the compat RuleDef id, so validators can tell rules apart without parsing text
         super().__init__(f"{first} cannot be combined with {second}: {reason}. Fix: {fix}")
 
 

@@ -13,7 +13,8 @@ import dataclasses
 import logging
 from dataclasses import dataclass
 
-from ..errors import OmniIncompatibleError, OmniInputError
+from ..compat import define_rule, refuse
+from ..errors import OmniInputError
 
 log = logging.getLogger("omni_diffusion")
 
@@ -55,16 +56,12 @@ class CacheDiTConfig:
                                  "use 1 (recommended) or 2")
 
     def problems(self, spec) -> list:
-        from ..compat import Problem
-
         family = spec.family
         smallest = min(family.block_counts(spec.model_folder.transformer_config))
         used = self.Fn_compute_blocks + self.Bn_compute_blocks
         if used < smallest:
             return []
-        return [Problem(f"{self.node_title} (Fn_compute_blocks + Bn_compute_blocks = {used})", family.title,
-                        f"this model's smallest block list has {smallest} blocks, so nothing would be left to "
-                        "cache", f"keep Fn + Bn below {smallest} (e.g. Fn 1, Bn 0)")]
+        return [CACHE_DIT_NEEDS_BLOCKS_LEFT.problem(used=used, family=family.title, smallest=smallest)]
 
     @contextlib.contextmanager
     def run_session(self, ctx):
@@ -183,11 +180,25 @@ def summarize(stats, lists_per_transformer: list[int], separate_cfg: bool) -> di
             "cfg_cached_steps": [list(getattr(s, "cfg_cached_steps", []) or []) for s in stats]}
 
 
+ONE_CACHE_METHOD = define_rule(
+    "cache.one_method", ("teacache", "cache_dit"),
+    "TeaCache and Cache-DiT both skip the same transformer work: a model takes one cache method",
+    first="{new}", second="{existing}",
+    reason="a model takes one cache method (TeaCache and Cache-DiT both skip the same transformer work and "
+           "cannot be stacked)",
+    fix="remove {existing} or {new} from the chain")
+
+CACHE_DIT_NEEDS_BLOCKS_LEFT = define_rule(
+    "cache_dit.blocks_left", ("cache_dit", "family"),
+    "Cache-DiT always computes the first Fn and last Bn blocks; at least one block must be left to cache",
+    first="Apply Cache-DiT (Fn_compute_blocks + Bn_compute_blocks = {used})", second="{family}",
+    reason="this model's smallest block list has {smallest} blocks, so nothing would be left to cache",
+    fix="keep Fn + Bn below {smallest} (e.g. Fn 1, Bn 0)")
+
+
 def refuse_second_cache(existing, new_title: str) -> None:
-    """One cache method per model: the seed marks TeaCache x Cache-DiT incompatible."""
+    """One cache method per model: the seed marks TeaCache x Cache-DiT incompatible. A spec holds one
+    cache, so no spec rule can see two: the cache nodes ask here before they replace it."""
     if existing is None:
         return
-    raise OmniIncompatibleError(new_title, existing.node_title,
-                                "a model takes one cache method (TeaCache and Cache-DiT both skip the same "
-                                "transformer work and cannot be stacked)",
-                                f"remove {existing.node_title} or {new_title} from the chain")
+    refuse(ONE_CACHE_METHOD.problem(new=new_title, existing=existing.node_title))

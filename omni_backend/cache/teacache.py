@@ -5,7 +5,14 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass
 
+from ..compat import define_rule
 from ..errors import OmniInputError
+
+TEACACHE_NEEDS_EXTRACTOR = define_rule(
+    "teacache.family", ("teacache", "family"),
+    "TeaCache needs a per-family extractor of the first block's modulated input and fitted coefficients",
+    first="Apply TeaCache", second="{family}", reason="there is no TeaCache extractor for {family}",
+    fix="use Apply Cache-DiT instead (TeaCache supports: {supported})")
 
 
 @dataclass(frozen=True)
@@ -32,15 +39,13 @@ class TeaCacheConfig:
                                  "leave it empty to use the model's own, or paste 5 comma-separated numbers")
 
     def problems(self, spec) -> list:
-        from ..compat import Problem
         from ..families import FAMILIES
 
         family = spec.family
         if family.teacache_coefficients is not None:
             return []
         supported = ", ".join(f.title for f in FAMILIES.values() if f.teacache_coefficients is not None)
-        return [Problem(self.node_title, family.title, f"there is no TeaCache extractor for {family.title}",
-                        f"use Apply Cache-DiT instead (TeaCache supports: {supported})")]
+        return [TEACACHE_NEEDS_EXTRACTOR.problem(family=family.title, supported=supported)]
 
     def polynomial(self, family) -> tuple[float, ...]:
         return self.coefficients or family.teacache_coefficients

@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..compat import Problem, rule
+from ..compat import define_rule, rule
 from ..errors import OmniInputError
 
 # "auto": every part of the file, where diffusers puts it. "transformer_2": the file's denoiser
@@ -64,6 +64,16 @@ def lora_components(spec) -> list[str]:
     return [c for c in getattr(pipeline_class, "_lora_loadable_modules", []) if c in folder.components]
 
 
+NO_LORA_LOADER = define_rule(
+    "lora.loader", ("lora", "family"), "diffusers has no LoRA loader for the family's pipeline",
+    first="Load LoRA ({lora})", second="{family}", reason="diffusers has no LoRA loader for this pipeline",
+    fix="remove the Load LoRA node")
+LORA_COMPONENT_MISSING = define_rule(
+    "lora.component", ("lora", "family"), "a LoRA's component must be one the model loads LoRA layers into",
+    first="Load LoRA ({lora}, component={component})", second="{family}",
+    reason="this model takes LoRA layers only in {available}", fix="set component to auto or one of those")
+
+
 @rule
 def lora_component_exists(spec) -> list:
     problems = []
@@ -72,10 +82,9 @@ def lora_component_exists(spec) -> list:
             continue
         available = lora_components(spec)
         if not available:
-            problems.append(Problem(f"Load LoRA ({lora.name})", spec.family.title,
-                                    "diffusers has no LoRA loader for this pipeline", "remove the Load LoRA node"))
+            problems.append(NO_LORA_LOADER.problem(lora=lora.name, family=spec.family.title))
         elif lora.component != "auto" and lora.component not in available:
-            problems.append(Problem(f"Load LoRA ({lora.name}, component={lora.component})", spec.family.title,
-                                    f"this model takes LoRA layers only in {', '.join(available)}",
-                                    "set component to auto or one of those"))
+            problems.append(LORA_COMPONENT_MISSING.problem(lora=lora.name, component=lora.component,
+                                                           family=spec.family.title,
+                                                           available=", ".join(available)))
     return problems

@@ -10,7 +10,49 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass
 
+from ..compat import define_rule
 from ..errors import OmniInputError
+
+# "{layout}" is the Parallel Config's describe(), e.g. "2 ranks (ulysses 2)".
+NOT_ENOUGH_DEVICES = define_rule(
+    "parallel.devices", ("parallel", "machine"),
+    "every local rank needs a device (GPUs; on a machine without GPUs, CPU processes)",
+    first="Parallel Config ({layout})", second="this machine",
+    reason="it needs {needed} local ranks but {available} devices are available",
+    fix="lower the degrees, list devices explicitly, or add remote ranks")
+NO_SEQUENCE_PARALLEL_PLAN = define_rule(
+    "parallel.sequence_plan", ("sequence_parallel", "family"),
+    "the family has no sequence-parallel plan (where the sequence is split and gathered)",
+    first="Parallel Config ({layout})", second="{family}", reason="this model has no sequence-parallel plan",
+    fix="use cfg_parallel (or tensor parallel) for it")
+NO_TENSOR_PARALLEL_PLAN = define_rule(
+    "parallel.tensor_plan", ("tensor_parallel", "family"),
+    "the family has no tensor-parallel plan (which linears are split across ranks)",
+    first="Parallel Config ({layout})", second="{family}", reason="this model has no tensor-parallel plan",
+    fix="use sequence parallelism or cfg_parallel for it")
+UNEVEN_TENSOR_PARALLEL = define_rule(
+    "parallel.tensor_widths", ("tensor_parallel", "family"),
+    "tensor parallelism splits heads and MLP widths evenly: the degree must divide them",
+    first="Parallel Config ({layout})", second="{family}",
+    reason="tensor_parallel {degree} does not divide its {uneven}", fix="use tensor_parallel in {working}")
+UNEVEN_HEADS = define_rule(
+    "parallel.heads", ("sequence_parallel", "family"),
+    "Ulysses and tensor parallelism split attention heads: their product must divide the head count",
+    first="Parallel Config ({layout})", second="{family}",
+    reason="its {heads} attention heads do not divide by ulysses_degree x tensor_parallel = {split}",
+    fix="use ulysses_degree in {working} (or ring_degree, which splits no heads)")
+NO_NEGATIVE_BRANCH = define_rule(
+    "parallel.cfg_branch", ("cfg_parallel", "family"),
+    "CFG-parallel splits the positive and negative branch; distilled guidance runs one pass",
+    first="Parallel Config ({layout})", second="{family}",
+    reason="the model runs no negative branch (its guidance is distilled into one pass), so there is nothing "
+           "to split",
+    fix="set cfg_parallel to 1; use sequence parallelism to spread the work")
+
+
+def number_list(numbers) -> str:
+    """[1, 2, 4], written the same way by the browser extension."""
+    return "[" + ", ".join(str(n) for n in numbers) + "]"
 
 
 @dataclass(frozen=True)
@@ -78,41 +120,33 @@ class ParallelConfig:
 
     # ---- validation ----------------------------------------------------------------------------
     def problems(self, spec) -> list:
-        from ..compat import Problem
-
         family, info = spec.family, spec.model_folder
-        title = f"{self.node_title} ({self.describe()})"
+        named = dict(layout=self.describe(), family=family.title)
         found = []
         available = available_local_ranks(self)
         if self.local_ranks > available:
-            found.append(Problem(title, "this machine", f"it needs {self.local_ranks} local ranks but "
-                                 f"{available} devices are available",
-                                 "lower the degrees, list devices explicitly, or add remote ranks"))
+            found.append(NOT_ENOUGH_DEVICES.problem(**named, needed=self.local_ranks, available=available))
         if self.sequence_parallel > 1 and not family.supports_sequence_parallel:
-            found.append(Problem(title, family.title, "this model has no sequence-parallel plan",
-                                 "use cfg_parallel (or tensor parallel) for it"))
+            found.append(NO_SEQUENCE_PARALLEL_PLAN.problem(**named))
         if self.tensor_parallel > 1 and not family.supports_tensor_parallel:
-            found.append(Problem(title, family.title, "this model has no tensor-parallel plan",
-                                 "use sequence parallelism or cfg_parallel for it"))
+            found.append(NO_TENSOR_PARALLEL_PLAN.problem(**named))
         elif self.tensor_parallel > 1:
             widths = family.tensor_parallel_widths(info.transformer_config)
             uneven = {name: width for name, width in widths.items() if width % self.tensor_parallel}
             if uneven:
                 working = [d for d in range(2, 65) if all(w % d == 0 for w in widths.values())]
                 shown = ", ".join(f"{name} {width}" for name, width in uneven.items())
-                found.append(Problem(title, family.title, f"tensor_parallel {self.tensor_parallel} does not divide "
-                                     f"its {shown}", f"use tensor_parallel in {working or [1]}"))
+                found.append(UNEVEN_TENSOR_PARALLEL.problem(**named, degree=self.tensor_parallel, uneven=shown,
+                                                            working=number_list(working or [1])))
         heads = family.attention_heads(info.transformer_config)
         split = self.ulysses_degree * self.tensor_parallel
-        if heads % split:
+        # When tensor_parallel alone does not divide the heads, no ulysses_degree can help: the
+        # tensor-parallel rules above say what to change.
+        if heads % split and heads % self.tensor_parallel == 0:
             working = [d for d in range(1, heads + 1) if heads % (d * self.tensor_parallel) == 0]
-            found.append(Problem(title, family.title, f"its {heads} attention heads do not divide by "
-                                 f"ulysses_degree x tensor_parallel = {split}",
-                                 f"use ulysses_degree in {working} (or ring_degree, which splits no heads)"))
+            found.append(UNEVEN_HEADS.problem(**named, heads=heads, split=split, working=number_list(working)))
         if self.cfg_parallel > 1 and not family.has_true_cfg(info.model_index):
-            found.append(Problem(title, family.title, "the model runs no negative branch (its guidance is "
-                                 "distilled into one pass), so there is nothing to split",
-                                 "set cfg_parallel to 1; use sequence parallelism to spread the work"))
+            found.append(NO_NEGATIVE_BRANCH.problem(**named))
         return found
 
     # ---- the feature contract (these run inside the worker processes) --------------------------

@@ -1,0 +1,183 @@
+"""Every compatibility rule: a spec that trips it and a neighbouring one that passes it.
+
+The specs are built from the tiny models' folders, so this reads configs only (no weights): each
+case costs milliseconds. TRIPS lists every RuleDef; a rule added without a case here fails
+test_every_rule_has_a_case.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import string
+
+import pytest
+from diffusers import DiffusionPipeline
+
+from omni_backend.cache import CacheDiTConfig, TeaCacheConfig
+from omni_backend.compat import RULE_DEFS, check_spec, collecting_problems, validate_spec
+from omni_backend.errors import OmniIncompatibleError
+from omni_backend.families import FAMILIES
+from omni_backend.families.sd3 import StableDiffusion3
+from omni_backend.lora import LoraSpec
+from omni_backend.memory import MemoryConfig
+from omni_backend.parallel.config import ParallelConfig
+from omni_backend.rules_export import load_rule_modules
+from omni_backend.spec import ModelSpec
+from omni_diffusion_nodes.headless.recipes import LORA_FILES
+
+
+def base(models_dir, family: str) -> ModelSpec:
+    return ModelSpec.from_folder(str(models_dir / "diffusers" / family), dtype="fp32", device="cpu")
+
+
+def lora(models_dir, component: str = "auto") -> LoraSpec:
+    return LoraSpec(path=str(models_dir / "loras" / LORA_FILES[0]), component=component)
+
+
+def cpu_layout(**degrees) -> ParallelConfig:
+    ranks = degrees.get("ulysses_degree", 1) * degrees.get("ring_degree", 1) * degrees.get("tensor_parallel", 1) \
+        * degrees.get("cfg_parallel", 1)
+    return ParallelConfig(devices=("cpu",) * ranks, **degrees)
+
+
+# rule id -> (family, features that trip it, family, features that pass it, fragment of the message)
+TRIPS = {
+    "teacache.family": ("sd3", dict(cache=TeaCacheConfig()), "qwen-image", dict(cache=TeaCacheConfig()),
+                        "no TeaCache extractor for Stable-Diffusion-3.5"),
+    "cache_dit.blocks_left": ("z-image", dict(cache=CacheDiTConfig(Fn_compute_blocks=1, Bn_compute_blocks=1)),
+                              "z-image", dict(cache=CacheDiTConfig(Fn_compute_blocks=1)), "keep Fn + Bn below 2"),
+    "parallel.devices": ("qwen-image", dict(parallel=ParallelConfig(ring_degree=16)),
+                         "qwen-image", dict(parallel=ParallelConfig(ring_degree=8)), "16 local ranks but 8"),
+    "parallel.sequence_plan": ("sd3", dict(parallel=cpu_layout(ring_degree=2)),
+                               "sd3", dict(parallel=cpu_layout(cfg_parallel=2)), "no sequence-parallel plan"),
+    "parallel.tensor_plan": ("sd3", dict(parallel=cpu_layout(tensor_parallel=2)),
+                             "z-image", dict(parallel=cpu_layout(tensor_parallel=2)), "no tensor-parallel plan"),
+    "parallel.tensor_widths": ("qwen-image", dict(parallel=cpu_layout(tensor_parallel=3)),
+                               "qwen-image", dict(parallel=cpu_layout(tensor_parallel=4)),
+                               "does not divide its attention heads 4, MLP width 256"),
+    "parallel.heads": ("wan2.2", dict(parallel=cpu_layout(ulysses_degree=3)),
+                       "wan2.2", dict(parallel=cpu_layout(ring_degree=3)),  # ring attention splits no heads
+                       "use ulysses_degree in [1, 2, 4]"),
+    "parallel.cfg_branch": ("flux", dict(parallel=cpu_layout(cfg_parallel=2)),
+                            "flux2-klein", dict(parallel=cpu_layout(cfg_parallel=2)), "distilled into one pass"),
+    "memory.layerwise_offload_multi_device": (
+        "qwen-image", dict(parallel=cpu_layout(ulysses_degree=2), memory=MemoryConfig(offload="layerwise")),
+        "qwen-image", dict(parallel=cpu_layout(ulysses_degree=2), memory=MemoryConfig(offload="model")),
+        "Parallel Config (2 devices)"),
+    "memory.fp8_tensor_parallel": (
+        "qwen-image", dict(parallel=cpu_layout(tensor_parallel=2), memory=MemoryConfig(fp8="weight_only")),
+        "qwen-image", dict(parallel=cpu_layout(ulysses_degree=2), memory=MemoryConfig(fp8="weight_only")),
+        "Offload/FP8 (fp8 = weight_only) cannot be combined with Parallel Config (tensor_parallel = 2)"),
+}
+
+
+def with_features(models_dir, family: str, features: dict, extra=None) -> ModelSpec:
+    # dataclasses.replace (not spec.replace): build the spec unvalidated, then ask the rules.
+    spec = dataclasses.replace(base(models_dir, family), **features)
+    return spec if extra is None else extra(spec)
+
+
+def rules_of(spec) -> list[str]:
+    return [problem.rule for problem in check_spec(spec)]
+
+
+@pytest.mark.parametrize("rule_id", sorted(TRIPS))
+def test_rule_trips_and_passes(models_dir, rule_id):
+    tripping_family, tripping, passing_family, passing, fragment = TRIPS[rule_id]
+    tripped = with_features(models_dir, tripping_family, tripping)
+    assert rules_of(tripped) == [rule_id]
+    with pytest.raises(OmniIncompatibleError) as info:
+        validate_spec(tripped)
+    assert info.value.rule == rule_id and fragment in str(info.value) and "Fix:" in str(info.value)
+    assert rules_of(with_features(models_dir, passing_family, passing)) == []
+
+
+def test_a_lora_component_the_model_lacks(models_dir):
+    tripped = dataclasses.replace(base(models_dir, "sd3"), loras=(lora(models_dir, "transformer_2"),))
+    assert rules_of(tripped) == ["lora.component"]
+    assert "takes LoRA layers only in transformer, text_encoder, text_encoder_2" in str(check_spec(tripped)[0].error())
+    assert rules_of(dataclasses.replace(tripped, loras=(lora(models_dir, "text_encoder_2"),))) == []
+    wan = dataclasses.replace(base(models_dir, "wan2.2"), loras=(lora(models_dir, "transformer_2"),))
+    assert rules_of(wan) == [], "Wan2.2 A14B has a second expert"
+
+
+class NoLoraPipelineFamily(StableDiffusion3):
+    """A family whose pipeline class has no diffusers LoRA loader (none of the shipped six lacks one)."""
+
+    key = "test-no-lora-loader"
+    title = "No-LoRA-Loader"
+
+    def pipeline_class(self, class_name):
+        return DiffusionPipeline  # the base class: no LoRA loader mixin
+
+
+def test_a_family_without_a_lora_loader(models_dir, monkeypatch):
+    monkeypatch.setitem(FAMILIES, NoLoraPipelineFamily.key, NoLoraPipelineFamily())
+    spec = dataclasses.replace(base(models_dir, "sd3"), family_key=NoLoraPipelineFamily.key)
+    assert rules_of(spec) == [], "no LoRA node, nothing to refuse"
+    tripped = dataclasses.replace(spec, loras=(lora(models_dir),))
+    assert rules_of(tripped) == ["lora.loader"]
+    assert str(check_spec(tripped)[0].error()).startswith(
+        "Load LoRA (qwen-image-style-lora.safetensors) cannot be combined with No-LoRA-Loader")
+
+
+def test_one_cache_method_per_model_is_refused_at_the_second_cache_node(headless, nodes):
+    (spec,) = nodes["OmniLoadModel"]().load("qwen-image", "fp32", "cpu")
+    (cached,) = nodes["OmniApplyTeaCache"]().apply(spec, 0.2, 0.0, 1.0, True, "")
+    with pytest.raises(OmniIncompatibleError) as info:
+        nodes["OmniApplyCacheDiT"]().apply(cached, "custom")
+    assert info.value.rule == "cache.one_method"
+    assert str(info.value).startswith("Apply Cache-DiT cannot be combined with Apply TeaCache")
+    (dit,) = nodes["OmniApplyCacheDiT"]().apply(spec, "custom")
+    assert isinstance(dit.cache, CacheDiTConfig)
+
+
+def test_tensor_parallel_that_splits_no_heads_evenly_is_not_also_blamed_on_ulysses(models_dir):
+    spec = with_features(models_dir, "qwen-image", dict(parallel=cpu_layout(tensor_parallel=3)))
+    assert rules_of(spec) == ["parallel.tensor_widths"], "no ulysses_degree could fix tensor_parallel 3"
+
+
+def test_every_rule_has_a_case():
+    load_rule_modules()
+    covered = set(TRIPS) | {"lora.component", "lora.loader", "cache.one_method"}
+    assert covered == set(RULE_DEFS)
+
+
+def test_collecting_problems_records_instead_of_raising(models_dir):
+    tripped = with_features(models_dir, "sd3", dict(cache=TeaCacheConfig(), parallel=cpu_layout(ulysses_degree=2)))
+    with collecting_problems() as found:
+        assert validate_spec(tripped) is tripped
+    assert [p.rule for p in found] == ["teacache.family", "parallel.sequence_plan"]
+    with pytest.raises(OmniIncompatibleError, match="TeaCache"):
+        validate_spec(tripped)  # outside the block the first problem raises again
+
+
+def test_templates_name_only_values_their_rules_give():
+    """JavaScript fills the same templates (web/graph_check.js): a placeholder without a value
+    would be a KeyError here and a thrown error there."""
+    load_rule_modules()
+    for definition in RULE_DEFS.values():
+        for template in (definition.first, definition.second, definition.reason, definition.fix):
+            for _text, name, spec, conversion in string.Formatter().parse(template):
+                if name is not None:  # JavaScript knows {name} only: no {}, {0}, {a.b}, {a!r} or {a:>3}
+                    assert name.isidentifier() and not spec and conversion is None, (definition.id, template)
+        assert set(definition.between) <= {"teacache", "cache_dit", "sequence_parallel", "tensor_parallel",
+                                           "cfg_parallel", "lora", "offload", "fp8", "vae_patch_parallel",
+                                           "parallel", "family", "machine"}, definition.id
+
+
+def test_queue_time_checks_refuse_what_one_node_can_see(nodes):
+    """ComfyUI calls VALIDATE_INPUTS with the node's constant inputs before it queues a prompt."""
+    parallel = nodes["OmniParallelConfig"]
+    layout = dict(ulysses_degree=2, ring_degree=1, cfg_parallel=1, tensor_parallel=1, devices="auto",
+                  remote_ranks=0, rendezvous="")
+    assert parallel.VALIDATE_INPUTS(**layout, vae_patch_parallel=2) is True
+    verdict = parallel.VALIDATE_INPUTS(**layout, vae_patch_parallel=4)
+    assert verdict.startswith("vae_patch_parallel = 4: ") and "Fix: use at most 2" in verdict
+    assert parallel.VALIDATE_INPUTS(**{**layout, "ulysses_degree": None}, vae_patch_parallel=4) is True, \
+        "a linked input arrives as None: the node checks it when it runs"
+
+    memory = nodes["OmniOffloadFP8"]
+    assert memory.VALIDATE_INPUTS(fp8="weight_only", fp8_text_encoder=True) is True
+    assert memory.VALIDATE_INPUTS(fp8="off", fp8_text_encoder=True).startswith("fp8_text_encoder = True: ")
+    assert memory.VALIDATE_INPUTS(fp8=None, fp8_text_encoder=True) is True
