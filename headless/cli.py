@@ -11,6 +11,17 @@ from omni_backend.errors import OmniError, OmniInterrupted
 from omni_backend.loading import offline_environment, quiet_libraries
 
 
+# Varied subjects and compositions: the fit wants many kinds of trajectories.
+FIT_PROMPTS = (
+    "a photograph of a red fox in a snowy forest at dawn",
+    "a watercolor painting of a lighthouse on a cliff above a stormy sea",
+    "a close-up portrait of an old man with a white beard, studio lighting",
+    "a bowl of ramen with an egg and green onions on a wooden table",
+    "a futuristic city skyline at night with neon signs and flying cars",
+    "a minimalist poster with the word OMNI in bold letters",
+)
+
+
 def _cmd_run(args) -> int:
     from ..nodes import comfy_bridge
     from .runner import run_workflow
@@ -36,6 +47,25 @@ def _cmd_validate(args) -> int:
     if not problems:
         print("valid")
     return 1 if problems else 0
+
+
+def _cmd_fit_teacache(args) -> int:
+    from omni_backend.cache.teacache_fit import fit_teacache
+    from omni_backend.engine import Engine
+    from omni_backend.request import GenerationRequest
+    from omni_backend.spec import ModelSpec
+
+    spec = ModelSpec.from_folder(args.model, dtype=args.dtype, device=args.device)
+    family = spec.family
+    requests = [GenerationRequest(prompt=prompt, negative_prompt="", steps=args.steps, seed=seed,
+                                  guidance=family.default_guidance if args.guidance is None else args.guidance,
+                                  width=args.width, height=args.height)
+                for prompt in args.prompt for seed in range(args.seeds)]
+    fit = fit_teacache(Engine(), spec, requests)
+    print(f"fitted on {len(fit.input_changes)} step pairs ({len(requests)} runs), R^2 {fit.r_squared:.3f}; "
+          "paste into Apply TeaCache's coefficients:", file=sys.stderr)
+    print(fit.text())
+    return 0
 
 
 def _cmd_make_tiny(args) -> int:
@@ -90,6 +120,20 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--models-dir", default="models", help="a folder laid out like ComfyUI's models/")
     check.set_defaults(handler=_cmd_validate)
 
+    fit = sub.add_parser("fit-teacache", help="fit TeaCache coefficients for a model folder (e.g. a fine-tune): "
+                                              "prints 5 numbers for Apply TeaCache's coefficients input")
+    fit.add_argument("model", help="a diffusers model folder of a family TeaCache supports")
+    fit.add_argument("--prompt", action="append", default=None,
+                     help="a prompt like the ones you will use (repeat for several; more is better)")
+    fit.add_argument("--seeds", type=int, default=2, help="runs per prompt, with seeds 0..N-1")
+    fit.add_argument("--steps", type=int, default=25, help="the step count you will sample with")
+    fit.add_argument("--guidance", type=float, default=None, help="default: the family's")
+    fit.add_argument("--width", type=int, default=1024)
+    fit.add_argument("--height", type=int, default=1024)
+    fit.add_argument("--dtype", default="auto", choices=("auto", "bf16", "fp16", "fp32"))
+    fit.add_argument("--device", default="auto")
+    fit.set_defaults(handler=_cmd_fit_teacache)
+
     tiny = sub.add_parser("make-tiny", help="write a tiny random-weight model folder (no download)")
     tiny.add_argument("family", nargs="?")
     tiny.add_argument("directory", nargs="?")
@@ -112,6 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     offline_environment()
     args = build_parser().parse_args(argv)
+    if getattr(args, "command", None) == "fit-teacache" and not args.prompt:
+        args.prompt = list(FIT_PROMPTS)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     quiet_libraries()
     try:
@@ -122,8 +168,6 @@ def main(argv=None) -> int:
     except OmniError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-
-
 
 
 if __name__ == "__main__":
