@@ -1,16 +1,20 @@
-"""`omni-diffusion demo`: the default workflow on a built-in model, on any machine, offline."""
+"""`omni-diffusion demo`: the default workflow on the built-in reference model, on any machine, offline.
+
+The built-in model is the small Qwen-Image trained on procedural shapes (omni_backend/reference):
+it draws what a prompt like "a red circle at the top left on a blue background" says.
+"""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-from omni_backend.families import FAMILIES
+from omni_backend.reference import model_path
 
 from .recipes import demo_workflow
 from .runner import run_workflow
 
-DEMO_MODEL = "omni-demo-qwen-image"
+DEMO_MODEL = "qwen-image-shapes"
 
 
 def demo_models_dir() -> Path:
@@ -18,10 +22,15 @@ def demo_models_dir() -> Path:
 
 
 def ensure_demo_model(models_dir: Path) -> Path:
-    """The demo's model folder, made on first use (no network)."""
+    """A models/diffusers entry pointing at the shipped reference model (a link: nothing is copied)."""
+    source = model_path()
     target = models_dir / "diffusers" / DEMO_MODEL
-    if not (target / "model_index.json").exists():
-        FAMILIES["qwen-image"].make_tiny(target)
+    if target.is_symlink() and target.resolve() == source:
+        return target
+    if target.is_symlink():
+        target.unlink()  # left by an older install of the pack
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.symlink_to(source, target_is_directory=True)
     return target
 
 

@@ -58,11 +58,14 @@ def base_workflow(family: str, features=(), filename_prefix: str | None = None, 
     return builder.to_json()
 
 
+DEMO_PROMPT = "a large red circle at the top left on a blue background"  # the reference model's caption form
+
+
 def demo_workflow(model_name: str) -> dict:
     """What `omni-diffusion demo` runs: the Qwen-Image graph on the built-in model, small and quick."""
     builder = WorkflowBuilder(all_node_classes())
     model = builder.add("OmniLoadModel", model_name=model_name, dtype="fp32", device="cpu")
-    sample = builder.add("OmniSample", prompt="a red circle at the top left on a blue background", seed=0,
+    sample = builder.add("OmniSample", prompt=DEMO_PROMPT, seed=0,
                          steps=25, guidance=4.0, width=64, height=64)
     decode = builder.add("OmniVAEDecode")
     save = builder.add("SaveImage", filename_prefix="omni-demo")
