@@ -69,9 +69,17 @@ def stand_in_model(directory: Path) -> Path:
     return directory
 
 
-def requests(args) -> list[GenerationRequest]:
-    return [GenerationRequest(prompt=prompt, negative_prompt=" ", steps=args.steps, guidance=4.0, seed=index,
-                              width=args.size, height=args.size) for index, prompt in enumerate(PROMPTS[:args.prompts])]
+def requests(args, prompts, negative_prompt=" ") -> list[GenerationRequest]:
+    return [GenerationRequest(prompt=prompt, negative_prompt=negative_prompt, steps=args.steps, guidance=4.0, seed=index,
+                              width=args.size, height=args.size) for index, prompt in enumerate(prompts[:args.prompts])]
+
+
+def follow_score(batch, images) -> float:
+    """The reference model's prompt-following score of these images (omni_backend/reference/evaluate.py)."""
+    from omni_backend.reference.evaluate import score_images
+
+    followed = score_images([request.prompt for request in batch], images.permute(0, 2, 3, 1).float().numpy())
+    return round(sum(followed) / len(followed), 3)
 
 
 def spec_for(folder: str, mode: str, dtype: str) -> ModelSpec:
@@ -148,7 +156,7 @@ def run_one_for_peak(args) -> None:
     sampler.start()
     engine = Engine()
     spec = spec_for(args.folder, args.peak_of, args.dtype)
-    engine.generate(spec, requests(args)[0], RunControl(progress=lambda *_: None))
+    engine.generate(spec, requests(args, PROMPTS)[0], RunControl(progress=lambda *_: None))
     done.set()
     sampler.join()
     peak[0] = max(peak[0], _rss_mb())
@@ -163,7 +171,7 @@ def main() -> None:
     parser.add_argument("--dtype", default="bf16", choices=("bf16", "fp32"))
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--prompts", type=int, default=2)
+    parser.add_argument("--prompts", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads; 1 keeps timings steady on a shared 2-core machine")
@@ -184,7 +192,13 @@ def main() -> None:
         model = ("trained reference Qwen-Image (qwen-image-shapes)" if use_reference else
                  "random-weight Qwen-Image stand-in of the reference shape: the reference model is missing, so "
                  "PSNR here says little about FP8's quality")
-        batch = requests(args)
+        if use_reference:
+            from omni_backend.reference.evaluate import default_prompts
+
+            # Held-out captions, and the empty negative the model was trained with (caption dropout).
+            batch = requests(args, default_prompts(), negative_prompt="")
+        else:
+            batch = requests(args, PROMPTS)
         engine = Engine(max_loaded=len(MODES))
         baseline_bytes = bf16_dit_bytes(engine, folder, args.dtype)
         specs = {mode: spec_for(folder, mode, args.dtype) for mode in MODES}
@@ -202,6 +216,7 @@ def main() -> None:
                 "resident_weight_ratio": round(resident[mode] / baseline_bytes, 3),
                 "time_ratio": round(seconds[mode] / seconds["plain"], 3),
                 "psnr_db": psnr(images[mode], images["plain"]),
+                **({"follow_score": follow_score(batch, images[mode])} if use_reference else {}),
                 **peaks[mode],
                 "seconds": round(seconds[mode], 3),
                 "runs": f"{state.summary() if state else 'plain'}",

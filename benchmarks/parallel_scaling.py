@@ -3,6 +3,12 @@
     python benchmarks/parallel_scaling.py --json
     {"method": "ulysses", "degree": 2, "family": "qwen-image", "speedup": ..., "max_abs_diff": ...}
 
+Methods ulysses, ring, cfg, hybrid (ulysses 2 x ring 2) and tp time the denoising; tp rows add
+`rank_weight_bytes_ratio` (the largest rank's DiT weight bytes over the whole model's). vae_patch
+rows time the decode of the same latent on 2 ranks against one device decoding it whole, with
+`rank_peak_bytes_ratio` (the largest rank's peak decode activation over the one-device peak) and
+`max_abs_diff` against that whole decode (pixels in 0..1; patches blend across their overlap).
+
 Each row times a warm run (workers up, weights loaded) against the warm single-process run; the
 single process may use every core, each rank gets cores / ranks threads. `--comm` prints the
 communication volume per denoising step that Ulysses and Ring need for the real Qwen-Image at
@@ -30,17 +36,36 @@ METHODS = {
     "ring": dict(ring_degree=2),
     "cfg": dict(cfg_parallel=2),
     "hybrid": dict(ulysses_degree=2, ring_degree=2, devices=("cpu",) * 4),
+    "tp": dict(tensor_parallel=2),
 }
+VAE_PATCH = dict(cfg_parallel=2, vae_patch_parallel=2)
 
 
 def timed_runs(engine, spec, request, repeats):
     engine.generate(spec, request)  # warm-up: starts workers, loads weights
-    times, latents = [], None
+    times, generation = [], None
     for _ in range(repeats):
         start = time.perf_counter()
-        latents = engine.generate(spec, request).latents
+        generation = engine.generate(spec, request)
         times.append(time.perf_counter() - start)
-    return statistics.median(times), latents
+    return statistics.median(times), generation
+
+
+def timed_decodes(engine, spec, latents, repeats):
+    engine.decode_with_report(spec, latents)  # warm-up
+    times, result = [], None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        result = engine.decode_with_report(spec, latents)
+        times.append(time.perf_counter() - start)
+    pixels, report = result
+    return statistics.median(times), pixels, max(report.sections["VAE"]["peak_bytes"])
+
+
+def dit_weight_bytes(engine, spec) -> int:
+    pipe = engine.loaded(spec).pipe
+    return sum(p.numel() * p.element_size() for _name, transformer in spec.family.transformers(pipe)
+               for p in transformer.parameters())
 
 
 def measure(family: str, methods: list[str], size: int, steps: int, repeats: int) -> list[dict]:
@@ -54,14 +79,30 @@ def measure(family: str, methods: list[str], size: int, steps: int, repeats: int
         engine = Engine()
         try:
             single_time, single = timed_runs(engine, spec, request, repeats)
-            for method in methods:
+            model = f"tiny {family}, {size}px, {steps} steps"
+            for method in [m for m in methods if m != "vae_patch"]:
                 config = ParallelConfig(**METHODS[method])
-                parallel_time, latents = timed_runs(engine, spec.replace(parallel=config), request, repeats)
+                parallel_spec = spec.replace(parallel=config)
+                parallel_time, generation = timed_runs(engine, parallel_spec, request, repeats)
                 rows.append({"method": method, "degree": config.world_size, "family": family,
                              "speedup": round(single_time / parallel_time, 3),
-                             "max_abs_diff": float((latents - single).abs().max()),
+                             "max_abs_diff": float((generation.latents - single.latents).abs().max()),
                              "seconds": {"single": round(single_time, 3), "parallel": round(parallel_time, 3)},
-                             "model": f"tiny {family}, {size}px, {steps} steps"})
+                             "model": model})
+                if method == "tp":
+                    per_rank = generation.report.sections["Parallel"]["rank_weight_bytes"]
+                    rows[-1]["rank_weight_bytes_ratio"] = round(max(per_rank) / dit_weight_bytes(engine, spec), 3)
+            if "vae_patch" in methods:
+                one_time, one_pixels, one_peak = timed_decodes(engine, spec, single.latents, repeats)
+                config = ParallelConfig(**VAE_PATCH)
+                patch_time, pixels, patch_peak = timed_decodes(engine, spec.replace(parallel=config), single.latents,
+                                                               repeats)
+                rows.append({"method": "vae_patch", "degree": config.vae_patch_parallel, "family": family,
+                             "speedup": round(one_time / patch_time, 3),
+                             "max_abs_diff": float((pixels - one_pixels).abs().max()),
+                             "rank_peak_bytes_ratio": round(patch_peak / one_peak, 3),
+                             "seconds": {"single": round(one_time, 3), "parallel": round(patch_time, 3)},
+                             "model": f"tiny {family} VAE, {size}px"})
         finally:
             engine.unload_all()
     return rows
@@ -95,7 +136,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--json", action="store_true", help="one JSON object per line")
     parser.add_argument("--families", default="qwen-image,wan2.2")
-    parser.add_argument("--methods", default="ulysses,ring,cfg,hybrid")
+    parser.add_argument("--methods", default="ulysses,ring,cfg,hybrid,tp,vae_patch")
     parser.add_argument("--size", type=int, default=384)
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--repeats", type=int, default=3)
