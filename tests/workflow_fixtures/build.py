@@ -64,6 +64,15 @@ def chain(family: str, *features, sample: dict | None = None) -> dict:
     return base_workflow(family, list(features), sample=dict(width=512, height=512, **(sample or {})))
 
 
+def add_sample_decode_save(builder, head) -> None:
+    """One branch's end: Sample and VAE Decode on `head`'s model, then Save Image."""
+    sample = builder.add("OmniSample", steps=8, width=512, height=512)
+    decode = builder.add("OmniVAEDecode")
+    save = builder.add("SaveImage", filename_prefix="omni-fixture")
+    builder.chain((head, sample, "model"), (head, decode, "model"), (decode, save, "images"))
+    builder.connect(sample, decode, "samples")
+
+
 def branches_and_bypass() -> dict:
     """Two branches from one loader; a bypassed TeaCache on SD3.5 (bypassed: not applied)."""
     builder = WorkflowBuilder(all_node_classes())
@@ -72,11 +81,7 @@ def branches_and_bypass() -> dict:
     cached = builder.add("OmniApplyCacheDiT")
     for head in (skipped, cached):
         builder.connect(load, head, "model")
-        sample = builder.add("OmniSample", steps=8, width=512, height=512)
-        decode = builder.add("OmniVAEDecode")
-        save = builder.add("SaveImage", filename_prefix="omni-fixture")
-        builder.chain((head, sample, "model"), (head, decode, "model"), (decode, save, "images"))
-        builder.connect(sample, decode, "samples")
+        add_sample_decode_save(builder, head)
     return builder.to_json()
 
 
@@ -87,11 +92,7 @@ def one_bad_branch() -> dict:
     for degrees in (dict(cfg_parallel=2), dict(ring_degree=2)):
         head = builder.add("OmniParallelConfig", **degrees)
         builder.connect(load, head, "model")
-        sample = builder.add("OmniSample", steps=8, width=512, height=512)
-        decode = builder.add("OmniVAEDecode")
-        save = builder.add("SaveImage", filename_prefix="omni-fixture")
-        builder.chain((head, sample, "model"), (head, decode, "model"), (decode, save, "images"))
-        builder.connect(sample, decode, "samples")
+        add_sample_decode_save(builder, head)
     return builder.to_json()
 
 
