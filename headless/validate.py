@@ -22,7 +22,7 @@ from pathlib import Path
 from omni_backend.compat import Problem, check_spec, collecting_problems
 from omni_backend.errors import OmniError, OmniIncompatibleError
 
-from ..nodes.common import OMNI_MODEL
+from ..nodes.common import builds_spec
 from .executor import validate_prompt
 from .node_defs import all_node_classes
 from .runner import configure
@@ -53,11 +53,6 @@ def validate_workflow(workflow: dict) -> list[WorkflowProblem]:
     problems += validate_prompt(prompt, classes)
     problems += check_features(prompt, classes, failed={p.node_id for p in problems})
     return _unique(problems)
-
-
-def builds_spec(node_class) -> bool:
-    """Nodes that return OMNI_MODEL read configs only (Load Omni Model, Apply/Config nodes, Load LoRA)."""
-    return tuple(getattr(node_class, "RETURN_TYPES", ())) == (OMNI_MODEL,)
 
 
 def check_features(prompt: dict, classes: dict, failed: set[str] = frozenset()) -> list[WorkflowProblem]:

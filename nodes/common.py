@@ -21,6 +21,12 @@ class ModelFeatureNode:
     FUNCTION = "apply"
 
 
+def builds_spec(node_class) -> bool:
+    """Nodes that return OMNI_MODEL read configs only (Load Omni Model, Apply/Config nodes, Load LoRA):
+    validators may run them without loading weights."""
+    return tuple(getattr(node_class, "RETURN_TYPES", ())) == (OMNI_MODEL,)
+
+
 @contextlib.contextmanager
 def host_interrupts():
     """The backend raises OmniInterrupted; ComfyUI expects its own interrupt exception."""

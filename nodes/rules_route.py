@@ -15,7 +15,7 @@ import logging
 from omni_backend.rules_export import export_rules
 
 from . import comfy_bridge
-from .common import OMNI_MODEL
+from .common import builds_spec
 
 ROUTE = "/omni_diffusion/rules"
 log = logging.getLogger("omni_diffusion")
@@ -47,7 +47,7 @@ def node_types() -> dict:
                 if isinstance(kind, (list, tuple)) or kind in ("INT", "FLOAT", "STRING", "BOOLEAN"):
                     widgets.append([name, options.get("default")])
         found[node_id] = {"title": title, "widgets": widgets,
-                          "builds_spec": tuple(node_class.RETURN_TYPES) == (OMNI_MODEL,)}
+                          "builds_spec": builds_spec(node_class)}
     return found
 
 
