@@ -91,13 +91,11 @@ def recording_calls(family, transformer):
 
 def fit_teacache(engine, spec, requests) -> TeaCacheFit:
     """Run each GenerationRequest on the plain `spec` (world size 1), recording, then fit."""
-    from ..cache.teacache import TEACACHE_NEEDS_EXTRACTOR
-    from ..families import FAMILIES
+    from .teacache import TeaCacheConfig
 
     family = spec.family
-    if family.teacache_coefficients is None:
-        supported = ", ".join(f.title for f in FAMILIES.values() if f.teacache_coefficients is not None)
-        raise TEACACHE_NEEDS_EXTRACTOR.problem(family=family.title, supported=supported).error()
+    for problem in TeaCacheConfig().problems(spec):  # a family without an extractor
+        raise problem.error()
     if spec.world_size() > 1 or spec.cache is not None:
         raise OmniInputError("model", spec.name, "fit on the plain model: no cache, one process",
                              "fit with Load Omni Model's output alone, then apply the coefficients anywhere")
