@@ -15,12 +15,23 @@ from omni_diffusion_nodes.headless.runner import run_workflow
 from omni_diffusion_nodes.headless.workflow_format import WorkflowError
 
 
-def broken_copy(models_dir, name, family="z-image"):
-    target = models_dir / "diffusers" / name
-    if target.exists():
-        shutil.rmtree(target)
-    shutil.copytree(models_dir / "diffusers" / family, target)
-    return target
+@pytest.fixture()
+def broken_copy(headless):
+    """make(name): a copy of a tiny model under models/diffusers/<name> to break; removed after the
+    test, so the session's shared models folder stays as conftest built it."""
+    made = []
+
+    def make(name, family="z-image"):
+        target = headless.models_dir / "diffusers" / name
+        if target.exists():
+            shutil.rmtree(target)
+        shutil.copytree(headless.models_dir / "diffusers" / family, target)
+        made.append(target)
+        return target
+
+    yield make
+    for target in made:
+        shutil.rmtree(target, ignore_errors=True)
 
 
 def assert_clear(error: Exception, *fragments):
@@ -49,8 +60,8 @@ def test_folder_without_model_index(headless, nodes, tmp_path):
     assert_clear(info.value, "model_index.json is missing")
 
 
-def test_unsupported_pipeline(headless, nodes):
-    folder = broken_copy(headless.models_dir, "sdxl-like")
+def test_unsupported_pipeline(headless, nodes, broken_copy):
+    folder = broken_copy("sdxl-like")
     index = json.loads((folder / "model_index.json").read_text())
     index["_class_name"] = "StableDiffusionXLPipeline"
     (folder / "model_index.json").write_text(json.dumps(index))
@@ -59,8 +70,8 @@ def test_unsupported_pipeline(headless, nodes):
     assert_clear(info.value, "StableDiffusionXLPipeline", "QwenImagePipeline")
 
 
-def test_component_that_would_run_shipped_code(headless, nodes):
-    folder = broken_copy(headless.models_dir, "custom-code")
+def test_component_that_would_run_shipped_code(headless, nodes, broken_copy):
+    folder = broken_copy("custom-code")
     index = json.loads((folder / "model_index.json").read_text())
     index["transformer"] = ["my_models", "EvilTransformer"]
     (folder / "model_index.json").write_text(json.dumps(index))
@@ -69,8 +80,8 @@ def test_component_that_would_run_shipped_code(headless, nodes):
     assert_clear(info.value, "my_models", "run code")
 
 
-def test_pickle_only_weights_are_refused(headless, nodes):
-    folder = broken_copy(headless.models_dir, "pickled")
+def test_pickle_only_weights_are_refused(headless, nodes, broken_copy):
+    folder = broken_copy("pickled")
     for weights in (folder / "transformer").glob("*.safetensors"):
         weights.rename(weights.with_suffix(".bin"))
     with pytest.raises(OmniInputError) as info:
@@ -78,8 +89,8 @@ def test_pickle_only_weights_are_refused(headless, nodes):
     assert_clear(info.value, "pickle", ".safetensors")
 
 
-def test_missing_component_folder(headless, nodes):
-    folder = broken_copy(headless.models_dir, "no-vae")
+def test_missing_component_folder(headless, nodes, broken_copy):
+    folder = broken_copy("no-vae")
     shutil.rmtree(folder / "vae")
     with pytest.raises(OmniInputError) as info:
         nodes["OmniLoadModel"]().load("no-vae", "auto", "auto")
