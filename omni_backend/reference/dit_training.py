@@ -90,9 +90,15 @@ def update_ema(ema, model, decay: float) -> None:
 
 
 def train_dit(transformer, pipe, pool: LatentPool, embeddings: dict, *, steps: int, batch: int = 64,
-              lr: float = 5e-4, ema_decay: float = 0.999, caption_dropout: float = 0.1, seed: int = 0,
+              lr: float = 1e-3, ema_decay: float = 0.995, caption_dropout: float = 0.1, seed: int = 0,
               max_seconds: float | None = None, log_every: int = 100, log=print):
-    """Returns (EMA copy of the transformer, {"steps", "loss", "first_loss", "seconds"})."""
+    """Returns (EMA copy of the transformer, {"steps", "loss", "first_loss", "seconds"}).
+
+    The defaults fit a short run (2000 steps, ~11 min here): at lr 5e-4 with an EMA of 0.999 (a
+    ~1000-step window that lags weights still improving fast) the same 2000 steps followed 0.58 of
+    the held-out prompts; at lr 1e-3 with 0.995 (~200 steps) both the EMA and the raw weights
+    followed 0.98.
+    """
     generator = torch.Generator().manual_seed(seed)
     rng = np.random.default_rng(seed)
     ema = copy.deepcopy(transformer).eval().requires_grad_(False)
