@@ -47,6 +47,24 @@ def test_scorer_accepts_true_renders_and_rejects_wrong_prompts():
     assert not any(score_images(shifted, images))
 
 
+def test_shape_guess_recognises_every_true_render():
+    """The shape score (and the VAE's shape round trip, which the model card reports) rests on it."""
+    from omni_backend.reference.evaluate import guess_shape
+
+    scenes = held_out_scenes() * 2
+    images = render_batch(scenes, np.random.default_rng(2)).transpose(0, 2, 3, 1)
+    assert all(guess_shape(scene, image) == scene.shape for scene, image in zip(scenes, images))
+
+
+@needs_model
+def test_committed_vae_keeps_what_its_model_card_says():
+    from omni_backend.reference.train import load_vae
+    from omni_backend.reference.vae_training import shape_round_trip
+
+    kept = shape_round_trip(load_vae(str(MODEL_DIR / "vae")))
+    assert f"the shape survives the round trip for {kept:.3f}" in (MODEL_DIR / "README.md").read_text()
+
+
 def test_vae_training_path_computes_what_encode_and_decode_compute():
     """Training runs the VAE's convolutions as 2-D and skips decode's clamp; neither may change a number."""
     import torch
@@ -129,6 +147,8 @@ def test_training_runs_and_its_losses_fall(tmp_path):
                     "--dit-steps", "24", "--dit-batch", "8", "--pool", "64", "--log-every", "8", "--skip-eval"])
     assert summary["vae"]["loss"] < summary["vae"]["first_loss"]
     assert summary["dit"]["loss"] < summary["dit"]["first_loss"]
+    assert 0.0 <= summary["vae"]["shape_kept"] <= 1.0
+    assert "the shape survives the round trip" in (out / "README.md").read_text()
     spec = ModelSpec.from_folder(str(out), dtype="fp32", device="cpu")
     images = generate(Engine(), spec, default_prompts()[:1], steps=2, images_per_prompt=1)
     assert images.shape == (1, 64, 64, 3) and np.isfinite(images).all()

@@ -216,6 +216,24 @@ def check_palette(vae) -> dict:
 
 
 @torch.no_grad()
+def shape_round_trip(vae, images_per_scene: int = 4, seed: int = 0) -> float:
+    """Fraction of held-out renders whose shape the evaluation still recognises after encode + decode.
+
+    The DiT can only draw what the VAE can decode, so this bounds the model's shape score.
+    """
+    from .dataset import held_out_scenes
+    from .evaluate import guess_shape
+
+    scenes = held_out_scenes() * images_per_scene
+    images = render_batch(scenes, np.random.default_rng(seed))
+    vae.eval()
+    with single_frame_convs(vae):
+        mean, _ = encode_moments(vae, to_model_range(images))
+        back = ((decode_unclamped(vae, mean).clamp(-1, 1) + 1) / 2)[:, :, 0].permute(0, 2, 3, 1).numpy()
+    return float(np.mean([guess_shape(scene, image) == scene.shape for scene, image in zip(scenes, back)]))
+
+
+@torch.no_grad()
 def encode_means(vae, images: np.ndarray, batch: int = 64) -> torch.Tensor:
     """Posterior means [N, z, H/8, W/8] (the pipeline's latent for an image: `latent_dist.mean`)."""
     vae.eval()
