@@ -173,6 +173,7 @@ def write_model_card(out: Path, summary: dict, argv: list[str]) -> None:
         f"({os.cpu_count()} CPU cores); folder {summary['size_mb']:.1f} MB ({args['store_dtype']} safetensors)"),
     ]
     if "eval" in summary:
+        from .dataset import SHAPES
         from .evaluate import GUIDANCE, STEPS
 
         ev = summary["eval"]
@@ -180,7 +181,7 @@ def write_model_card(out: Path, summary: dict, argv: list[str]) -> None:
                      f"{ev['images'] // ev['prompts']} seeds each, {STEPS} steps, true CFG {GUIDANCE:g}, weights loaded as float32): "
                      f"score {ev['score']:.3f} ({round(ev['score'] * ev['images'])} of {ev['images']} images: right "
                      f"colour, at the right place, on the right background); the shape guess is right for "
-                     f"{ev['shape_score']:.3f} of them (chance: 0.333)")
+                     f"{ev['shape_score']:.3f} of them (chance: {1 / len(SHAPES):.3f})")
     (out / "README.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 

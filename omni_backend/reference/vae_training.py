@@ -198,18 +198,22 @@ def train_vae(vae, *, steps: int, batch: int = 16, crop: int = 32, lr: float = 1
 
 
 @torch.no_grad()
+def round_trip(vae, images: np.ndarray) -> np.ndarray:
+    """Encode (posterior mean) and decode as the pipeline does: [N, 3, H, W] in [0, 1] in and out."""
+    vae.eval()
+    with single_frame_convs(vae):
+        mean, _ = encode_moments(vae, to_model_range(images))
+        return ((decode_unclamped(vae, mean).clamp(-1, 1)[:, :, 0] + 1) / 2).numpy()
+
+
+@torch.no_grad()
 def check_palette(vae) -> dict:
     """Round-trip a flat image of each palette colour: the largest RGB error (0..1 scale) and
     whether every colour comes back nearer to itself than to any other palette colour."""
     names = list(PALETTE)
     colours = torch.tensor([PALETTE[name] for name in names], dtype=torch.float32)
     flat = colours.view(-1, 3, 1, 1).expand(-1, 3, IMAGE_SIZE, IMAGE_SIZE).contiguous().numpy()
-    vae.eval()
-    with single_frame_convs(vae):
-        pixels = to_model_range(flat)
-        mean, _ = encode_moments(vae, pixels)
-        back = (decode_unclamped(vae, mean).clamp(-1, 1)[:, :, 0] + 1) / 2
-    got = back.mean(dim=(2, 3))
+    got = torch.from_numpy(round_trip(vae, flat)).mean(dim=(2, 3))
     nearest = torch.cdist(got, colours).argmin(dim=1)
     return {"max_error": float((got - colours).norm(dim=1).max()),
             "all_kept": bool((nearest == torch.arange(len(names))).all())}
@@ -225,11 +229,7 @@ def shape_round_trip(vae, images_per_scene: int = 4, seed: int = 0) -> float:
     from .evaluate import guess_shape
 
     scenes = held_out_scenes() * images_per_scene
-    images = render_batch(scenes, np.random.default_rng(seed))
-    vae.eval()
-    with single_frame_convs(vae):
-        mean, _ = encode_moments(vae, to_model_range(images))
-        back = ((decode_unclamped(vae, mean).clamp(-1, 1) + 1) / 2)[:, :, 0].permute(0, 2, 3, 1).numpy()
+    back = round_trip(vae, render_batch(scenes, np.random.default_rng(seed))).transpose(0, 2, 3, 1)
     return float(np.mean([guess_shape(scene, image) == scene.shape for scene, image in zip(scenes, back)]))
 
 
