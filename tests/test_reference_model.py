@@ -16,7 +16,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from omni_backend.reference import MODEL_DIR, model_path  # noqa: E402
 from omni_backend.reference.dataset import (  # noqa: E402
-    held_out_combinations, held_out_scenes, random_scenes, render_batch, training_combinations,
+    PALETTE, held_out_combinations, held_out_scenes, random_scenes, render_batch, training_combinations,
 )
 from omni_backend.reference.evaluate import default_prompts, evaluate, score_images  # noqa: E402
 
@@ -134,6 +134,25 @@ def test_demo_draws_what_its_prompt_says(tmp_path, monkeypatch):
     image = np.asarray(Image.open(files[0]).convert("RGB"), dtype=np.float32) / 255
     assert image.shape == (64, 64, 3)
     assert score_images([DEMO_PROMPT], image[None]) == [True]
+
+
+def test_shape_crops_contain_the_shape_and_edge_training_runs():
+    import torch
+
+    from omni_backend.reference import components
+    from omni_backend.reference.vae_training import shape_crops, train_vae
+
+    rng = np.random.default_rng(4)
+    scenes = random_scenes(rng, 16)
+    crops = shape_crops(scenes, render_batch(scenes, rng), 32, rng, fraction=1.0)
+    assert crops.shape == (16, 3, 32, 32)
+    for scene, crop in zip(scenes, crops):  # some pixel of every crop has the shape's colour
+        colour = np.asarray(PALETTE[scene.colour], dtype=np.float32)[:, None, None]
+        assert (np.abs(crop - colour).max(axis=0) < 0.05).any()
+    torch.manual_seed(0)
+    result = train_vae(components.vae(), steps=24, batch=4, centred_crops=0.75, edge_weight=1.0, log_every=8,
+                       log=lambda message: None)
+    assert result["loss"] < result["first_loss"]
 
 
 def test_training_runs_and_its_losses_fall(tmp_path):

@@ -32,6 +32,11 @@ def parse_args(argv=None):
     parser.add_argument("--vae-crop", type=int, default=32,
                         help="train the VAE on random crops of this many pixels (it is convolutional)")
     parser.add_argument("--vae-lr", type=float, default=1e-4)
+    parser.add_argument("--vae-centred-crops", type=float, default=0.0,
+                        help="fraction of VAE batches cropped around the shape (0.75 keeps shapes better; "
+                             "off in the committed model)")
+    parser.add_argument("--vae-edge-weight", type=float, default=0.0,
+                        help="weight of an L1 loss on pixel differences (edges); 1.0 keeps shapes better")
     parser.add_argument("--vae-eval-images", type=int, default=128, help="held-out images for the VAE's PSNR")
     parser.add_argument("--vae-checkpoint", default=None, help="also save the trained VAE here (diffusers folder)")
     parser.add_argument("--vae-from", default=None, help="skip VAE training: load this saved VAE folder instead")
@@ -83,7 +88,8 @@ def main(argv=None) -> dict:
         summary["vae"] = train_vae(
             vae, steps=args.vae_steps, batch=args.vae_batch, crop=args.vae_crop, lr=args.vae_lr,
             seed=args.seed + 2, max_seconds=args.minutes_vae * 60 if args.minutes_vae else None,
-            log_every=args.log_every, eval_images=eval_images, log=log)
+            log_every=args.log_every, eval_images=eval_images, centred_crops=args.vae_centred_crops,
+            edge_weight=args.vae_edge_weight, log=log)
         if args.vae_checkpoint:
             vae.save_pretrained(args.vae_checkpoint, safe_serialization=True)
     summary["vae"]["palette"] = check_palette(vae)
