@@ -181,7 +181,7 @@ def train_vae(vae, *, steps: int, batch: int = 16, crop: int = 32, lr: float = 1
       collapses outright; 1e-4 trains steadily.
     - Shapes (opt-in, off in the committed model): `centred_crops` is the fraction of crops taken
       around the shape (`shape_crops`), `edge_weight` adds `edge_l1`. At 0.75 and 1.0, 2500 steps
-      gave 27.3 dB held-out (25.4 without) and kept the shape of 0.57 of held-out renders (0.35).
+      gave 27.0 dB held-out (25.4 without) and kept the shape of 0.57 of held-out renders (0.35).
     Returns {"steps", "first_loss", "loss", "seconds", "psnr_db" (held-out, whole images)}.
     """
     rng = np.random.default_rng(seed)
