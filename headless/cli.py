@@ -9,7 +9,7 @@ import sys
 
 from omni_backend.errors import OmniError, OmniInterrupted
 from omni_backend.loading import offline_environment, quiet_libraries
-
+from omni_backend.workers.worker import add_worker_arguments
 
 # Varied subjects and compositions: the fit wants many kinds of trajectories.
 FIT_PROMPTS = (
@@ -94,11 +94,9 @@ def _cmd_demo(args) -> int:
 
 
 def _cmd_worker(args) -> int:
-    from omni_backend.parallel.worker import main as worker_main
+    from omni_backend.workers.worker import run_worker
 
-    forwarded = ["--rank", str(args.rank), "--world-size", str(args.world_size), "--master", args.master,
-                 "--device", args.device]
-    return worker_main(forwarded)
+    return run_worker(args.rank, args.world_size, args.master, args.device)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -141,10 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.set_defaults(handler=_cmd_make_tiny)
 
     worker = sub.add_parser("worker", help="serve as a rank of a multi-machine worker group")
-    worker.add_argument("--rank", type=int, required=True, help="this machine's rank (rank 0 is ComfyUI's machine)")
-    worker.add_argument("--world-size", type=int, required=True)
-    worker.add_argument("--master", required=True, help="HOST:PORT set as rendezvous in Parallel Config")
-    worker.add_argument("--device", default="auto", help="cuda:N, cpu or auto")
+    add_worker_arguments(worker)
     worker.set_defaults(handler=_cmd_worker)
 
     demo = sub.add_parser("demo", help="run the default workflow on the built-in model")
@@ -162,7 +157,7 @@ def main(argv=None) -> int:
     quiet_libraries()
     try:
         return args.handler(args)
-    except OmniInterrupted:
+    except (OmniInterrupted, KeyboardInterrupt):
         print("stopped by the user", file=sys.stderr)
         return 130
     except OmniError as exc:

@@ -34,9 +34,13 @@ class OmniParallelConfig(ModelFeatureNode):
             "devices": ("STRING", {"default": "auto",
                                    "tooltip": "auto (all visible GPUs, else CPU processes) or e.g. cuda:0,cuda:1"}),
             "remote_ranks": ("INT", {"default": 0, "min": 0, "max": 63,
-                                     "tooltip": "Ranks started on other machines with omni-diffusion worker."}),
+                                     "tooltip": "Ranks started on other machines with omni-diffusion worker. They must "
+                                                "hold the same OMNI_WORKER_SECRET as this ComfyUI (set in both "
+                                                "environments; refused when absent)."}),
             "rendezvous": ("STRING", {"default": "",
-                                      "tooltip": "HOST:PORT for remote ranks to reach this machine; empty = local."}),
+                                      "tooltip": "HOST:PORT for remote ranks to reach this machine (PORT while "
+                                                 "the group forms, PORT+1 for torch.distributed while it runs); "
+                                                 "empty = local ranks only, on 127.0.0.1."}),
         }}
 
     @classmethod

@@ -83,6 +83,8 @@ class ParallelConfig:
         if self.remote_ranks and not self.rendezvous:
             raise OmniInputError("rendezvous", self.rendezvous, "remote ranks need an address to meet at",
                                  "set HOST:PORT reachable from the other machines (this machine's address)")
+        if self.rendezvous:
+            rendezvous_address(self.rendezvous)
         for device in self.devices:
             if device != "cpu" and not (device.startswith("cuda:") and device[5:].isdigit()):
                 raise OmniInputError("devices", device, "not a device name", "use cpu or cuda:N, comma-separated")
@@ -169,6 +171,16 @@ class ParallelConfig:
             return
         with parallel_run(ctx, context):
             yield
+
+
+def rendezvous_address(text: str) -> tuple[str, int]:
+    """"HOST:PORT" -> (host, port). The group also uses PORT + 1 (torch.distributed's rendezvous)."""
+    host, colon, port = str(text).strip().rpartition(":")
+    host = host.strip("[]")
+    if not colon or not host or not port.isdigit() or not 1 <= int(port) <= 65534:
+        raise OmniInputError("rendezvous", text, "not HOST:PORT with a port from 1 to 65534",
+                             "use this machine's address as the other machines reach it, e.g. 192.168.1.10:29500")
+    return host, int(port)
 
 
 MAX_CPU_RANKS = 8  # CPU ranks are processes that time-share the cores: useful for testing, not for speed

@@ -19,7 +19,10 @@ from diffusers.hooks.context_parallel import (
     _get_submodule_by_name,
 )
 from diffusers.hooks.hooks import HookRegistry
-from diffusers.models._modeling_parallel import ContextParallelInput, ContextParallelOutput
+from diffusers.models._modeling_parallel import (
+    ContextParallelInput,
+    ContextParallelOutput,
+)
 
 from .sp_attention import all_gather_uneven, gather_sizes, sequence_parallel_attention
 
@@ -98,7 +101,10 @@ def route_native_attention() -> None:
     global _ROUTED
     if _ROUTED:
         return
-    from diffusers.models.attention_dispatch import AttentionBackendName, _AttentionBackendRegistry
+    from diffusers.models.attention_dispatch import (
+        AttentionBackendName,
+        _AttentionBackendRegistry,
+    )
 
     native = _AttentionBackendRegistry._backends[AttentionBackendName.NATIVE]
 

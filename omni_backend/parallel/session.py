@@ -35,8 +35,9 @@ def parallel_run(ctx, context):
     if config.tensor_parallel > 1:
         local = sum(p.numel() * p.element_size() for _name, transformer in ctx.family.transformers(ctx.pipe)
                     for p in transformer.parameters())
-        per_rank = [0] * context.world_size
-        dist.all_gather_object(per_rank, local, group=world)
+        gathered = [torch.zeros(1, dtype=torch.int64, device=context.device) for _ in range(context.world_size)]
+        dist.all_gather(gathered, torch.tensor([local], dtype=torch.int64, device=context.device), group=world)
+        per_rank = [int(count.item()) for count in gathered]
         summary["rank_weight_bytes"] = per_rank
         summary["text"] += f"; DiT weights per rank {', '.join(f'{b / 2**20:.1f}' for b in per_rank)} MiB"
     ctx.report.add("Parallel", summary)

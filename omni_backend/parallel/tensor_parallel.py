@@ -58,7 +58,7 @@ class ColumnParallelLinear(torch.nn.Linear, _Shard):
     """y_local = x W_local^T + b_local: this rank's rows of the output features."""
 
     @classmethod
-    def from_linear(cls, linear: torch.nn.Linear, group, blocks=None) -> "ColumnParallelLinear":
+    def from_linear(cls, linear: torch.nn.Linear, group, blocks=None) -> ColumnParallelLinear:
         rank, world = dist.get_rank(group), dist.get_world_size(group)
         sizes = _block_sizes(linear.out_features, blocks)
         weight = _local_blocks(linear.weight.data, 0, sizes, rank, world)
@@ -82,7 +82,7 @@ class RowParallelLinear(torch.nn.Linear, _Shard):
     reduce_output = True
 
     @classmethod
-    def from_linear(cls, linear: torch.nn.Linear, group, blocks=None) -> "RowParallelLinear":
+    def from_linear(cls, linear: torch.nn.Linear, group, blocks=None) -> RowParallelLinear:
         rank, world = dist.get_rank(group), dist.get_world_size(group)
         sizes = _block_sizes(linear.in_features, blocks)
         weight = _local_blocks(linear.weight.data, 1, sizes, rank, world)

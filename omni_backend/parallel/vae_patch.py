@@ -68,17 +68,36 @@ class PeakActivation:
 
 
 def decode_on_ranks(family, vae, latents, scale: int, tiles: list[Tile], group):
-    """Every rank of `group` decodes its tiles; returns (pixels on rank 0 else None, peak bytes per rank)."""
+    """Every rank of `group` decodes its tiles; returns (pixels on rank 0 else None, peak bytes per rank).
+
+    Tiles travel as plain tensors (a shape, then the data) rather than pickled objects: nothing
+    a rank receives is ever unpickled.
+    """
     rank, world = dist.get_rank(group), dist.get_world_size(group)
-    mine = assign_tiles(tiles, world)[rank]
+    shares = assign_tiles(tiles, world)
     with PeakActivation(vae, latents.device) as peak:
-        decoded = {index: decode_tile(family, vae, latents, tiles[index]).cpu() for index in mine}
-    gathered = [None] * world if rank == 0 else None
-    dist.gather_object((decoded, peak.bytes), gathered, dst=dist.get_global_rank(group, 0), group=group)
+        decoded = {index: decode_tile(family, vae, latents, tiles[index]) for index in shares[rank]}
+    peaks = [torch.zeros(1, dtype=torch.int64, device=latents.device) for _ in range(world)]
+    dist.all_gather(peaks, torch.tensor([peak.bytes], dtype=torch.int64, device=latents.device), group=group)
+    first = dist.get_global_rank(group, 0)
     if rank != 0:
+        for index in shares[rank]:
+            tile = decoded[index].contiguous()
+            shape = torch.tensor(list(tile.shape) + [0] * (_MAX_DIMS - tile.dim()), dtype=torch.int64,
+                                 device=tile.device)
+            dist.send(shape, dst=first, group=group)
+            dist.send(tile, dst=first, group=group)
         return None, None
-    parts, peaks = {}, []
-    for rank_parts, rank_peak in gathered:
-        parts.update(rank_parts)
-        peaks.append(rank_peak)
-    return stitch(tiles, [parts[i] for i in range(len(tiles))], scale), peaks
+    parts = {index: tile.cpu() for index, tile in decoded.items()}
+    for source in range(1, world):
+        sender = dist.get_global_rank(group, source)
+        for index in shares[source]:
+            shape = torch.zeros(_MAX_DIMS, dtype=torch.int64, device=latents.device)
+            dist.recv(shape, src=sender, group=group)
+            tile = torch.empty([d for d in shape.tolist() if d > 0], dtype=vae.dtype, device=latents.device)
+            dist.recv(tile, src=sender, group=group)
+            parts[index] = tile.cpu()
+    return stitch(tiles, [parts[i] for i in range(len(tiles))], scale), [int(p.item()) for p in peaks]
+
+
+_MAX_DIMS = 8  # decoded tiles are [B, C, H, W] or [B, C, F, H, W]

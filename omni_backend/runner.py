@@ -1,0 +1,96 @@
+"""Running requests in this process: the loaded-pipeline cache, one run, one decode.
+
+The engine uses it for world size 1, and every worker rank uses it for its share of a
+multi-process run (inside a worker the parallel context is set, so features shard and
+communicate). It knows nothing of how worker processes are started.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from .loading import load_pipeline
+from .pipeline_cache import LoadedPipeline, PipelineCache
+from .request import GenerationRequest
+from .sampling import RunContext, RunReport, sample
+
+
+@dataclass
+class Generation:
+    latents: Any  # raw VAE latents, ComfyUI layout, float32 on CPU
+    family: str
+    request: GenerationRequest
+    report: RunReport = field(default_factory=RunReport)
+
+
+@dataclass(frozen=True)
+class DecodeSettings:
+    tile_size: int = 0  # pixels; 0 decodes the whole latent at once
+    tile_overlap: int = 64  # pixels
+
+
+class LocalRunner:
+    def __init__(self, max_loaded: int = 1):
+        self.pipelines = PipelineCache(max_loaded)
+
+    def loaded(self, spec) -> LoadedPipeline:
+        def load():
+            pipe = load_pipeline(spec)
+            for feature in spec.features():
+                prepare = getattr(feature, "prepare_pipeline", None)
+                if prepare is not None:
+                    prepare(pipe, spec)
+            return pipe
+
+        return self.pipelines.get(spec.weights_key(), load)
+
+    def generate(self, spec, request, control) -> Generation:
+        entry = self.loaded(spec)
+        report = RunReport()
+        ctx = RunContext(pipe=entry.pipe, spec=spec, request=request, control=control, report=report,
+                         state=entry.state)
+        latents = sample(ctx)
+        return Generation(latents=latents, family=spec.family_key, request=request, report=report)
+
+    def decode(self, spec, latents, settings: DecodeSettings):
+        """(pixels in [0, 1], RunReport); (None, None) on a worker rank that holds no result."""
+        import torch
+
+        from .parallel.runtime import current_context
+        from .parallel.vae_patch import (
+            PeakActivation,
+            decode_on_ranks,
+            patches_for_ranks,
+        )
+        from .vae_tiling import decode_tiled, plan_for
+
+        entry = self.loaded(spec)
+        vae = entry.pipe.vae
+        scale = spec.family.vae_scale(entry.pipe)
+        latents = latents.to(vae.device)
+        tiles = plan_for(latents, scale, settings.tile_size, settings.tile_overlap)
+        report = RunReport()
+        context = current_context()
+        ranks = spec.parallel.vae_patch_parallel if spec.parallel is not None else 1
+        with torch.inference_mode():
+            if context is not None and ranks > 1:
+                if len(tiles) == 1:
+                    tiles = patches_for_ranks(latents.shape[-2], latents.shape[-1], ranks,
+                                              settings.tile_overlap // scale)
+                if context.rank >= ranks:
+                    return None, None  # not in the VAE group: nothing to decode
+                pixels, peaks = decode_on_ranks(spec.family, vae, latents, scale, tiles, context.group("vae"))
+            else:
+                with PeakActivation(vae, latents.device) as peak:
+                    pixels = decode_tiled(spec.family, vae, latents, scale, tiles)
+                peaks = [peak.bytes]
+        if pixels is None:
+            return None, None
+        megabytes = ", ".join(f"{p / 2**20:.1f}" for p in peaks)
+        report.add("VAE", {"text": f"{len(tiles)} tile(s) on {len(peaks)} rank(s); peak decode activation per "
+                                   f"rank (MiB): {megabytes}", "tiles": len(tiles), "peak_bytes": peaks})
+        return (pixels / 2 + 0.5).clamp(0, 1), report
+
+    def unload_all(self) -> None:
+        self.pipelines.clear()
