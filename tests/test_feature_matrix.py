@@ -1,4 +1,4 @@
-"""The support matrix: every seed pair has a verdict, its evidence exists, the README shows it."""
+"""The support matrix: every pair of vLLM-Omni's table has a verdict, its evidence exists, the README shows it."""
 
 from __future__ import annotations
 
@@ -13,9 +13,10 @@ from omni_backend.feature_matrix import FEATURES, PAIR_VERDICTS, PARALLEL_FEATUR
 from omni_backend.rules_export import load_rule_modules
 
 PACK_ROOT = Path(__file__).resolve().parent.parent
-SEED = PACK_ROOT.parent / "shared" / "reference" / "advanced-features.md"
+# vLLM-Omni's feature compatibility table: see tests/reference/README.md.
+VLLM_OMNI_TABLE = Path(__file__).resolve().parent / "reference" / "vllm-omni-feature-compatibility.md"
 README_START, README_END = "<!-- feature-matrix:start -->", "<!-- feature-matrix:end -->"
-SEED_COLUMNS = {"TeaCache": "teacache", "Cache-DiT": "cache_dit", "Seq Parallel": "sequence_parallel",
+TABLE_COLUMNS = {"TeaCache": "teacache", "Cache-DiT": "cache_dit", "Seq Parallel": "sequence_parallel",
                 "Tensor Parallel": "tensor_parallel", "CFG-Parallel": "cfg_parallel", "LoRA Inference": "lora",
                 "CPU Offloading": "offload", "FP8 Quantization": "fp8", "VAE Patch Parallel": "vae_patch_parallel"}
 
@@ -26,24 +27,22 @@ def test_every_pair_has_exactly_one_verdict():
     assert set(pairs) == {frozenset(pair) for pair in itertools.combinations(FEATURES, 2)}
 
 
-def seed_cells() -> dict[frozenset, str]:
-    """{pair: cell} from the seed's Feature Compatibility table."""
-    text = SEED.read_text()
+def table_cells() -> dict[frozenset, str]:
+    """{pair: cell} from vLLM-Omni's Feature Compatibility table."""
+    text = VLLM_OMNI_TABLE.read_text()
     table = text[text.index("## Feature Compatibility"):].split("\n\n")[2]
     rows = [[cell.strip(" *") for cell in line.strip("|").split("|")] for line in table.splitlines()]
-    columns = [SEED_COLUMNS[name] for name in rows[0][1:]]
+    columns = [TABLE_COLUMNS[name] for name in rows[0][1:]]
     cells = {}
     for row in rows[2:]:
         for column, cell in zip(columns, row[1:]):
             if cell:
-                cells[frozenset((SEED_COLUMNS[row[0]], column))] = cell
+                cells[frozenset((TABLE_COLUMNS[row[0]], column))] = cell
     return cells
 
 
-def test_every_unverified_seed_pair_is_run_or_refused_with_a_reason():
-    if not SEED.exists():
-        pytest.skip(f"the seed table is not at {SEED}")
-    cells = seed_cells()
+def test_every_unverified_vllm_omni_pair_is_run_or_refused_with_a_reason():
+    cells = table_cells()
     assert len(cells) == 36 and list(cells.values()).count("❓") == 35
     for pair, cell in cells.items():
         verdict = PAIR_VERDICTS.get(tuple(sorted(pair, key=list(FEATURES).index, reverse=True)))
