@@ -102,3 +102,17 @@ def test_ci_runs_the_readme_test_command():
     ci = (PACK_ROOT / ".ci" / "run").read_text()
     command = next(line for line in ci.splitlines() if "pytest" in line)
     assert command in readme, "the README's test command and .ci/run must stay the same command"
+
+
+def test_every_python_package_of_the_pack_is_installed():
+    """pyproject lists packages by hand (the pack folder itself is a package): a new subpackage that
+    is not listed works in a checkout and is missing from `pip install .`."""
+    listed = set(tomllib.loads((PACK_ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = set()
+    for init in PACK_ROOT.rglob("__init__.py"):
+        parts = init.parent.relative_to(PACK_ROOT).parts
+        if not parts or parts[0] in ("tests", "benchmarks", "web", "workflows") or parts[0].startswith("."):
+            continue
+        found.add(".".join(parts) if parts[0] == "omni_backend" else ".".join(("omni_diffusion_nodes", *parts)))
+    found.add("omni_diffusion_nodes")
+    assert found - listed == set(), f"add these to [tool.setuptools] packages in pyproject.toml: {found - listed}"
