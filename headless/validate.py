@@ -11,8 +11,10 @@ The checks, in the order a user meets them:
 
 A node that fails is passed over as if bypassed (its input spec flows on), so the nodes after it
 are still checked; a Load Omni Model that fails leaves its chain unchecked (nothing to check on).
-The browser extension (web/graph_check.js) applies the same rules with the same semantics; the
-shared fixtures in tests/workflow_fixtures keep the two in agreement.
+
+`check_graph` is the same check on the part of a graph this pack's nodes make up: the browser
+extension posts the graph being edited to ComfyUI's server (nodes/check_route.py) and marks the
+nodes it answers for, so the browser holds no rules of its own.
 """
 
 from __future__ import annotations
@@ -20,14 +22,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from omni_backend.compat import Problem, check_spec, collecting_problems
-from omni_backend.errors import OmniError, OmniIncompatibleError
+from omni_backend.errors import OmniError, OmniIncompatibleError, OmniInputError
 
 from ..nodes.common import builds_spec
 from .executor import validate_prompt
 from .node_defs import all_node_classes
 from .runner import configure
-from .workflow_format import (WorkflowError, WorkflowProblem, check_widgets, is_ui_format, load_workflow,
-                              ui_to_api)
+from .workflow_format import (FRONTEND_ONLY, WorkflowError, WorkflowProblem, check_widgets, is_ui_format,
+                              load_workflow, ui_to_api)
 
 
 def validate_file(path: str | Path, models_dir: str | Path | None = None) -> list[WorkflowProblem]:
@@ -107,16 +109,62 @@ def problem_from_rule(node_id: str, title: str, problem: Problem) -> WorkflowPro
 
 
 def problem_from_error(node_id: str, title: str, error: OmniError) -> WorkflowProblem:
+    """From the error's own fields (errors.py), never by parsing its message."""
     if isinstance(error, OmniIncompatibleError):
         return problem_from_rule(node_id, title, Problem(error.first, error.second, error.reason, error.fix,
                                                          rule=error.rule))
-    return WorkflowProblem(node_id, title, *split_fix(str(error)))
+    if isinstance(error, OmniInputError):
+        return WorkflowProblem(node_id, title, f"{error.input_name} = {error.value!r}: {error.problem}", error.fix)
+    return WorkflowProblem(node_id, title, str(error), "see the message")
 
 
-def split_fix(message: str) -> tuple[str, str]:
-    """Our errors end in ". Fix: <fix>" (errors.py); the problem line puts the fix in its own place."""
-    text, _, fix = message.rpartition(". Fix: ")
-    return (text, fix) if text else (message, "see the message")
+# ---- the graph being edited (the browser extension asks through nodes/check_route.py) ---------------
+def check_graph(workflow: dict) -> dict:
+    """{"problems": {node id: [problem]}, "support": {Load Omni Model's id: [lines]}} for the pack's
+    nodes of a graph in the workflow file's UI format (what the editor's graph serializes to).
+
+    Only the pack's nodes are checked (with the reroutes and primitives between them): other packs'
+    nodes are ComfyUI's to check when the graph is queued.
+    """
+    classes = all_node_classes()
+    graph = _pack_part(workflow)
+    problems = check_widgets(graph, classes)
+    try:
+        prompt = ui_to_api(graph, classes)
+    except WorkflowError as exc:
+        prompt, problems = {}, problems + exc.problems
+    builders = {node_id: node for node_id, node in prompt.items() if builds_spec(classes[node["class_type"]])}
+    problems += [p for p in validate_prompt(builders, classes) if p.node_id in builders]
+    problems += check_features(builders, classes, failed={p.node_id for p in problems})
+    answer: dict = {"problems": {}, "support": {}}
+    for problem in _unique(problems):
+        answer["problems"].setdefault(problem.node_id, []).append(problem.as_dict())
+    for node_id, node in builders.items():
+        if node["class_type"] == "OmniLoadModel" and node_id not in answer["problems"]:
+            answer["support"][node_id] = model_support(node["inputs"].get("model_name"))
+    return answer
+
+
+def _pack_part(workflow: dict) -> dict:
+    nodes = [n for n in workflow.get("nodes", []) if str(n.get("type", "")).startswith("Omni")
+             or n.get("type") in FRONTEND_ONLY]
+    kept = {n.get("id") for n in nodes}
+    links = [link for link in workflow.get("links", []) if isinstance(link, list) and len(link) == 6
+             and link[1] in kept and link[3] in kept]
+    return {**workflow, "nodes": nodes, "links": links}
+
+
+def model_support(model_name) -> list[str]:
+    """What the chosen model supports, shown under Load Omni Model (from its configs, no weights)."""
+    from omni_backend.feature_matrix import support_lines
+
+    from ..nodes import comfy_bridge
+
+    try:
+        folder = comfy_bridge.resolve_in_roots("diffusers", model_name, "model_name")
+        return support_lines(str(folder))
+    except OmniError as exc:
+        return [f"cannot load: {exc}"]
 
 
 def _is_link(value) -> bool:

@@ -32,6 +32,10 @@ class WorkflowProblem:
     def __str__(self) -> str:
         return f"node {self.node_id} ({self.title}): {self.problem}. Fix: {self.fix}"
 
+    def as_dict(self) -> dict:
+        return {"node": self.node_id, "title": self.title, "problem": self.problem, "fix": self.fix,
+                "rule": self.rule}
+
 
 class WorkflowError(OmniError, ValueError):
     def __init__(self, problems: list[WorkflowProblem] | WorkflowProblem):

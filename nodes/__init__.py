@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from omni_backend.engine import default_engine
 
-from . import comfy_bridge, rules_route
+from . import check_route, comfy_bridge
 from .load_lora import OmniLoadLoRA
 from .cache_nodes import OmniApplyCacheDiT, OmniApplyTeaCache
 from .load_model import OmniLoadModel
@@ -29,5 +29,5 @@ NODE_DISPLAY_NAME_MAPPINGS = {node_id: title for node_id, (_cls, title) in NODE_
 
 # ComfyUI's "Unload models" (and POST /free) also frees the pipelines this pack holds.
 comfy_bridge.on_unload(lambda: default_engine().unload_all())
-# GET /omni_diffusion/rules for the browser extension (web/), inside ComfyUI only.
-rules_route.register()
+# POST /omni_diffusion/check for the browser extension (web/), inside ComfyUI only.
+check_route.register()

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from omni_backend.cache import CacheDiTConfig, TeaCacheConfig
-from omni_backend.cache.cachedit import PRESETS, SCM_MODES, SCM_POLICIES, refuse_second_cache
+from omni_backend.cache.cachedit import PRESETS, SCM_MODES, SCM_POLICIES
+from omni_backend.cache.one_method import refuse_second_cache
 from omni_backend.errors import OmniInputError
 
 from .common import ModelFeatureNode, OMNI_MODEL

@@ -1,13 +1,13 @@
 """Compatibility rules between features, and between features and model families.
 
-One source of truth: nodes, the CLI validator and the browser extension all ask this module.
-A rule looks at a whole spec and returns the problems it finds; each problem names both sides,
-the reason and the fix.
+One declaration form: every feature config (a field of ModelSpec) declares the rules it can break
+as `RULES` (RuleDefs: id, the two things the rule is about, a one-line summary for the README's
+matrix, message templates) and checks them in `problems(spec)`. A rule between two features
+belongs to the one that comes later in a chain. `check_spec` asks each feature of a spec, so no
+list of rule modules is kept anywhere; `spec.all_rules()` collects the declarations.
 
-Every problem is worded by a `RuleDef`: the rule's id, the two things it is about, a one-line
-summary (the README's matrix) and `str.format` templates for the message. The browser extension
-receives these templates through the rules export (rules_export.py) and fills them with the same
-values, so a message is written once, here and in the feature modules, never in JavaScript.
+Nodes, the CLI validator and the browser extension (through the server's check route) all run
+this same check: a message is written once, here and in the feature modules.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Callable
 
 from .errors import OmniIncompatibleError
 
@@ -54,30 +53,17 @@ class RuleDef:
                 "second": self.second, "reason": self.reason, "fix": self.fix}
 
 
-RULE_DEFS: dict[str, RuleDef] = {}
-
-
 def define_rule(id: str, between: tuple[str, str], summary: str, first: str, second: str, reason: str,
                 fix: str) -> RuleDef:
-    if id in RULE_DEFS:
-        raise ValueError(f"rule id {id!r} is defined twice")
-    RULE_DEFS[id] = RuleDef(id, between, summary, first, second, reason, fix)
-    return RULE_DEFS[id]
-
-
-Rule = Callable[["ModelSpec"], list]  # noqa: F821 - ModelSpec imported lazily to avoid a cycle
-RULES: list[Rule] = []
-
-
-def rule(function: Rule) -> Rule:
-    RULES.append(function)
-    return function
+    return RuleDef(id, between, summary, first, second, reason, fix)
 
 
 def check_spec(spec) -> list[Problem]:
+    """Every problem of the spec, feature by feature (memory, cache, parallel, then each LoRA)."""
     problems: list[Problem] = []
-    for check in RULES:
-        problems.extend(check(spec))
+    for feature in (spec.memory, spec.cache, spec.parallel, *spec.loras):
+        if feature is not None:
+            problems.extend(feature.problems(spec))
     return problems
 
 
@@ -113,53 +99,3 @@ def validate_spec(spec):
     elif problems:
         raise problems[0].error()
     return spec
-
-
-# ---- memory (Offload/FP8) ----------------------------------------------------------------------
-LAYERWISE_OFFLOAD_MULTI_DEVICE = define_rule(
-    "memory.layerwise_offload_multi_device", ("offload", "parallel"),
-    "layerwise offload streams one DiT's blocks through a single device; a multi-device layout splits "
-    "each block across devices (model offload works)",
-    first="Offload/FP8 (offload = layerwise)", second="Parallel Config ({devices} devices)",
-    reason="layerwise offload streams one DiT's blocks through a single device, while a multi-GPU layout splits "
-           "each block's work across devices (vLLM-Omni documents layerwise offload as single-card only)",
-    fix="use offload = model (or none; auto never picks layerwise with several devices), or run on one device")
-
-
-@rule
-def layerwise_offload_needs_one_device(spec) -> list[Problem]:
-    memory = spec.memory
-    if memory is None or memory.offload != "layerwise" or spec.world_size() <= 1:
-        return []
-    return [LAYERWISE_OFFLOAD_MULTI_DEVICE.problem(devices=spec.world_size())]
-
-
-FP8_TENSOR_PARALLEL = define_rule(
-    "memory.fp8_tensor_parallel", ("fp8", "tensor_parallel"),
-    "tensor parallelism shards full-precision linears; FP8 replaces them with FP8 weights and scales the "
-    "shards do not carry",
-    first="Offload/FP8 (fp8 = {fp8})", second="Parallel Config (tensor_parallel = {degree})",
-    reason="tensor parallelism shards each attention/MLP linear's full-precision weight across ranks, and FP8 "
-           "replaces those same linears with FP8 weights and per-channel scales that its shards do not carry",
-    fix="set fp8 = off with tensor parallelism, or keep FP8 and parallelize with ulysses/ring/cfg_parallel instead")
-
-
-@rule
-def fp8_not_with_tensor_parallel(spec) -> list[Problem]:
-    memory, parallel = spec.memory, spec.parallel
-    degree = getattr(parallel, "tensor_parallel", 1) if parallel is not None else 1
-    if memory is None or memory.fp8 == "off" or degree <= 1:
-        return []
-    return [FP8_TENSOR_PARALLEL.problem(fp8=memory.fp8, degree=degree)]
-
-
-@rule
-def cache_fits_family(spec) -> list[Problem]:
-    """TeaCache needs a per-family extractor; Cache-DiT needs blocks left over after Fn + Bn."""
-    return spec.cache.problems(spec) if spec.cache is not None else []
-
-
-@rule
-def parallel_layout_fits(spec) -> list[Problem]:
-    """Devices, heads, sequence-parallel plans and true CFG for the chosen Parallel Config."""
-    return spec.parallel.problems(spec) if spec.parallel is not None else []

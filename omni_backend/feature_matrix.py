@@ -1,7 +1,8 @@
 """The support matrix: family x feature (derived from the registry) and feature x feature (verdicts).
 
-Feature x feature starts from the seed's table (reference/advanced-features.md, "Feature
-Compatibility"), where all but one pair were marked "not verified yet". Each pair here is either
+Feature x feature starts from vLLM-Omni's table ("Diffusion Advanced Features", "Feature
+Compatibility"; a copy is in tests/reference/), where all but one pair were marked "not verified
+yet". Each pair here is either
 supported, naming the tests that run it on tiny models, or refused, naming the compat rule that
 refuses it (so the reason shown is the one users get); "partly" is both, e.g. model offload runs
 with a multi-device layout and layerwise offload is refused. README.md shows `render_markdown()`;
@@ -13,9 +14,15 @@ exists and that every rule named here exists and is about that pair.
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 
-# The seed table's columns, in its order.
+from .families import FAMILIES
+from .lora.config import lora_components
+from .model_folder import inspect_model_folder
+from .spec import ModelSpec, all_rules
+
+# vLLM-Omni's table's columns, in its order.
 FEATURES = {
     "teacache": "TeaCache",
     "cache_dit": "Cache-DiT",
@@ -130,8 +137,6 @@ def verdict(first: str, second: str) -> Verdict:
 def family_support(family) -> dict[str, bool]:
     """What a family supports, read from its registry entry. Cache-DiT, offload, FP8 and VAE patch
     parallel work on any family's block lists, linears and VAE (each is tested on every family)."""
-    import importlib
-
     pipeline = getattr(importlib.import_module("diffusers"), family.pipeline_classes[0], None)
     return {
         "teacache": family.teacache_coefficients is not None,
@@ -150,12 +155,34 @@ def family_support(family) -> dict[str, bool]:
 SYMBOLS = {"supported": "✅", "partly": "⚠️", "refused": "❌"}
 
 
-def render_markdown() -> str:
-    from .compat import RULE_DEFS
-    from .families import FAMILIES
-    from .rules_export import load_rule_modules
+def support_lines(folder: str) -> list[str]:
+    """What one model folder supports, from its configs (shown under Load Omni Model): the family's
+    features, narrowed by this model's heads, widths, CFG and LoRA components."""
+    info = inspect_model_folder(folder)
+    family, config = info.family, info.transformer_config
+    spec = ModelSpec(folder=info.path, family_key=family.key, dtype="float32", device="cpu")
+    supported, unsupported = [], []
+    for key, ok in family_support(family).items():
+        label = FEATURES[key]
+        if key == "cfg_parallel":
+            ok = ok and family.has_true_cfg(info.model_index)
+        if key == "lora" and ok:
+            label += f" ({', '.join(lora_components(spec))})"
+        if key == "tensor_parallel" and ok:
+            widths = family.tensor_parallel_widths(config).values()
+            label += f" ({', '.join(str(d) for d in range(2, 65) if all(w % d == 0 for w in widths)) or 'none'})"
+        if key == "sequence_parallel" and ok:
+            heads = family.attention_heads(config)
+            label += f" (ulysses {', '.join(str(d) for d in range(2, heads + 1) if heads % d == 0) or '-'}; ring any)"
+        (supported if ok else unsupported).append(label)
+    lines = [f"{family.title}: {', '.join(supported)}"]
+    if unsupported:
+        lines.append(f"not supported: {', '.join(unsupported)}")
+    return lines
 
-    load_rule_modules()
+
+def render_markdown() -> str:
+    rules = all_rules()
     keys = list(FEATURES)
     lines = ["| Family | " + " | ".join(FEATURES.values()) + " |", "|---|" + ":---:|" * len(keys)]
     for family in FAMILIES.values():
@@ -174,7 +201,7 @@ def render_markdown() -> str:
             if entry.tested_by:
                 parts.append("tested by " + ", ".join(f"`{test}`" for test in entry.tested_by))
             if entry.rule:
-                parts.append(f"refused by `{entry.rule}`: {RULE_DEFS[entry.rule].summary}")
+                parts.append(f"refused by `{entry.rule}`: {rules[entry.rule].summary}")
             lines.append(f"- {FEATURES[row]} x {FEATURES[column]}: {SYMBOLS[entry.status]} " + "; ".join(parts))
     return "\n".join(lines) + "\n"
 

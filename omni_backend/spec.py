@@ -11,18 +11,36 @@ optional methods on it:
   `weights_key()`, so specs that differ here never share a loaded pipeline.
 - `run_session(ctx: RunContext)`: a context manager around one run (hooks, adapter weights,
   cache state); everything it does is undone on exit, also on errors and interrupts.
-Feature x feature and feature x family rules live in `compat.py`.
+Each feature also declares the rules it can break (`RULES`, checked by `problems(spec)`; see compat.py).
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
 
+from .cache import CacheDiTConfig, TeaCacheConfig
+from .compat import RuleDef, validate_spec
 from .devices import resolve_device, resolve_dtype
 from .families import FAMILIES, ModelFamily
+from .lora.config import LoraSpec
+from .memory.config import MemoryConfig
 from .model_folder import ModelFolder, inspect_model_folder
+from .parallel.config import ParallelConfig
+
+# The features a spec can hold (its fields below). Each declares the rules it can break as RULES and
+# checks them in problems(spec) (see compat.py).
+FEATURE_TYPES = (MemoryConfig, TeaCacheConfig, CacheDiTConfig, ParallelConfig, LoraSpec)
+
+
+def all_rules() -> dict[str, RuleDef]:
+    """Every rule a feature declares, by id (a rule two features share is listed once)."""
+    found: dict[str, RuleDef] = {}
+    for feature in FEATURE_TYPES:
+        for definition in feature.RULES:
+            if found.setdefault(definition.id, definition) is not definition:
+                raise ValueError(f"two rules share the id {definition.id!r}")
+    return found
 
 
 @dataclass(frozen=True)
@@ -31,10 +49,10 @@ class ModelSpec:
     family_key: str
     dtype: str  # torch dtype name, already resolved for the device
     device: str  # "cpu" or "cuda:N", already resolved
-    cache: Any = None  # TeaCacheConfig | CacheDiTConfig
-    parallel: Any = None  # ParallelConfig
-    memory: Any = None  # MemoryConfig
-    loras: tuple = ()  # LoraSpec, in the order the user chained them
+    cache: TeaCacheConfig | CacheDiTConfig | None = None
+    parallel: ParallelConfig | None = None
+    memory: MemoryConfig | None = None
+    loras: tuple[LoraSpec, ...] = ()  # in the order the user chained them
 
     @classmethod
     def from_folder(cls, folder: str, dtype: str = "auto", device: str = "auto") -> "ModelSpec":
@@ -66,8 +84,6 @@ class ModelSpec:
         return [f for f in (self.memory, *self.loras, self.cache, self.parallel) if f is not None]
 
     def replace(self, **changes) -> "ModelSpec":
-        from .compat import validate_spec
-
         return validate_spec(dataclasses.replace(self, **changes))
 
     def weights_key(self) -> tuple:

@@ -21,8 +21,6 @@ from pathlib import Path
 
 import pytest
 
-from omni_backend.compat import RULE_DEFS
-from omni_backend.rules_export import load_rule_modules
 from omni_diffusion_nodes.headless.runner import to_prompt
 from omni_diffusion_nodes.headless.workflow_format import load_workflow
 
@@ -100,20 +98,19 @@ def finished(url: str, prompt_id: str) -> dict:
     pytest.fail(f"prompt {prompt_id} did not finish in {RUN_SECONDS} s")
 
 
-def test_the_rules_route_serves_the_backend_rules_for_comfyuis_model_folders(server):
+def test_the_check_route_answers_for_the_graph_posted(server):
+    workflow = load_workflow(FIXTURES / "teacache-on-sd3.json")
     for prefix in ("", "/api"):  # ComfyUI mounts custom routes under /api too (the frontend uses that)
-        status, body = request(f"{server}{prefix}/omni_diffusion/rules")
+        status, body = request(f"{server}{prefix}/omni_diffusion/check", workflow)
         assert status == 200
-        document = json.loads(body)
-        load_rule_modules()
-        assert [rule["id"] for rule in document["rules"]] == list(RULE_DEFS)
-        assert document["models"]["Qwen-Image"]["family"] == "qwen-image"
-        assert document["node_types"]["OmniParallelConfig"]["builds_spec"] is True
+        answer = json.loads(body)
+        assert [p["rule"] for p in answer["problems"]["2"]] == ["teacache.family"]
+        assert answer["support"]["1"][0].startswith("Stable Diffusion")
 
 
 def test_the_extension_files_are_served(server):
     extensions = json.loads(request(f"{server}/extensions")[1])
-    for name in ("omni_extension.js", "graph_check.js"):
+    for name in ("omni_extension.js", "graph_request.js"):
         path = next(e for e in extensions if e.endswith(f"/omni-diffusion-nodes/{name}"))
         status, body = request(f"{server}{path}")
         assert status == 200 and (b"export function" in body or b"registerExtension" in body)

@@ -8,9 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from omni_backend.compat import RULE_DEFS
 from omni_backend.feature_matrix import FEATURES, PAIR_VERDICTS, PARALLEL_FEATURES, render_markdown
-from omni_backend.rules_export import load_rule_modules
+from omni_backend.spec import all_rules
 
 PACK_ROOT = Path(__file__).resolve().parent.parent
 # vLLM-Omni's feature compatibility table: see tests/reference/README.md.
@@ -76,8 +75,7 @@ def test_verdict_evidence_exists(pair):
     for test_id in verdict.tested_by:
         assert existing_test(test_id), f"{test_id} does not exist"
     if verdict.rule:
-        load_rule_modules()
-        between = set(RULE_DEFS[verdict.rule].between)
+        between = set(all_rules()[verdict.rule].between)
         sides = [{feature} | ({"parallel"} if feature in PARALLEL_FEATURES else set()) for feature in pair]
         assert all(side & between for side in sides), f"{verdict.rule} is about {between}, not {pair}"
 

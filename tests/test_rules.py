@@ -14,15 +14,14 @@ import pytest
 from diffusers import DiffusionPipeline
 
 from omni_backend.cache import CacheDiTConfig, TeaCacheConfig
-from omni_backend.compat import RULE_DEFS, check_spec, collecting_problems, validate_spec
+from omni_backend.compat import check_spec, collecting_problems, validate_spec
 from omni_backend.errors import OmniIncompatibleError
 from omni_backend.families import FAMILIES
 from omni_backend.families.sd3 import StableDiffusion3
 from omni_backend.lora import LoraSpec
 from omni_backend.memory import MemoryConfig
 from omni_backend.parallel.config import ParallelConfig
-from omni_backend.rules_export import load_rule_modules
-from omni_backend.spec import ModelSpec
+from omni_backend.spec import ModelSpec, all_rules
 from omni_diffusion_nodes.headless.recipes import LORA_FILES
 
 
@@ -138,9 +137,8 @@ def test_tensor_parallel_that_splits_no_heads_evenly_is_not_also_blamed_on_ulyss
 
 
 def test_every_rule_has_a_case():
-    load_rule_modules()
     covered = set(TRIPS) | {"lora.component", "lora.loader", "cache.one_method"}
-    assert covered == set(RULE_DEFS)
+    assert covered == set(all_rules())
 
 
 def test_collecting_problems_records_instead_of_raising(models_dir):
@@ -152,14 +150,11 @@ def test_collecting_problems_records_instead_of_raising(models_dir):
         validate_spec(tripped)  # outside the block the first problem raises again
 
 
-def test_templates_name_only_values_their_rules_give():
-    """JavaScript fills the same templates (web/graph_check.js): a placeholder without a value
-    would be a KeyError here and a thrown error there."""
-    load_rule_modules()
-    for definition in RULE_DEFS.values():
+def test_rules_are_about_known_things_and_name_their_values():
+    for definition in all_rules().values():
         for template in (definition.first, definition.second, definition.reason, definition.fix):
             for _text, name, spec, conversion in string.Formatter().parse(template):
-                if name is not None:  # JavaScript knows {name} only: no {}, {0}, {a.b}, {a!r} or {a:>3}
+                if name is not None:  # values by name only: every problem() call passes them as keywords
                     assert name.isidentifier() and not spec and conversion is None, (definition.id, template)
         assert set(definition.between) <= {"teacache", "cache_dit", "sequence_parallel", "tensor_parallel",
                                            "cfg_parallel", "lora", "offload", "fp8", "vae_patch_parallel",

@@ -2,102 +2,68 @@
 // edited, shows on Load Omni Model what the chosen model supports, and shows what Sample and
 // VAE Decode Patch-Parallel report after a run.
 //
-// It holds no rules: it fetches them from the backend (GET /omni_diffusion/rules, see
-// nodes/rules_route.py) and checks the graph with graph_check.js, the pure module that node's test
-// runner tests against the same workflow files as the Python validator.
+// It holds no rules: it posts the graph to the server (POST /omni_diffusion/check, see
+// nodes/check_route.py), which runs the same Python check as `omni-diffusion validate`, and draws
+// the answer. graph_request.js holds the pure parts (tested with node's test runner).
 import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
-import { checkGraph, modelSupport } from "./graph_check.js";
+import { isPackType, noteLines, packSignature } from "./graph_request.js";
 
-const RULES_ROUTE = "/omni_diffusion/rules";
-const POLL_MS = 400; // how often the graph is compared with the last checked one (cheap: Omni nodes only)
-const DEBOUNCE_MS = 150; // a burst of edits (dragging a slider) is checked once
-const REFETCH_MS = 5000; // at most this often when a chosen model is missing from the rules (new folder)
+const CHECK_ROUTE = "/omni_diffusion/check";
+const POLL_MS = 400; // how often the graph is compared with the last checked one
+const DEBOUNCE_MS = 250; // a burst of edits (dragging a slider) is checked once
 const PROBLEM_COLOR = "#a33";
 const PROBLEM_BGCOLOR = "#533";
 const NOTE_FONT = "12px sans-serif";
+const NOTE_COLORS = { problem: "#f88", support: "#9b9", report: "#bbb" };
 const REPORTING_NODES = new Set(["OmniSample", "OmniVAEDecode"]);
 
 const state = {
-  rules: null,
-  fetchedAt: 0,
-  problems: {}, // node id -> [problem]
+  answer: null, // the server's last answer
   lastSignature: "",
   timer: null,
+  asked: 0, // answers to older posts than the newest one are dropped
 };
 
-async function fetchRules() {
-  state.fetchedAt = Date.now();
-  try {
-    const response = await api.fetchApi(RULES_ROUTE);
-    const body = await response.json();
-    if (!response.ok || body.error) throw new Error(body.error || `HTTP ${response.status}`);
-    state.rules = body;
-  } catch (error) {
-    console.warn(`Omni Diffusion: could not read ${RULES_ROUTE}; feature combinations are checked when the graph runs`, error);
-  }
-}
-
-// ---- the graph in graph_check.js's form -------------------------------------------------------
 function graphNodes() {
   return app.graph?._nodes ?? app.graph?.nodes ?? [];
 }
 
-function linkSource(linkId) {
-  if (linkId == null) return null;
-  const links = app.graph.links;
-  const link = links instanceof Map ? links.get(linkId) : links?.[linkId];
-  return link ? String(link.origin_id) : null;
-}
-
 function isOmni(node) {
-  return String(node.comfyClass ?? node.type).startsWith("Omni");
-}
-
-function simpleGraph() {
-  const nodes = [];
-  for (const node of graphNodes()) {
-    const type = node.comfyClass ?? node.type;
-    if (!isOmni(node) && type !== "Reroute") continue;
-    const input = (node.inputs || []).find((slot) => slot.name === "model" || type === "Reroute");
-    nodes.push({
-      id: String(node.id), type, title: node.title, mode: node.mode ?? 0,
-      widgets: Object.fromEntries((node.widgets || []).map((w) => [w.name, w.value])),
-      model: linkSource(input?.link),
-    });
-  }
-  return { nodes };
+  return isPackType(node.comfyClass ?? node.type);
 }
 
 // ---- checking ----------------------------------------------------------------------------------
-function scheduleCheck() {
-  clearTimeout(state.timer);
-  state.timer = setTimeout(runCheck, DEBOUNCE_MS);
-}
-
 function poll() {
   if (!app.graph) return;
-  const signature = JSON.stringify(simpleGraph());
+  const signature = packSignature(app.graph.serialize());
   if (signature !== state.lastSignature) {
     state.lastSignature = signature;
     scheduleCheck();
   }
 }
 
+function scheduleCheck() {
+  clearTimeout(state.timer);
+  state.timer = setTimeout(runCheck, DEBOUNCE_MS);
+}
+
 async function runCheck() {
-  const graph = simpleGraph();
-  const unknownModel = graph.nodes.some((n) => n.type === "OmniLoadModel" && state.rules
-    && !(n.widgets.model_name in (state.rules.models || {})));
-  if ((!state.rules || unknownModel) && Date.now() - state.fetchedAt > REFETCH_MS) await fetchRules();
-  if (!state.rules) return;
+  if (!app.graph) return;
+  const number = ++state.asked;
+  let answer = null;
   try {
-    state.problems = checkGraph(graph, state.rules);
+    const response = await api.fetchApi(CHECK_ROUTE, { method: "POST", body: JSON.stringify(app.graph.serialize()) });
+    const body = await response.json();
+    if (!response.ok || body.error) throw new Error(body.error || `HTTP ${response.status}`);
+    answer = body;
   } catch (error) {
-    console.warn("Omni Diffusion: graph check failed", error);
-    state.problems = {};
+    console.warn("Omni Diffusion: the graph check failed; feature combinations are checked when the graph runs", error);
   }
+  if (number !== state.asked) return; // a newer check is on its way
+  state.answer = answer;
   for (const node of graphNodes()) {
-    if (isOmni(node)) markNode(node, state.problems[String(node.id)]);
+    if (isOmni(node)) markNode(node, answer?.problems?.[String(node.id)]);
   }
   app.graph.setDirtyCanvas(true, true);
 }
@@ -116,17 +82,10 @@ function markNode(node, problems) {
 
 // ---- drawing notes under a node ---------------------------------------------------------------
 function notesFor(node) {
-  const type = node.comfyClass ?? node.type;
-  const problems = state.problems[String(node.id)];
-  if (problems?.length) {
-    return { color: "#f88", lines: problems.map((p) => `⚠ ${p.second}: ${p.reason}. Fix: ${p.fix}`) };
-  }
-  if (type === "OmniLoadModel" && state.rules) {
-    const name = (node.widgets || []).find((w) => w.name === "model_name")?.value;
-    return { color: "#9b9", lines: modelSupport(name, state.rules) };
-  }
-  if (REPORTING_NODES.has(type) && node.__omniReport?.length) {
-    return { color: "#bbb", lines: node.__omniReport };
+  const notes = noteLines(state.answer, node.id);
+  if (notes) return { color: NOTE_COLORS[notes.kind], lines: notes.lines };
+  if (REPORTING_NODES.has(node.comfyClass ?? node.type) && node.__omniReport?.length) {
+    return { color: NOTE_COLORS.report, lines: node.__omniReport };
   }
   return null;
 }
@@ -172,7 +131,6 @@ app.registerExtension({
   name: "omni_diffusion.graph_check",
 
   async setup() {
-    await fetchRules();
     setInterval(poll, POLL_MS);
     // Sample and VAE Decode Patch-Parallel return {"ui": {"text": [report]}}: show it on the node.
     api.addEventListener("executed", ({ detail }) => {

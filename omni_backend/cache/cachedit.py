@@ -13,13 +13,22 @@ import dataclasses
 import logging
 from dataclasses import dataclass
 
-from ..compat import define_rule, refuse
+from ..compat import define_rule
 from ..errors import OmniInputError
+from .one_method import ONE_CACHE_METHOD
 
 log = logging.getLogger("omni_diffusion")
 
 SCM_POLICIES = ("none", "slow", "medium", "fast", "ultra")
 SCM_MODES = ("dynamic", "static")
+
+
+CACHE_DIT_NEEDS_BLOCKS_LEFT = define_rule(
+    "cache_dit.blocks_left", ("cache_dit", "family"),
+    "Cache-DiT always computes the first Fn and last Bn blocks; at least one block must be left to cache",
+    first="Apply Cache-DiT (Fn_compute_blocks + Bn_compute_blocks = {used})", second="{family}",
+    reason="this model's smallest block list has {smallest} blocks, so nothing would be left to cache",
+    fix="keep Fn + Bn below {smallest} (e.g. Fn 1, Bn 0)")
 
 
 @dataclass(frozen=True)
@@ -38,6 +47,7 @@ class CacheDiTConfig:
 
     label = "Cache-DiT"
     node_title = "Apply Cache-DiT"
+    RULES = (CACHE_DIT_NEEDS_BLOCKS_LEFT, ONE_CACHE_METHOD)
 
     def __post_init__(self):
         for name in ("Fn_compute_blocks", "Bn_compute_blocks", "max_warmup_steps"):
@@ -178,27 +188,3 @@ def summarize(stats, lists_per_transformer: list[int], separate_cfg: bool) -> di
     return {"text": text, "speedup_estimate": speedup,
             "cached_steps": [list(getattr(s, "cached_steps", []) or []) for s in stats],
             "cfg_cached_steps": [list(getattr(s, "cfg_cached_steps", []) or []) for s in stats]}
-
-
-ONE_CACHE_METHOD = define_rule(
-    "cache.one_method", ("teacache", "cache_dit"),
-    "TeaCache and Cache-DiT both skip the same transformer work: a model takes one cache method",
-    first="{new}", second="{existing}",
-    reason="a model takes one cache method (TeaCache and Cache-DiT both skip the same transformer work and "
-           "cannot be stacked)",
-    fix="remove {existing} or {new} from the chain")
-
-CACHE_DIT_NEEDS_BLOCKS_LEFT = define_rule(
-    "cache_dit.blocks_left", ("cache_dit", "family"),
-    "Cache-DiT always computes the first Fn and last Bn blocks; at least one block must be left to cache",
-    first="Apply Cache-DiT (Fn_compute_blocks + Bn_compute_blocks = {used})", second="{family}",
-    reason="this model's smallest block list has {smallest} blocks, so nothing would be left to cache",
-    fix="keep Fn + Bn below {smallest} (e.g. Fn 1, Bn 0)")
-
-
-def refuse_second_cache(existing, new_title: str) -> None:
-    """One cache method per model: the seed marks TeaCache x Cache-DiT incompatible. A spec holds one
-    cache, so no spec rule can see two: the cache nodes ask here before they replace it."""
-    if existing is None:
-        return
-    refuse(ONE_CACHE_METHOD.problem(new=new_title, existing=existing.node_title))

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from ..compat import define_rule
 from ..errors import OmniInputError
+from .one_method import ONE_CACHE_METHOD
 
 TEACACHE_NEEDS_EXTRACTOR = define_rule(
     "teacache.family", ("teacache", "family"),
@@ -25,6 +26,7 @@ class TeaCacheConfig:
 
     label = "TeaCache"
     node_title = "Apply TeaCache"
+    RULES = (TEACACHE_NEEDS_EXTRACTOR, ONE_CACHE_METHOD)
 
     def __post_init__(self):
         if not self.rel_l1_thresh >= 0:

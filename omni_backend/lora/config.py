@@ -13,12 +13,22 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..compat import define_rule, rule
+from ..compat import define_rule
 from ..errors import OmniInputError
 
 # "auto": every part of the file, where diffusers puts it. "transformer_2": the file's denoiser
 # part into Wan2.2 A14B's second (low-noise) expert. Others: only that part of the file acts.
 COMPONENT_CHOICES = ("auto", "transformer", "transformer_2", "text_encoder", "text_encoder_2")
+
+
+NO_LORA_LOADER = define_rule(
+    "lora.loader", ("lora", "family"), "diffusers has no LoRA loader for the family's pipeline",
+    first="Load LoRA ({lora})", second="{family}", reason="diffusers has no LoRA loader for this pipeline",
+    fix="remove the Load LoRA node")
+LORA_COMPONENT_MISSING = define_rule(
+    "lora.component", ("lora", "family"), "a LoRA's component must be one the model loads LoRA layers into",
+    first="Load LoRA ({lora}, component={component})", second="{family}",
+    reason="this model takes LoRA layers only in {available}", fix="set component to auto or one of those")
 
 
 @dataclass(frozen=True)
@@ -37,9 +47,20 @@ class LoraSpec:
         object.__setattr__(self, "strength", float(self.strength))
         object.__setattr__(self, "path", str(self.path))
 
+    RULES = (NO_LORA_LOADER, LORA_COMPONENT_MISSING)
+
     @property
     def name(self) -> str:
         return Path(self.path).name
+
+    def problems(self, spec) -> list:
+        available = lora_components(spec)
+        if not available:
+            return [NO_LORA_LOADER.problem(lora=self.name, family=spec.family.title)]
+        if self.component != "auto" and self.component not in available:
+            return [LORA_COMPONENT_MISSING.problem(lora=self.name, component=self.component, family=spec.family.title,
+                                                   available=", ".join(available))]
+        return []
 
     @contextlib.contextmanager
     def run_session(self, ctx):
@@ -62,29 +83,3 @@ def lora_components(spec) -> list[str]:
     folder = spec.model_folder
     pipeline_class = spec.family.pipeline_class(folder.pipeline_class)
     return [c for c in getattr(pipeline_class, "_lora_loadable_modules", []) if c in folder.components]
-
-
-NO_LORA_LOADER = define_rule(
-    "lora.loader", ("lora", "family"), "diffusers has no LoRA loader for the family's pipeline",
-    first="Load LoRA ({lora})", second="{family}", reason="diffusers has no LoRA loader for this pipeline",
-    fix="remove the Load LoRA node")
-LORA_COMPONENT_MISSING = define_rule(
-    "lora.component", ("lora", "family"), "a LoRA's component must be one the model loads LoRA layers into",
-    first="Load LoRA ({lora}, component={component})", second="{family}",
-    reason="this model takes LoRA layers only in {available}", fix="set component to auto or one of those")
-
-
-@rule
-def lora_component_exists(spec) -> list:
-    problems = []
-    for lora in spec.loras:
-        if not isinstance(lora, LoraSpec):
-            continue
-        available = lora_components(spec)
-        if not available:
-            problems.append(NO_LORA_LOADER.problem(lora=lora.name, family=spec.family.title))
-        elif lora.component != "auto" and lora.component not in available:
-            problems.append(LORA_COMPONENT_MISSING.problem(lora=lora.name, component=lora.component,
-                                                           family=spec.family.title,
-                                                           available=", ".join(available)))
-    return problems

@@ -12,11 +12,30 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass
 
+from ..compat import define_rule
 from ..errors import OmniInputError
 
 OFFLOAD_CHOICES = ("none", "auto", "model", "layerwise")
 FP8_CHOICES = ("off", "weight_only", "w8a8")
 MAX_BLOCKS_ON_DEVICE = 64
+
+
+LAYERWISE_OFFLOAD_MULTI_DEVICE = define_rule(
+    "memory.layerwise_offload_multi_device", ("offload", "parallel"),
+    "layerwise offload streams one DiT's blocks through a single device; a multi-device layout splits "
+    "each block across devices (model offload works)",
+    first="Offload/FP8 (offload = layerwise)", second="Parallel Config ({devices} devices)",
+    reason="layerwise offload streams one DiT's blocks through a single device, while a multi-GPU layout splits "
+           "each block's work across devices (vLLM-Omni documents layerwise offload as single-card only)",
+    fix="use offload = model (or none; auto never picks layerwise with several devices), or run on one device")
+FP8_TENSOR_PARALLEL = define_rule(
+    "memory.fp8_tensor_parallel", ("fp8", "tensor_parallel"),
+    "tensor parallelism shards full-precision linears; FP8 replaces them with FP8 weights and scales the "
+    "shards do not carry",
+    first="Offload/FP8 (fp8 = {fp8})", second="Parallel Config (tensor_parallel = {degree})",
+    reason="tensor parallelism shards each attention/MLP linear's full-precision weight across ranks, and FP8 "
+           "replaces those same linears with FP8 weights and per-channel scales that its shards do not carry",
+    fix="set fp8 = off with tensor parallelism, or keep FP8 and parallelize with ulysses/ring/cfg_parallel instead")
 
 
 @dataclass(frozen=True)
@@ -41,6 +60,17 @@ class MemoryConfig:
             raise OmniInputError("fp8_text_encoder", self.fp8_text_encoder, "it quantizes the text encoder with the "
                                  "FP8 mode chosen in fp8, which is off", "set fp8 to weight_only (or w8a8), or turn "
                                  "fp8_text_encoder off")
+
+    RULES = (LAYERWISE_OFFLOAD_MULTI_DEVICE, FP8_TENSOR_PARALLEL)
+
+    def problems(self, spec) -> list:
+        found = []
+        if self.offload == "layerwise" and spec.world_size() > 1:
+            found.append(LAYERWISE_OFFLOAD_MULTI_DEVICE.problem(devices=spec.world_size()))
+        degree = spec.parallel.tensor_parallel if spec.parallel is not None else 1
+        if self.fp8 != "off" and degree > 1:
+            found.append(FP8_TENSOR_PARALLEL.problem(fp8=self.fp8, degree=degree))
+        return found
 
     @property
     def is_noop(self) -> bool:

@@ -68,6 +68,8 @@ class ParallelConfig:
 
     label = "Parallel"
     node_title = "Parallel Config"
+    RULES = (NOT_ENOUGH_DEVICES, NO_SEQUENCE_PARALLEL_PLAN, NO_TENSOR_PARALLEL_PLAN, UNEVEN_TENSOR_PARALLEL,
+             UNEVEN_HEADS, NO_NEGATIVE_BRANCH)
 
     def __post_init__(self):
         for name in ("ulysses_degree", "ring_degree", "cfg_parallel", "tensor_parallel", "vae_patch_parallel"):

@@ -21,22 +21,16 @@ import torch
 from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 
-from ..cache.cachedit import CacheDiTConfig
-from ..cache.teacache import TeaCacheConfig
-from ..lora.config import LoraSpec
-from ..memory.config import MemoryConfig
-from ..parallel.config import ParallelConfig
 from ..request import GenerationRequest
 from ..runner import DecodeSettings, Generation
 from ..sampling import RunReport
-from ..spec import ModelSpec
+from ..spec import FEATURE_TYPES, ModelSpec
 
 MAGIC = b"OMW1"
 
 # The only classes a message can rebuild: what a spec, a request and a result are made of.
 WIRE_TYPES = {cls.__name__: cls for cls in (
-    ModelSpec, ParallelConfig, MemoryConfig, TeaCacheConfig, CacheDiTConfig, LoraSpec, GenerationRequest,
-    DecodeSettings, Generation, RunReport)}
+    ModelSpec, *FEATURE_TYPES, GenerationRequest, DecodeSettings, Generation, RunReport)}
 
 
 class WireError(ValueError):

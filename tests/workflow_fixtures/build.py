@@ -1,13 +1,11 @@
-"""Write the deliberately broken (and a few valid) workflow files, what each must report, and the
-rules document of the tiny models (rules_tiny.json) that the JavaScript tests check them with.
+"""Write the deliberately broken (and a few valid) workflow files and what each must report.
 
     python tests/workflow_fixtures/build.py
 
-Both checkers read these files: the Python validator (`omni-diffusion validate`, tests/test_validate.py)
-and the browser's graph checker (web/tests/graph_check.test.mjs); tests/test_rules_agreement.py
-compares their messages on the UI-format files. expected.json lists, per file, the problems:
-{"node", "rule"} for a compat rule (both checkers must report it), {"node", "contains"} for other
-problems (the Python validator only: input values, files, widget layout). Model names are the real
+The validator (`omni-diffusion validate`, tests/test_validate.py) and the server's graph check that
+the browser extension asks (tests/test_check_route.py) read these files. expected.json lists, per
+file, the problems: {"node", "rule"} for a compat rule, {"node", "contains"} for other problems
+(input values, files, widget layout). Model names are the real
 folder names the test suite gives its tiny stand-ins (2 blocks and 4 attention heads each); entries
 marked "tiny" in NOTES only trip on those.
 """
@@ -15,7 +13,6 @@ marked "tiny" in NOTES only trip on those.
 from __future__ import annotations
 
 import json
-import tempfile
 from pathlib import Path
 
 from omni_diffusion_nodes.headless.builder import WorkflowBuilder
@@ -24,9 +21,6 @@ from omni_diffusion_nodes.headless.recipes import BASE_MODELS, LORA_FILES, base_
 from omni_diffusion_nodes.headless.runner import to_prompt
 
 HERE = Path(__file__).resolve().parent
-RULES_SNAPSHOT = HERE / "rules_tiny.json"
-# The snapshot's machine: no GPU, so a Parallel Config may start up to 8 CPU ranks (MAX_CPU_RANKS).
-SNAPSHOT_MACHINE = {"cuda_devices": 0, "max_cpu_ranks": 8}
 
 QWEN, SD3, FLUX, WAN, Z_IMAGE = (BASE_MODELS[k][0] for k in ("qwen-image", "sd3", "flux", "wan2.2", "z-image"))
 
@@ -163,35 +157,7 @@ def main() -> None:
         expected[name] = problems
     manifest = {"expected": expected, "notes": NOTES}
     (HERE / "expected.json").write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
-    with tempfile.TemporaryDirectory() as models:
-        write_rules_snapshot(make_tiny_models(Path(models)))
-    print(f"wrote {len(expected)} fixtures and {RULES_SNAPSHOT.name} to {HERE}")
-
-
-def make_tiny_models(root: Path) -> Path:
-    """The layout of tests/conftest.py's models_dir: each family under its key and its real name."""
-    from omni_backend.families import FAMILIES
-
-    for key, family in FAMILIES.items():
-        family.make_tiny(root / "diffusers" / key)
-        (root / "diffusers" / BASE_MODELS[key][0]).symlink_to(root / "diffusers" / key, target_is_directory=True)
-    return root
-
-
-def rules_snapshot_text(models_dir: Path) -> str:
-    from omni_diffusion_nodes.nodes import comfy_bridge
-    from omni_diffusion_nodes.nodes.rules_route import rules_document
-
-    saved = comfy_bridge.HEADLESS.models_dir
-    comfy_bridge.HEADLESS.models_dir = models_dir
-    try:
-        return json.dumps(rules_document(machine=SNAPSHOT_MACHINE), indent=1) + "\n"
-    finally:
-        comfy_bridge.HEADLESS.models_dir = saved
-
-
-def write_rules_snapshot(models_dir: Path) -> None:
-    RULES_SNAPSHOT.write_text(rules_snapshot_text(models_dir), encoding="utf-8")
+    print(f"wrote {len(expected)} fixtures to {HERE}")
 
 
 if __name__ == "__main__":
