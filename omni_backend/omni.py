@@ -14,8 +14,10 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from .cache import CACHE_BACKENDS
+from .decode import to_comfy_images
 from .engine import DecodeSettings, Engine, default_engine
 from .errors import OmniInputError
+from .images import to_pil
 from .request import GenerationRequest
 from .sampling import RunControl, RunReport
 from .spec import ModelSpec
@@ -50,9 +52,6 @@ class Omni:
                  guidance_scale: float | None = None, seed: int = 0, width: int = 1024, height: int = 1024,
                  num_frames: int = 1, num_images_per_prompt: int = 1, tile_size: int = 0,
                  progress: Callable[[int, int], None] | None = None) -> OmniOutput:
-        from .decode import to_comfy_images
-        from .images import to_pil
-
         family = self.spec.family
         request = GenerationRequest(
             prompt=prompt, negative_prompt=negative_prompt,

@@ -10,10 +10,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
+
 from .loading import load_pipeline
+from .parallel.runtime import current_context
+from .parallel.vae_patch import PeakActivation, decode_on_ranks, patches_for_ranks
 from .pipeline_cache import LoadedPipeline, PipelineCache
 from .request import GenerationRequest
 from .sampling import RunContext, RunReport, sample
+from .vae_tiling import decode_tiled, plan_for
 
 
 @dataclass
@@ -55,15 +60,6 @@ class LocalRunner:
 
     def decode(self, spec, latents, settings: DecodeSettings):
         """(pixels in [0, 1], RunReport); (None, None) on a worker rank that holds no result."""
-        import torch
-
-        from .parallel.runtime import current_context
-        from .parallel.vae_patch import (
-            PeakActivation,
-            decode_on_ranks,
-            patches_for_ranks,
-        )
-        from .vae_tiling import decode_tiled, plan_for
 
         entry = self.loaded(spec)
         vae = entry.pipe.vae

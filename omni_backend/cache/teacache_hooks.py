@@ -23,7 +23,7 @@ from diffusers.hooks.hooks import BaseState, CacheContext, ModelHook, StateManag
 
 from ..hooks import add_hook, remove_hook
 
-from .block_io import make_output, stream_inputs_as_computed, stream_outputs
+from ..block_io import make_output, stream_inputs_as_computed, stream_outputs
 
 BLOCK_HOOK = "omni_teacache_block"
 CONTEXT_HOOK = "omni_teacache_default_context"

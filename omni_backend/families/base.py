@@ -118,7 +118,11 @@ class ModelFamily:
         """diffusers `_tp_plan` format: which linears are column/row sharded (None: no TP)."""
         return getattr(transformer, "_tp_plan", None)
 
-    tensor_parallel_sharded_norms: tuple[str, ...] = ()  # norms over sharded features (module globs)
+    # Fix-ups once the linears hold shards: RMSNorms over sharded features (module globs) become
+    # sharded norms; attention modules whose processors reshape by `attn.heads` get the local head
+    # count (diffusers' Qwen-Image and FLUX processors reshape by head_dim and need neither).
+    tensor_parallel_sharded_norms: tuple[str, ...] = ()
+    tensor_parallel_divides_heads: bool = False
 
     def tensor_parallel_widths(self, transformer_config: dict) -> dict[str, int]:
         """What tensor parallelism splits, by name: every value must divide by the TP degree."""
@@ -128,11 +132,6 @@ class ModelFamily:
         if head_dim:
             widths["MLP width"] = 4 * heads * head_dim
         return widths
-
-    def after_tensor_parallel(self, transformer, group) -> None:
-        """Fix-ups a family needs once its linears hold shards (local head counts, sharded norms).
-
-        diffusers' Qwen-Image and FLUX processors reshape by head_dim and need none."""
 
     # ---- caches ----------------------------------------------------------------------------
     # TeaCache: polynomial rescaling the relative L1 change of the first block's modulated input

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..cache.block_io import block_arguments
+from ..block_io import block_arguments
 from .base import GuidanceStyle, ModelFamily
 
 # vLLM-Omni's fitted TeaCache polynomial for FluxTransformer2DModel (also used for FLUX.2-klein).

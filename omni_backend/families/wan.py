@@ -5,12 +5,6 @@ from __future__ import annotations
 from .base import GuidanceStyle, ModelFamily
 
 
-def torch_rms_norm():
-    import torch
-
-    return torch.nn.RMSNorm
-
-
 class Wan(ModelFamily):
     key = "wan2.2"
     title = "Wan2.2-T2V"
@@ -35,26 +29,15 @@ class Wan(ModelFamily):
         plan["blocks.*.ffn.net.2"] = "rowwise"
         return plan
 
-    # Besides the planned linears, tensor parallelism shards these norms (see after_tensor_parallel).
+    # Besides the planned linears, tensor parallelism shards these norms: Wan normalises Q and K across
+    # all heads at once, and each rank holds only its heads. Its processor reshapes by attn.heads.
+    tensor_parallel_divides_heads = True
     tensor_parallel_sharded_norms = ("blocks.*.attn1.norm_q", "blocks.*.attn1.norm_k",
                                      "blocks.*.attn2.norm_q", "blocks.*.attn2.norm_k")
 
     def tensor_parallel_widths(self, transformer_config):
         return {"attention heads": int(transformer_config["num_attention_heads"]),
                 "MLP width": int(transformer_config["ffn_dim"])}
-
-    def after_tensor_parallel(self, transformer, group):
-        import torch.distributed as dist
-
-        from ..parallel.tensor_parallel import ShardedRMSNorm, divide_attention_heads, module_glob
-
-        divide_attention_heads(transformer, dist.get_world_size(group))  # its processor reshapes by attn.heads
-        # Wan normalises Q and K across all heads at once; each rank now holds only its heads.
-        for pattern in map(module_glob, self.tensor_parallel_sharded_norms):
-            for name, norm in list(transformer.named_modules()):
-                if pattern.match(name) and isinstance(norm, torch_rms_norm()):
-                    parent, _, child = name.rpartition(".")
-                    setattr(transformer.get_submodule(parent), child, ShardedRMSNorm(norm, group))
 
     def call_kwargs(self, pipe, request):
         kwargs = super().call_kwargs(pipe, request)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..cache.block_io import block_arguments
+from ..block_io import block_arguments
 from .base import GuidanceStyle, ModelFamily
 from .qwen_image import QWEN_TEACACHE_COEFFICIENTS
 
@@ -23,13 +23,22 @@ class ZImage(ModelFamily):
         return [("layers", transformer.layers)]
 
     def sequence_parallel_plan(self, transformer):
-        from diffusers.models._modeling_parallel import ContextParallelOutput
+        """diffusers has no `_cp_plan` for Z-Image: split the unified (image + caption) sequence entering
+        the main layers, with its mask and rotary frequencies, and gather it after the final layer."""
+        from diffusers.models._modeling_parallel import ContextParallelInput, ContextParallelOutput
 
-        from ..parallel.sequence_parallel import Z_IMAGE_PLAN
-
+        split = {
+            "layers.0": {"x": ContextParallelInput(split_dim=1, expected_dims=3, split_output=False)},
+            "layers.*": {
+                "attn_mask": ContextParallelInput(split_dim=1, expected_dims=2, split_output=False),
+                "freqs_cis": ContextParallelInput(split_dim=1, expected_dims=3, split_output=False),
+            },
+        }
         gather = {f"all_final_layer.{key}": ContextParallelOutput(gather_dim=1, expected_dims=3)
                   for key in transformer.all_final_layer}
-        return {**Z_IMAGE_PLAN, **gather}
+        return {**split, **gather}
+
+    tensor_parallel_divides_heads = True  # its attention processor reshapes by attn.heads
 
     def tensor_parallel_plan(self, transformer):
         plan = {}
@@ -41,13 +50,6 @@ class ZImage(ModelFamily):
             plan[f"{stack}.*.feed_forward.w3"] = "colwise"
             plan[f"{stack}.*.feed_forward.w2"] = "rowwise"
         return plan
-
-    def after_tensor_parallel(self, transformer, group):
-        import torch.distributed as dist
-
-        from ..parallel.tensor_parallel import divide_attention_heads
-
-        divide_attention_heads(transformer, dist.get_world_size(group))  # its processor reshapes by attn.heads
 
     def tensor_parallel_widths(self, transformer_config):
         dim = int(transformer_config["dim"])

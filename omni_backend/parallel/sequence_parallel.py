@@ -121,12 +121,3 @@ def route_native_attention() -> None:
     _ROUTED = True
 
 
-# Z-Image has no `_cp_plan` in diffusers: split the unified (image + caption) sequence entering the
-# main layers, with its mask and rotary frequencies, and gather it after the final layer.
-Z_IMAGE_PLAN = {
-    "layers.0": {"x": ContextParallelInput(split_dim=1, expected_dims=3, split_output=False)},
-    "layers.*": {
-        "attn_mask": ContextParallelInput(split_dim=1, expected_dims=2, split_output=False),
-        "freqs_cis": ContextParallelInput(split_dim=1, expected_dims=3, split_output=False),
-    },
-}

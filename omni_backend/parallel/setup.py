@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..errors import OmniIncompatibleError
 from .sequence_parallel import SequenceParallelAttention, apply_sequence_parallel
-from .tensor_parallel import apply_tensor_parallel
+from .tensor_parallel import apply_tensor_parallel, finish_tensor_parallel
 
 
 def parallelize_pipeline(pipe, spec, context) -> None:
@@ -18,7 +18,7 @@ def parallelize_pipeline(pipe, spec, context) -> None:
                 raise OmniIncompatibleError("Parallel Config (tensor parallel)", family.title,
                                             "this model has no tensor-parallel plan", "use sequence parallelism")
             apply_tensor_parallel(transformer, plan, group)
-            family.after_tensor_parallel(transformer, group)
+            finish_tensor_parallel(transformer, family, group)
     if config.sequence_parallel > 1:
         attention = SequenceParallelAttention(ulysses_group=context.group("ulysses"),
                                               ring_group=context.group("ring"), sp_group=context.group("sp"))

@@ -215,3 +215,13 @@ def divide_attention_heads(model: torch.nn.Module, world: int) -> None:
         sharded = any(isinstance(child, ColumnParallelLinear) for child in module.children())
         if sharded and isinstance(getattr(module, "heads", None), int):
             module.heads //= world
+
+
+def finish_tensor_parallel(model: torch.nn.Module, family, group) -> None:
+    """What the family declares beyond its plan's linears: sharded norms and local head counts."""
+    for pattern in map(module_glob, family.tensor_parallel_sharded_norms):
+        for name, norm in list(model.named_modules()):
+            if pattern.match(name) and isinstance(norm, torch.nn.RMSNorm):
+                _replace(model, name, ShardedRMSNorm(norm, group))
+    if family.tensor_parallel_divides_heads:
+        divide_attention_heads(model, dist.get_world_size(group))

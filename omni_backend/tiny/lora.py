@@ -20,6 +20,8 @@ import argparse
 import json
 from pathlib import Path
 
+from ..model_folder import inspect_model_folder
+
 LAYOUTS = ("diffusers", "kohya", "comfyui")
 # Families whose diffusers LoRA loader converts the community layouts written here.
 COMMUNITY_LAYOUT_FAMILIES = ("qwen-image",)
@@ -41,8 +43,6 @@ def make_tiny_lora(model_folder, target_file, *, rank: int = 4, alpha: float | N
     """
     import torch
     from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model
-
-    from ..model_folder import inspect_model_folder
 
     if layout not in LAYOUTS:
         raise ValueError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")

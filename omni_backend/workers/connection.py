@@ -23,6 +23,7 @@ import hmac
 import os
 import socket
 
+from ..errors import OmniInputError
 from . import wire
 
 HELLO = b"OMNI-WORKER-1"
@@ -172,8 +173,6 @@ MIN_SECRET_LENGTH = 16
 
 def remote_secret() -> bytes:
     """The secret the user shares between the ComfyUI machine and its remote workers."""
-    from ..errors import OmniInputError
-
     value = os.environ.get(SECRET_VARIABLE, "")
     if len(value) < MIN_SECRET_LENGTH:
         raise OmniInputError(

@@ -29,6 +29,7 @@ from pathlib import Path
 
 from ..errors import OmniInterrupted, OmniWorkerError
 from ..parallel.config import rendezvous_address
+from ..sampling import RunControl
 from .connection import (
     AuthenticationFailed,
     ConnectionClosed,
@@ -389,8 +390,6 @@ class GroupExecutor:
         return self.group.call("generate", {"spec": spec, "request": request}, control)
 
     def decode(self, spec, latents, settings):
-        from ..sampling import RunControl
-
         result = self.group.call("decode", {"spec": spec, "latents": latents, "settings": settings}, RunControl())
         return result["pixels"], result["report"]
 
