@@ -4,8 +4,9 @@ The JSON files in workflows/ are what users load; they are regenerated from here
 because a changed widget list breaks every workflow users saved with the old one (the test suite
 checks the committed files against the nodes' current inputs).
 
-Model names are the real checkpoints' folder names under models/diffusers; the tests put tiny
-random-weight stand-ins under the same names and run the files unchanged.
+Each family's workflow comes from the family module itself (`example_model`, `example_sample`,
+`example_prompt`): model names are the real checkpoints' folder names under models/diffusers; the
+tests put tiny random-weight stand-ins under the same names and run the files unchanged.
 """
 
 from __future__ import annotations
@@ -14,42 +15,27 @@ import json
 import sys
 from pathlib import Path
 
+from omni_backend.families import FAMILIES
+
 from .builder import WorkflowBuilder
 from .node_defs import all_node_classes
-
-# family key -> (model folder name, Sample settings)
-BASE_MODELS = {
-    "qwen-image": ("Qwen-Image", dict(steps=20, guidance=4.0, width=768, height=768, negative_prompt=" ")),
-    "z-image": ("Z-Image-Turbo", dict(steps=8, guidance=0.0, width=768, height=768)),
-    "flux": ("FLUX.1-dev", dict(steps=20, guidance=3.5, width=768, height=768)),
-    "flux2-klein": ("FLUX.2-klein-base-4B", dict(steps=20, guidance=4.0, width=768, height=768)),
-    "sd3": ("stable-diffusion-3.5-medium", dict(steps=20, guidance=4.5, width=768, height=768,
-                                                negative_prompt="blurry, low quality")),
-    "wan2.2": ("Wan2.2-T2V-A14B-Diffusers", dict(steps=20, guidance=4.0, width=832, height=480, frames=9,
-                                                 negative_prompt="blurry, static, low quality")),
-}
-
-PROMPTS = {
-    "wan2.2": "a red fox running through fresh snow, cinematic tracking shot",
-}
-DEFAULT_PROMPT = "a cat sitting on a windowsill at sunset, detailed photo"
 
 
 def base_workflow(family: str, features=(), filename_prefix: str | None = None, sample: dict | None = None) -> dict:
     """Load -> [features...] -> Sample -> Decode -> Save. `features`: (node type, widgets) pairs;
     `sample`: Sample settings that differ from the family's usual ones."""
-    model_name, settings = BASE_MODELS[family]
-    settings = {**settings, **(sample or {})}
+    entry = FAMILIES[family]
+    settings = {**entry.example_sample, **(sample or {})}
     builder = WorkflowBuilder(all_node_classes())
-    model = builder.add("OmniLoadModel", model_name=model_name)
+    model = builder.add("OmniLoadModel", model_name=entry.example_model)
     for node_type, widgets in features:
         node = builder.add(node_type, **widgets)
         builder.connect(model, node, "model")
         model = node
-    sample = builder.add("OmniSample", prompt=PROMPTS.get(family, DEFAULT_PROMPT), seed=42, **settings)
+    sample = builder.add("OmniSample", prompt=entry.example_prompt, seed=42, **settings)
     decode = builder.add("OmniVAEDecode")
     prefix = filename_prefix or f"omni-{family}"
-    if family == "wan2.2":
+    if entry.video:
         save = builder.add("SaveAnimatedPNG", filename_prefix=prefix, fps=16.0)
     else:
         save = builder.add("SaveImage", filename_prefix=prefix)
@@ -80,7 +66,7 @@ LORA_FILES = ("qwen-image-style-lora.safetensors", "qwen-image-detail-lora.safet
 
 def shipped_workflows() -> dict[str, dict]:
     """file name -> workflow; one per family now, feature workflows join as features land."""
-    workflows = {f"{family}.json": base_workflow(family) for family in BASE_MODELS}
+    workflows = {f"{family}.json": base_workflow(family) for family in FAMILIES}
     # 512 px keeps it quick on the tiny stand-in the test suite runs it with; users set their size.
     workflows["qwen-image-two-loras.json"] = base_workflow(
         "qwen-image", features=[("OmniLoadLoRA", dict(lora_name=LORA_FILES[0], strength=0.8)),

@@ -38,11 +38,12 @@ def _import_pack():
 
 PACK = _import_pack()
 
-from omni_backend.families import FAMILIES  # noqa: E402
-from omni_backend.tiny.lora import make_tiny_lora  # noqa: E402
 from omni_diffusion_nodes.headless import recipes  # noqa: E402
-from omni_backend.loading import quiet_libraries  # noqa: E402
 from omni_diffusion_nodes.nodes import comfy_bridge  # noqa: E402
+
+from omni_backend.families import FAMILIES  # noqa: E402
+from omni_backend.loading import quiet_libraries  # noqa: E402
+from omni_backend.tiny.lora import make_tiny_lora  # noqa: E402
 
 quiet_libraries()
 
@@ -54,8 +55,7 @@ def models_dir(tmp_path_factory) -> Path:
     diffusers_dir = root / "diffusers"
     for key, family in FAMILIES.items():
         family.make_tiny(diffusers_dir / key)
-        real_name = recipes.BASE_MODELS[key][0]
-        (diffusers_dir / real_name).symlink_to(diffusers_dir / key, target_is_directory=True)
+        (diffusers_dir / family.example_model).symlink_to(diffusers_dir / key, target_is_directory=True)
     (root / "loras").mkdir()
     for index, name in enumerate(recipes.LORA_FILES):  # tiny stand-ins for the LoRA workflow's files
         make_tiny_lora(diffusers_dir / "qwen-image", root / "loras" / name, seed=index,

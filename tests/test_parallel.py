@@ -10,11 +10,12 @@ from parallel_support import assert_same, request_for, spec_for
 
 from omni_backend.cache import CacheDiTConfig, TeaCacheConfig
 from omni_backend.errors import OmniIncompatibleError, OmniInterrupted, OmniWorkerError
+from omni_backend.families import FAMILIES
 from omni_backend.parallel.config import ParallelConfig
 from omni_backend.sampling import RunControl
 
-SP_FAMILIES = ["qwen-image", "z-image", "flux", "flux2-klein", "wan2.2"]
-CFG_FAMILIES = ["qwen-image", "z-image", "flux2-klein", "sd3", "wan2.2"]
+SP_FAMILIES = [key for key, family in FAMILIES.items() if family.supports_sequence_parallel]
+CFG_FAMILIES = [key for key, family in FAMILIES.items() if family.has_true_cfg({})]
 
 
 @pytest.mark.parametrize("layout", [dict(ulysses_degree=2), dict(ring_degree=2)], ids=["ulysses2", "ring2"])

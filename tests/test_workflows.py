@@ -8,10 +8,13 @@ from pathlib import Path
 
 import jsonschema
 import pytest
-
 from omni_diffusion_nodes.headless.node_defs import all_node_classes
 from omni_diffusion_nodes.headless.runner import run_workflow
-from omni_diffusion_nodes.headless.workflow_format import WorkflowError, check_widgets, load_workflow
+from omni_diffusion_nodes.headless.workflow_format import (
+    WorkflowError,
+    check_widgets,
+    load_workflow,
+)
 
 WORKFLOWS = sorted((Path(__file__).resolve().parent.parent / "workflows").glob("*.json"))
 # ComfyUI's workflow file schema (v0.4, what the frontend saves): see tests/reference/README.md.
@@ -19,10 +22,24 @@ SCHEMA_FILE = Path(__file__).resolve().parent / "reference" / "workflow-0.4.sche
 
 
 def test_there_is_a_workflow_per_family():
+    """A new family module brings its workflow: the recipe reads the family's example_* fields."""
     from omni_backend.families import FAMILIES
 
-    names = {p.stem for p in WORKFLOWS}
-    assert set(FAMILIES) <= names
+    missing = set(FAMILIES) - {p.stem for p in WORKFLOWS}
+    assert not missing, (f"no workflows/<family>.json for {sorted(missing)}: set example_model and example_sample "
+                         "in the family module, then run `python -m omni_diffusion_nodes.headless.recipes workflows`")
+
+
+def test_the_readme_lists_every_family():
+    """What cannot be generated from a family module: the README's Models table, written for users."""
+    from omni_backend.families import FAMILIES
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    table = readme[readme.index("## Models"):readme.index("## Nodes")]
+    for family in FAMILIES.values():
+        assert family.example_model, f"{family.key}: set example_model (the real checkpoint's folder name)"
+        assert any(name in table for name in family.pipeline_classes), \
+            f"add a row for {family.title} ({family.pipeline_classes[0]}) to the README's Models table"
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)

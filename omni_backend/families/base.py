@@ -46,6 +46,12 @@ class ModelFamily:
     cfg_in_separate_calls: bool = False  # cond and uncond are two transformer calls (not one batch)
     default_steps: int = 28
     default_guidance: float = 4.0
+    # The shipped workflow of the family (workflows/<key>.json, written by headless/recipes.py): the
+    # real checkpoint's folder name under models/diffusers, and Sample settings that differ from the
+    # recipe's defaults (a single-GPU size, the usual steps and guidance).
+    example_model: str = ""
+    example_sample: dict = {}
+    example_prompt: str = "a cat sitting on a windowsill at sunset, detailed photo"
 
     # ---- loading -------------------------------------------------------------------------
     def pipeline_class(self, class_name: str):

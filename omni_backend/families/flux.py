@@ -16,6 +16,8 @@ class Flux(ModelFamily):
     guidance = GuidanceStyle("distilled", "guidance_scale", takes_negative_prompt=False)
     default_steps = 28
     default_guidance = 3.5
+    example_model = "FLUX.1-dev"
+    example_sample = dict(steps=20, guidance=3.5, width=768, height=768)
     # Single-stream blocks: proj_mlp is the MLP's input, proj_out the fused attention+MLP output.
     fp8_block_parts = ModelFamily.fp8_block_parts + ("proj_mlp", "proj_out")
 

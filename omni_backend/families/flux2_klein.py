@@ -16,6 +16,8 @@ class Flux2Klein(ModelFamily):
     cfg_in_separate_calls = True
     default_steps = 28
     default_guidance = 4.0
+    example_model = "FLUX.2-klein-base-4B"
+    example_sample = dict(steps=20, guidance=4.0, width=768, height=768)
 
     def has_true_cfg(self, model_index):
         return not model_index.get("is_distilled", False)  # the distilled klein checkpoints ignore guidance
@@ -57,7 +59,11 @@ class Flux2Klein(ModelFamily):
         return kwargs
 
     def build_tiny(self):
-        from diffusers import AutoencoderKLFlux2, Flux2KleinPipeline, Flux2Transformer2DModel
+        from diffusers import (
+            AutoencoderKLFlux2,
+            Flux2KleinPipeline,
+            Flux2Transformer2DModel,
+        )
         from transformers import Qwen3ForCausalLM
 
         from ..tiny.parts import qwen3_config

@@ -26,6 +26,8 @@ class QwenImage(ModelFamily):
     cfg_in_separate_calls = True
     default_steps = 50
     default_guidance = 4.0
+    example_model = "Qwen-Image"
+    example_sample = dict(steps=20, guidance=4.0, width=768, height=768, negative_prompt=" ")
 
     teacache_coefficients = QWEN_TEACACHE_COEFFICIENTS
 
@@ -52,11 +54,15 @@ class QwenImage(ModelFamily):
         return int(vae_config["z_dim"])
 
     def build_tiny(self):
-        from diffusers import AutoencoderKLQwenImage, QwenImagePipeline, QwenImageTransformer2DModel
+        from diffusers import (
+            AutoencoderKLQwenImage,
+            QwenImagePipeline,
+            QwenImageTransformer2DModel,
+        )
         from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
-        from ..tiny.tokenizers import qwen_tokenizer
         from ..tiny.schedulers import flow_match_scheduler
+        from ..tiny.tokenizers import qwen_tokenizer
 
         transformer = QwenImageTransformer2DModel(
             patch_size=2, in_channels=64, out_channels=16, num_layers=2, attention_head_dim=16,

@@ -12,6 +12,8 @@ class StableDiffusion3(ModelFamily):
     guidance = GuidanceStyle("cfg", "guidance_scale")
     default_steps = 28
     default_guidance = 4.5
+    example_model = "stable-diffusion-3.5-medium"
+    example_sample = dict(steps=20, guidance=4.5, width=768, height=768, negative_prompt="blurry, low quality")
 
     supports_sequence_parallel = False
     supports_tensor_parallel = False

@@ -15,6 +15,10 @@ class Wan(ModelFamily):
     cfg_in_separate_calls = True
     default_steps = 40
     default_guidance = 4.0
+    example_model = "Wan2.2-T2V-A14B-Diffusers"
+    example_sample = dict(steps=20, guidance=4.0, width=832, height=480, frames=9,
+                          negative_prompt="blurry, static, low quality")
+    example_prompt = "a red fox running through fresh snow, cinematic tracking shot"
 
     def block_lists(self, transformer):
         return [("blocks", transformer.blocks)]

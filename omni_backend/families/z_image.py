@@ -14,6 +14,8 @@ class ZImage(ModelFamily):
     guidance = GuidanceStyle("cfg", "guidance_scale")
     default_steps = 8
     default_guidance = 0.0
+    example_model = "Z-Image-Turbo"
+    example_sample = dict(steps=8, guidance=0.0, width=768, height=768)
 
     # vLLM-Omni uses the Qwen-Image polynomial for Z-Image (no fit of its own was published).
     teacache_coefficients = QWEN_TEACACHE_COEFFICIENTS
@@ -25,7 +27,10 @@ class ZImage(ModelFamily):
     def sequence_parallel_plan(self, transformer):
         """diffusers has no `_cp_plan` for Z-Image: split the unified (image + caption) sequence entering
         the main layers, with its mask and rotary frequencies, and gather it after the final layer."""
-        from diffusers.models._modeling_parallel import ContextParallelInput, ContextParallelOutput
+        from diffusers.models._modeling_parallel import (
+            ContextParallelInput,
+            ContextParallelOutput,
+        )
 
         split = {
             "layers.0": {"x": ContextParallelInput(split_dim=1, expected_dims=3, split_output=False)},

@@ -17,12 +17,14 @@ from pathlib import Path
 
 from omni_diffusion_nodes.headless.builder import WorkflowBuilder
 from omni_diffusion_nodes.headless.node_defs import all_node_classes
-from omni_diffusion_nodes.headless.recipes import BASE_MODELS, LORA_FILES, base_workflow
+from omni_diffusion_nodes.headless.recipes import LORA_FILES, base_workflow
 from omni_diffusion_nodes.headless.runner import to_prompt
+
+from omni_backend.families import FAMILIES
 
 HERE = Path(__file__).resolve().parent
 
-QWEN, SD3, FLUX, WAN, Z_IMAGE = (BASE_MODELS[k][0] for k in ("qwen-image", "sd3", "flux", "wan2.2", "z-image"))
+QWEN, SD3, FLUX, WAN, Z_IMAGE = (FAMILIES[k].example_model for k in ("qwen-image", "sd3", "flux", "wan2.2", "z-image"))
 
 
 def teacache():
