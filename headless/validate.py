@@ -5,7 +5,7 @@ The checks, in the order a user meets them:
    then the conversion to an API prompt;
 2. the prompt as ComfyUI's queue checks it (required inputs, widget values, VALIDATE_INPUTS);
 3. the features: every node that returns OMNI_MODEL is run. They only build specs and read model
-   configs (DESIGN.md: loading is lazy), so this costs milliseconds. They run under
+   configs (weights load only when Sample first runs), so this costs milliseconds. They run under
    compat.collecting_problems(), so every incompatible combination in the graph is reported at the
    node that introduced it, not only the first. Sample and the decoder never run.
 

@@ -165,7 +165,7 @@ def ui_to_api(workflow: dict, classes: dict) -> dict:
         for slot in node.get("inputs", []):
             if slot.get("link") is None:
                 continue
-            source = _resolve_link(slot["link"], links, nodes, node_id)
+            source = _resolve_link(slot["link"], links, nodes)
             if source is not None:
                 inputs[slot["name"]] = source
         prompt[node_id] = {"class_type": kind, "inputs": inputs, "_meta": {"title": node_title(node)}}
@@ -179,7 +179,7 @@ def unknown_node_problem(node_id: str, title: str, kind: str, classes: dict) -> 
                            + "; run other nodes in ComfyUI itself")
 
 
-def _resolve_link(link_id, links, nodes, consumer_id):
+def _resolve_link(link_id, links, nodes):
     """Follow a link through reroutes, primitives and bypassed nodes to [node_id, slot] or a value."""
     seen = set()
     while True:

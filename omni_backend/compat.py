@@ -33,8 +33,8 @@ class Problem:
 
 @dataclass(frozen=True)
 class RuleDef:
-    """What a rule is about and how it words a problem. Templates name their values as {name};
-    values are plain text or whole numbers, so JavaScript fills them exactly like str.format."""
+    """What a rule is about and how it words a problem: str.format templates that name their values
+    as {name}, filled by `problem(**values)`."""
 
     id: str
     between: tuple[str, str]  # feature keys (FEATURES in feature_matrix.py), "family" or "machine"
@@ -47,10 +47,6 @@ class RuleDef:
     def problem(self, **values) -> Problem:
         return Problem(self.first.format(**values), self.second.format(**values), self.reason.format(**values),
                        self.fix.format(**values), rule=self.id)
-
-    def export(self) -> dict:
-        return {"id": self.id, "between": list(self.between), "summary": self.summary, "first": self.first,
-                "second": self.second, "reason": self.reason, "fix": self.fix}
 
 
 def define_rule(id: str, between: tuple[str, str], summary: str, first: str, second: str, reason: str,

@@ -45,9 +45,6 @@ class Verdict:
     rule: str = ""  # the compat RuleDef id that refuses the pair (or its refused part)
     note: str = ""  # which part runs, when partly
 
-    def export(self) -> dict:
-        return {"status": self.status, "tested_by": list(self.tested_by), "rule": self.rule, "note": self.note}
-
 
 def supported(*tests: str, note: str = "") -> Verdict:
     return Verdict("supported", tests, note=note)
@@ -78,7 +75,7 @@ LAYERWISE_FP8_LORA = MEMORY + "test_lora_added_after_fp8_and_layerwise_offload_s
 CACHES_AGREE = "tests/test_parallel.py::test_caches_agree_across_sequence_parallel_ranks"
 TP_WITH = "tests/test_tensor_parallel.py::test_tensor_parallel_combines_with_other_methods"
 
-# (row, column) as in the seed's lower triangle: the row's feature comes later in FEATURES.
+# (row, column) as in vLLM-Omni's lower triangle: the row's feature comes later in FEATURES.
 PAIR_VERDICTS: dict[tuple[str, str], Verdict] = {
     ("cache_dit", "teacache"): refused("cache.one_method"),
     ("sequence_parallel", "teacache"): supported(CACHES_AGREE, on_layout("ulysses2-cfg2")),

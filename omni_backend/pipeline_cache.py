@@ -18,7 +18,6 @@ log = logging.getLogger("omni_diffusion")
 @dataclass
 class LoadedPipeline:
     pipe: Any
-    spec_key: tuple
     state: dict = field(default_factory=dict)  # feature-owned state that lives with the weights
     loads: int = 1
 
@@ -38,7 +37,7 @@ class PipelineCache:
             self._evict_oldest()
         pipe = load()
         self.load_count += 1
-        entry = LoadedPipeline(pipe=pipe, spec_key=key)
+        entry = LoadedPipeline(pipe=pipe)
         self._entries[key] = entry
         return entry
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -79,8 +81,11 @@ def test_teacache_threshold_zero_is_lossless_and_high_threshold_skips_work(headl
     assert all(record["computed"][0] == 0 and request.steps - 1 in record["computed"]
                for record in summary["branches"].values()), "first and last steps always compute"
     error = (fast.latents - baseline.latents).abs().mean() / baseline.latents.abs().mean()
-    print(f"{family_key}: TeaCache 50 computed {fast_work}/{baseline_work} blocks, relative error {error:.3f}")
-    assert error < 1.0, "skipped steps reuse residuals: the result stays in the baseline's range"
+    other_seed, _ = run(spec, dataclasses.replace(request, seed=request.seed + 1))
+    seed_error = (other_seed.latents - baseline.latents).abs().mean() / baseline.latents.abs().mean()
+    print(f"{family_key}: TeaCache 50 computed {fast_work}/{baseline_work} blocks, relative error {error:.3f} "
+          f"(another seed: {seed_error:.3f})")
+    assert error < seed_error / 2, "skipped steps reuse residuals: the result must stay the baseline's image"
 
     after, after_work = run(spec, request)
     assert torch.equal(after.latents, baseline.latents), "a run without the node must be bit-identical"
@@ -124,11 +129,13 @@ def test_teacache_window_and_last_step(headless, nodes):
 def test_teacache_custom_coefficients_change_decisions(headless, nodes):
     spec = load(nodes, "flux")
     request = request_for("flux")
-    default, default_work = run(teacache(nodes, spec, 0.3), request)
-    # A constant polynomial of 0.0 never accumulates: every allowed step is skipped.
-    custom, custom_work = run(teacache(nodes, spec, 0.3, coefficients="0, 0, 0, 0, 0"), request)
-    assert custom_work < default_work or default_work == custom_work == 0
+    # At a tiny threshold the family's polynomial computes every step; a constant polynomial of 0.0
+    # never accumulates, so every step between the first and the last is skipped.
+    default, default_work = run(teacache(nodes, spec, 1e-6), request)
+    custom, custom_work = run(teacache(nodes, spec, 1e-6, coefficients="0, 0, 0, 0, 0"), request)
+    assert len(default.report.sections["TeaCache"]["branches"]["cond"]["computed"]) == request.steps
     assert len(custom.report.sections["TeaCache"]["branches"]["cond"]["computed"]) == 2  # first and last
+    assert custom_work < default_work
     with pytest.raises(OmniInputError, match="5 numbers"):
         teacache(nodes, spec, 0.2, coefficients="1, 2, 3")
     assert "not a list of numbers" in nodes["OmniApplyTeaCache"].VALIDATE_INPUTS(coefficients="1, x")

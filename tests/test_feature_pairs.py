@@ -1,4 +1,5 @@
-"""The seed's unverified feature pairs (the ❓ cells of advanced-features.md), run on tiny models.
+"""vLLM-Omni's unverified feature pairs (the ❓ cells of tests/reference/vllm-omni-feature-compatibility.md),
+run on tiny models.
 
 Each test runs several features at once, so one run covers several pairs; the verdicts in
 omni_backend/feature_matrix.py name these tests (test_feature_matrix.py checks that every name

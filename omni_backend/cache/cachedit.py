@@ -128,7 +128,7 @@ class CacheDiTConfig:
         return dataclasses.replace(self, **PRESETS[name]) if name != "custom" else self
 
 
-# The seed's benchmark rows, by name (acceleration-overview.md).
+# vLLM-Omni's published Cache-DiT benchmark settings, by name (its acceleration overview's rows).
 PRESETS = {
     "custom": {},
     "vllm-omni default (Fn1 B0 W4)": dict(Fn_compute_blocks=1, Bn_compute_blocks=0, max_warmup_steps=4,

@@ -3,7 +3,7 @@
 TeaCache's polynomial maps the relative L1 change of the first block's modulated input between
 two steps to the relative L1 change of the model's output (its noise prediction) between them.
 We measure both along real sampling runs and fit a degree-4 polynomial with np.polyfit, the
-method of vLLM-Omni's coefficient_estimator.py (vllm-omni-internals.md §1). The result pastes
+method of vLLM-Omni's coefficient estimator (its TeaCache `coefficient_estimator.py`). The result pastes
 into Apply TeaCache's `coefficients` input (highest order first).
 
     omni-diffusion fit-teacache MODEL_FOLDER [--prompt ...] [--steps 25] [--seeds 2]

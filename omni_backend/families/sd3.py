@@ -19,7 +19,7 @@ class StableDiffusion3(ModelFamily):
     supports_tensor_parallel = False
 
     def tensor_parallel_plan(self, transformer):
-        return None  # no sharding plan for SD3 (the seed marks it unsupported too)
+        return None  # no sharding plan for SD3 (vLLM-Omni's feature table marks it unsupported too)
 
     def sequence_parallel_plan(self, transformer):
         return None  # SD3's joint attention calls torch SDPA directly, outside diffusers' dispatcher

@@ -8,7 +8,7 @@ w8a8: activations are also quantized to e4m3, with a dynamic scale per token (ro
 through `torch._scaled_mm` with row-wise scales. Only on CUDA GPUs with FP8 tensor cores (sm89+,
 bf16 output, dimensions that are multiples of 16); anywhere else a layer runs weight-only and the
 run report says so. `torch._scaled_mm` also exists on the CPU but is extremely slow (about 13 s
-for 256x1024x1024, reference/stack-facts §5), so it is used there only by the small-shape numerics
+for 256x1024x1024 measured on this project's CPUs), so it is used there only by the small-shape numerics
 test, through the same `w8a8_linear` function the GPU path runs.
 
 Why not torchao: `Float8WeightOnlyConfig` does work on this CPU (torchao 0.18, and for fp32 its

@@ -5,7 +5,7 @@ from the family registry, e.g. attn/ff/img_mlp; FLUX single blocks add proj_mlp/
 high precision: everything outside the block lists (time/text embeddings, img_in/txt_in/x_embedder,
 the final norm_out and proj_out) and, inside blocks, modulation/AdaLN (img_mod, norm1.linear,
 adaLN_modulation) and norms. vLLM-Omni quantized those too and got a catastrophic quality drop
-(vllm-project/vllm-omni#2728, fixed by skipping them: reference/vllm-omni-internals §5, §9); the
+(vllm-project/vllm-omni#2728, fixed there by skipping them); the
 name guard below keeps them out even if a family lists a container that holds one.
 
 Text encoder (optional): linears inside its repeated layers (attention and MLP), weight-only

@@ -7,7 +7,7 @@ window wraps: after the last block, blocks 0 .. W-1 are prefetched for the next 
 (the next step). That resting state also means code that reads block 0 before calling it (a
 TeaCache decision computes block 0's modulation first) finds its weights resident. Everything
 outside the block lists (embeddings, input/output projections, final norm), the text encoders and
-the VAE stay resident, as in vLLM-Omni's LayerwiseOffloadHook (reference/vllm-omni-internals §4).
+the VAE stay resident, as in vLLM-Omni's LayerwiseOffloadHook.
 
 On CUDA the prefetch runs on a separate copy stream and block i waits for its own copy through an
 event. On the CPU the same schedule runs with zero-copy re-pointing (see residency.py), so tests
@@ -83,9 +83,6 @@ class BlockWindow:
                 unit.release()
         for index in wanted:
             self.units[index].materialise(self.copy_stream)
-
-    def resident_blocks(self) -> list[int]:
-        return [index for index, unit in enumerate(self.units) if unit.resident]
 
 
 class _BlockHook(ModelHook):

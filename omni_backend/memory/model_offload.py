@@ -6,7 +6,7 @@ So at any moment at most one component's weights are on the device: during the d
 that is the DiT (Wan2.2 A14B's two experts take turns too), during decoding the VAE.
 
 Why our own hooks: diffusers' `enable_model_cpu_offload` (accelerate) refuses to run without an
-accelerator (reference/stack-facts §2), and vLLM-Omni keeps the VAE resident. These hooks run the
+accelerator (it asks for a CUDA/XPU/MPS device), and vLLM-Omni keeps the VAE resident. These hooks run the
 same logic on the CPU, where the execution device is the offload device and a turn is a zero-copy
 re-pointing (residency.py), so the schedule itself is tested here.
 

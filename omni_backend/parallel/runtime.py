@@ -27,11 +27,6 @@ class ParallelContext:
 
         return dist.get_world_size(self.groups[name])
 
-    def local_rank(self, name: str) -> int:
-        import torch.distributed as dist
-
-        return dist.get_rank(self.groups[name])
-
 
 _CURRENT: ParallelContext | None = None
 
