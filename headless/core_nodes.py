@@ -15,6 +15,22 @@ from ..nodes.comfy_bridge import HEADLESS as HOST
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
 
+def output_target(filename_prefix) -> tuple[Path, str]:
+    """(folder, file prefix) inside the output folder, as ComfyUI allows: a name or "sub/folder/name".
+    A prefix that would write anywhere else (absolute, "..", a link out) is refused, as ComfyUI's own
+    Save Image refuses it."""
+    from omni_backend.errors import OmniInputError
+
+    root = Path(HOST.output_dir).resolve()
+    relative = Path(str(filename_prefix))
+    target = (root / relative).resolve()
+    if not isinstance(filename_prefix, str) or not filename_prefix.strip() or relative.is_absolute() \
+            or ".." in relative.parts or not target.is_relative_to(root) or target == root:
+        raise OmniInputError("filename_prefix", filename_prefix, "would write outside the output folder",
+                             "use a name such as ComfyUI, or a sub-folder inside the output folder (e.g. omni/cat)")
+    return target.parent, target.name
+
+
 class SaveImage:
     OUTPUT_NODE = True
     RETURN_TYPES = ()
@@ -26,14 +42,23 @@ class SaveImage:
         return {"required": {"images": ("IMAGE",), "filename_prefix": ("STRING", {"default": "ComfyUI"})},
                 "hidden": {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"}}
 
+    @classmethod
+    def check_inputs(cls, filename_prefix="ComfyUI", **_):
+        output_target(filename_prefix)
+
     def save_images(self, images, filename_prefix="ComfyUI", prompt=None, extra_pnginfo=None):
         metadata = {"prompt": prompt, **(extra_pnginfo or {})} if prompt is not None else None
-        paths = save_pngs(images, HOST.output_dir, filename_prefix, metadata)
+        folder, prefix = output_target(filename_prefix)
+        paths = save_pngs(images, folder, prefix, metadata)
         HOST.written.extend(paths)
         return {"ui": {"images": [{"filename": p.name, "subfolder": "", "type": "output"} for p in paths]}}
 
 
 class PreviewImage(SaveImage):
+    @classmethod
+    def check_inputs(cls, **_):
+        pass  # writes nothing
+
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {"images": ("IMAGE",)}, "hidden": {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"}}
@@ -58,13 +83,16 @@ class SaveAnimatedPNG:
             "compress_level": ("INT", {"default": 4, "min": 0, "max": 9}),
         }, "hidden": {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"}}
 
+    check_inputs = SaveImage.check_inputs
+
     def save_images(self, images, fps, compress_level, filename_prefix="ComfyUI", prompt=None, extra_pnginfo=None):
         from omni_backend.images import to_pil
 
         frames = to_pil(images)
-        HOST.output_dir.mkdir(parents=True, exist_ok=True)
-        index = 1 + sum(1 for _ in HOST.output_dir.glob(f"{filename_prefix}_*_.png"))
-        path = Path(HOST.output_dir) / f"{filename_prefix}_{index:05d}_.png"
+        folder, prefix = output_target(filename_prefix)
+        folder.mkdir(parents=True, exist_ok=True)
+        index = 1 + sum(1 for _ in folder.glob(f"{prefix}_*_.png"))
+        path = folder / f"{prefix}_{index:05d}_.png"
         frames[0].save(path, save_all=True, append_images=frames[1:], duration=int(1000.0 / fps), loop=0,
                        compress_level=compress_level)
         HOST.written.append(path)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import inspect
 
-from omni_backend.errors import OmniError, OmniInterrupted
+from omni_backend.errors import OmniError, OmniInputError, OmniInterrupted
 
 from .node_defs import node_inputs
 from .workflow_format import WorkflowError, WorkflowProblem, unknown_node_problem, value_problem
@@ -42,10 +42,9 @@ def validate_prompt(prompt: dict, classes: dict) -> list[WorkflowProblem]:
                                                     f"connect or set {definition.name}"))
                 continue
             if _is_link(value):
-                if str(value[0]) not in prompt:
-                    problems.append(WorkflowProblem(node_id, _title(prompt, node_id),
-                                                    f"{definition.name} is connected to missing node {value[0]}",
-                                                    "reconnect the input"))
+                problem = _link_problem(prompt, classes, definition.name, value)
+                if problem:
+                    problems.append(WorkflowProblem(node_id, _title(prompt, node_id), problem, "reconnect the input"))
                 continue
             constants[definition.name] = value
             if definition.is_widget:
@@ -63,9 +62,65 @@ def validate_prompt(prompt: dict, classes: dict) -> list[WorkflowProblem]:
                 text, _, fix = str(verdict).rpartition(". Fix: ")
                 problems.append(WorkflowProblem(node_id, _title(prompt, node_id), text or str(verdict),
                                                 fix if text else "change the input named above"))
+    problems += _cycle_problems(prompt)
     if not any(getattr(classes.get(n["class_type"]), "OUTPUT_NODE", False) for n in prompt.values()):
         problems.append(WorkflowProblem("-", "prompt", "the workflow has no output node",
                                         "add a Save Image or Preview Image node"))
+    return problems
+
+
+def _settings_problems(prompt: dict, classes: dict) -> list[WorkflowProblem]:
+    """Nodes that can check their own settings (`check_inputs`, e.g. where Save Image writes) do so
+    before anything runs, so a bad setting does not cost a whole generation first."""
+    problems = []
+    for node_id, node in prompt.items():
+        check = getattr(classes[node["class_type"]], "check_inputs", None)
+        if check is None:
+            continue
+        constants = {k: v for k, v in node.get("inputs", {}).items() if not _is_link(v)}
+        try:
+            check(**constants)
+        except TypeError:
+            continue  # it needs an input only the run produces (e.g. the model): checked when it runs
+        except OmniError as exc:
+            fix = getattr(exc, "fix", "see the message")
+            text = f"{exc.input_name} = {exc.value!r}: {exc.problem}" if isinstance(exc, OmniInputError) else str(exc)
+            problems.append(WorkflowProblem(node_id, _title(prompt, node_id), text, fix))
+    return problems
+
+
+def _link_problem(prompt: dict, classes: dict, name: str, link) -> str | None:
+    source = prompt.get(str(link[0]))
+    if source is None:
+        return f"{name} is connected to missing node {link[0]}"
+    outputs = getattr(classes.get(source["class_type"]), "RETURN_TYPES", ())
+    if not 0 <= link[1] < len(outputs):
+        return (f"{name} is connected to output {link[1]} of node {link[0]} ({source['class_type']}), "
+                f"which has {len(outputs)} output(s)")
+    return None
+
+
+def _cycle_problems(prompt: dict) -> list[WorkflowProblem]:
+    """One problem per loop of links (ComfyUI refuses such a prompt before running anything)."""
+    state: dict[str, str] = {}
+    problems = []
+
+    def visit(node_id: str) -> None:
+        state[node_id] = "open"
+        for value in prompt[node_id].get("inputs", {}).values():
+            source = str(value[0]) if _is_link(value) else None
+            if source not in prompt:
+                continue
+            if state.get(source) == "open":
+                problems.append(WorkflowProblem(node_id, _title(prompt, node_id), f"is part of a cycle (through "
+                                                f"node {source})", "remove the loop between the nodes"))
+            elif source not in state:
+                visit(source)
+        state[node_id] = "done"
+
+    for node_id in prompt:
+        if node_id not in state:
+            visit(node_id)
     return problems
 
 
@@ -76,6 +131,7 @@ def _is_link(value) -> bool:
 def execute(prompt: dict, classes: dict, extra_pnginfo: dict | None = None) -> dict:
     """Run every output node (and what it needs); returns {node_id: ui dict} of the output nodes."""
     problems = validate_prompt(prompt, classes)
+    problems += [] if problems else _settings_problems(prompt, classes)
     if problems:
         raise WorkflowError(problems)
     results: dict[str, tuple] = {}

@@ -8,7 +8,7 @@ from pathlib import Path
 from ..nodes import comfy_bridge
 from .executor import execute
 from .node_defs import all_node_classes
-from .workflow_format import is_ui_format, load_workflow, ui_to_api
+from .workflow_format import WorkflowError, is_ui_format, load_workflow, structure_problems, ui_to_api
 
 
 @dataclass
@@ -35,6 +35,9 @@ def to_prompt(workflow: dict) -> dict:
 def run_workflow(workflow: str | Path | dict, **folders) -> WorkflowRun:
     configure(**folders)
     data = workflow if isinstance(workflow, dict) else load_workflow(workflow)
+    problems = structure_problems(data)
+    if problems:
+        raise WorkflowError(problems)
     host = comfy_bridge.HEADLESS
     host.written = []
     host.stop.clear()

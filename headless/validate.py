@@ -29,7 +29,7 @@ from .executor import validate_prompt
 from .node_defs import all_node_classes
 from .runner import configure
 from .workflow_format import (FRONTEND_ONLY, WorkflowError, WorkflowProblem, check_widgets, is_ui_format,
-                              load_workflow, ui_to_api)
+                              load_workflow, structure_problems, ui_to_api)
 
 
 def validate_file(path: str | Path, models_dir: str | Path | None = None) -> list[WorkflowProblem]:
@@ -43,7 +43,9 @@ def validate_file(path: str | Path, models_dir: str | Path | None = None) -> lis
 
 def validate_workflow(workflow: dict) -> list[WorkflowProblem]:
     classes = all_node_classes()
-    problems: list[WorkflowProblem] = []
+    problems = structure_problems(workflow)
+    if problems:
+        return problems
     if is_ui_format(workflow):
         problems += check_widgets(workflow, classes)
         try:
@@ -100,7 +102,34 @@ def check_features(prompt: dict, classes: dict, failed: set[str] = frozenset()) 
 
     for node_id in prompt:
         spec_of(node_id)
+    for node_id, node in prompt.items():
+        if node_id not in failed:
+            problems += _check_consumer(node_id, node, classes, specs)
     return problems
+
+
+def _check_consumer(node_id: str, node: dict, classes: dict, specs: dict) -> list[WorkflowProblem]:
+    """A node that declares `check_inputs` (Sample: its settings against the model's family; Save Image:
+    where it would write) is checked with its settings and the specs it receives, so validate refuses
+    what run would refuse, without running it. Inputs only a run produces (images) are left out."""
+    node_class = classes.get(node.get("class_type"))
+    check = getattr(node_class, "check_inputs", None)
+    if check is None:
+        return []
+    kwargs = {}
+    for name, value in node.get("inputs", {}).items():
+        if _is_link(value):
+            if specs.get(str(value[0])) is not None:
+                kwargs[name] = specs[str(value[0])]
+        else:
+            kwargs[name] = value
+    try:
+        check(**kwargs)
+    except OmniError as exc:
+        return [problem_from_error(node_id, node.get("_meta", {}).get("title") or node["class_type"], exc)]
+    except TypeError:
+        return []  # an input is missing: the prompt check above reported it
+    return []
 
 
 def problem_from_rule(node_id: str, title: str, problem: Problem) -> WorkflowProblem:
@@ -127,6 +156,9 @@ def check_graph(workflow: dict) -> dict:
     nodes are ComfyUI's to check when the graph is queued.
     """
     classes = all_node_classes()
+    structure = structure_problems(workflow)
+    if structure:
+        return {"problems": {p.node_id: [p.as_dict()] for p in structure}, "support": {}}
     graph = _pack_part(workflow)
     problems = check_widgets(graph, classes)
     try:

@@ -10,6 +10,7 @@ a renamed or reordered input shows up as a mismatch instead of silently shifting
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,7 +57,55 @@ def load_workflow(path: str | Path) -> dict:
     if not isinstance(data, dict) or not (is_ui_format(data) or is_api_format(data)):
         raise WorkflowError(WorkflowProblem("-", path.name, "not a ComfyUI workflow (UI or API format)",
                                             "export the workflow from ComfyUI (Save, or Export (API))"))
+    problems = structure_problems(data)
+    if problems:
+        raise WorkflowError(problems)
     return data
+
+
+def structure_problems(data) -> list[WorkflowProblem]:
+    """What makes a file impossible to read as a workflow at all, one line per node: checked before
+    anything else reads it, so a malformed file never ends in a traceback."""
+    if not isinstance(data, dict):
+        return [WorkflowProblem("-", "workflow", "not a ComfyUI workflow (UI or API format)",
+                                "export the workflow from ComfyUI (Save, or Export (API))")]
+    if is_ui_format(data):
+        return _ui_structure_problems(data)
+    problems = []
+    for node_id, node in data.items():
+        if not isinstance(node, dict) or not isinstance(node.get("class_type"), str):
+            problems.append(WorkflowProblem(str(node_id), "?", "has no class_type", "export the workflow again"))
+        elif not isinstance(node.get("inputs", {}), dict):
+            problems.append(WorkflowProblem(str(node_id), node["class_type"], "its inputs are not a mapping of "
+                                            "names to values", "export the workflow again (Export (API))"))
+    return problems
+
+
+def _ui_structure_problems(data: dict) -> list[WorkflowProblem]:
+    problems, ids = [], set()
+    for index, node in enumerate(data["nodes"]):
+        where = str(node.get("id", f"#{index + 1}")) if isinstance(node, dict) else f"#{index + 1}"
+        fix = "save the workflow again from ComfyUI"
+        if not isinstance(node, dict):
+            problems.append(WorkflowProblem(where, "?", "is not a node object", fix))
+            continue
+        title = str(node.get("type", "?"))
+        if not isinstance(node.get("id"), (int, str)) or isinstance(node.get("id"), bool):
+            problems.append(WorkflowProblem(where, title, "has no id", fix))
+        elif node["id"] in ids:
+            problems.append(WorkflowProblem(where, title, "shares its id with another node", fix))
+        ids.add(node.get("id"))
+        if not isinstance(node.get("type"), str):
+            problems.append(WorkflowProblem(where, title, "has no type", fix))
+        if not isinstance(node.get("inputs", []), list) or not all(isinstance(i, dict) for i in node.get("inputs", [])):
+            problems.append(WorkflowProblem(where, title, "its inputs are not a list of slots", fix))
+        if not isinstance(node.get("widgets_values", []), (list, dict)):
+            problems.append(WorkflowProblem(where, title, "its widget values are not a list", fix))
+    for link in data["links"]:
+        if not (isinstance(link, list) and len(link) == 6 and all(isinstance(v, (int, str)) for v in link[:5])):
+            problems.append(WorkflowProblem("-", "links", f"the link {str(link)[:60]} is not [id, from node, from "
+                                            "slot, to node, to slot, type]", "save the workflow again from ComfyUI"))
+    return problems
 
 
 def is_ui_format(data: dict) -> bool:
@@ -138,6 +187,8 @@ def value_problem(widget: InputDef, value) -> str | None:
     elif widget.type_name == "FLOAT":
         if not isinstance(value, (int, float)) or isinstance(value, bool):
             return "expected a number"
+        if not math.isfinite(value):
+            return "expected a finite number"
     elif widget.type_name == "STRING":
         return None if isinstance(value, str) else "expected text"
     elif widget.type_name == "BOOLEAN":

@@ -58,5 +58,5 @@ class OmniLoadLoRA(ModelFeatureNode):
     def apply(self, model, lora_name, strength, component):
         path = comfy_bridge.resolve_in_roots("loras", lora_name, "lora_name")
         check_lora_file(path, lora_name)
-        lora = LoraSpec(path=str(path), strength=float(strength), component=component)
+        lora = LoraSpec(path=str(path), strength=strength, component=component)
         return (model.replace(loras=tuple(model.loras) + (lora,)),)

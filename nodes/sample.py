@@ -5,14 +5,13 @@ from __future__ import annotations
 import logging
 
 from omni_backend.engine import default_engine
-from omni_backend.request import GenerationRequest
+from omni_backend.request import LIMITS, GenerationRequest
 from omni_backend.sampling import RunControl
 
 from . import comfy_bridge
 from .common import CATEGORY, OMNI_MODEL, host_interrupts
 
 log = logging.getLogger("omni_diffusion")
-MAX_SIZE = 8192
 
 
 class OmniSample:
@@ -30,26 +29,35 @@ class OmniSample:
                 "prompt": ("STRING", {"multiline": True, "default": ""}),
                 "negative_prompt": ("STRING", {"multiline": True, "default": "",
                                                "tooltip": "Used when the model runs true CFG (guidance > 1)."}),
-                "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF,
+                "seed": ("INT", {"default": 0, "min": LIMITS["seed"][0], "max": LIMITS["seed"][1],
                                  "control_after_generate": True}),
-                "steps": ("INT", {"default": 20, "min": 1, "max": 1000}),
-                "guidance": ("FLOAT", {"default": 4.0, "min": 0.0, "max": 30.0, "step": 0.1, "round": 0.01,
+                "steps": ("INT", {"default": 20, "min": LIMITS["steps"][0], "max": LIMITS["steps"][1]}),
+                "guidance": ("FLOAT", {"default": 4.0, "min": LIMITS["guidance"][0], "max": LIMITS["guidance"][1],
+                                       "step": 0.1, "round": 0.01,
                                        "tooltip": "True CFG scale, or the distilled guidance for FLUX.1-dev. "
                                                   "<= 1 turns CFG off."}),
-                "width": ("INT", {"default": 1024, "min": 16, "max": MAX_SIZE, "step": 16}),
-                "height": ("INT", {"default": 1024, "min": 16, "max": MAX_SIZE, "step": 16}),
-                "frames": ("INT", {"default": 1, "min": 1, "max": 1025, "step": 4,
+                "width": ("INT", {"default": 1024, "min": LIMITS["size"][0], "max": LIMITS["size"][1], "step": 16}),
+                "height": ("INT", {"default": 1024, "min": LIMITS["size"][0], "max": LIMITS["size"][1], "step": 16}),
+                "frames": ("INT", {"default": 1, "min": LIMITS["frames"][0], "max": LIMITS["frames"][1], "step": 4,
                                    "tooltip": "Video models only (4*k+1); images use 1."}),
-                "batch_size": ("INT", {"default": 1, "min": 1, "max": 64}),
+                "batch_size": ("INT", {"default": 1, "min": LIMITS["batch_size"][0], "max": LIMITS["batch_size"][1]}),
             },
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
 
-    def sample(self, model, prompt, negative_prompt, seed, steps, guidance, width, height, frames, batch_size,
-               unique_id=None):
+    @classmethod
+    def check_inputs(cls, model, prompt, negative_prompt, seed, steps, guidance, width, height, frames, batch_size,
+                     **_hidden):
+        """The request this node would send, checked against the model's family (validators call this)."""
         request = GenerationRequest(prompt=prompt, negative_prompt=negative_prompt, steps=steps,
                                     guidance=guidance, seed=seed, width=width, height=height, frames=frames,
                                     batch_size=batch_size)
+        return request.validate(model.family.pixel_multiple, model.family.video)
+
+    def sample(self, model, prompt, negative_prompt, seed, steps, guidance, width, height, frames, batch_size,
+               unique_id=None):
+        request = self.check_inputs(model, prompt, negative_prompt, seed, steps, guidance, width, height, frames,
+                                    batch_size)
         control = RunControl(progress=comfy_bridge.Progress(steps, unique_id),
                              interrupted=comfy_bridge.interrupt_requested)
         with host_interrupts():

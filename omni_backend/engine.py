@@ -13,6 +13,7 @@ import logging
 import os
 import threading
 
+from .errors import OmniInputError
 from .pipeline_cache import LoadedPipeline
 from .request import GenerationRequest
 from .runner import DecodeSettings, Generation, LocalRunner
@@ -78,5 +79,13 @@ def default_engine() -> Engine:
     global _default_engine
     with _default_engine_lock:
         if _default_engine is None:
-            _default_engine = Engine(max_loaded=int(os.environ.get("OMNI_MAX_LOADED_MODELS", "1")))
+            _default_engine = Engine(max_loaded=max_loaded_from_environment())
         return _default_engine
+
+
+def max_loaded_from_environment() -> int:
+    text = os.environ.get("OMNI_MAX_LOADED_MODELS", "1").strip()
+    if not text.isdigit() or not 1 <= int(text) <= 64:
+        raise OmniInputError("OMNI_MAX_LOADED_MODELS", text, "must be a whole number from 1 to 64 (how many "
+                             "models stay loaded at once)", "set it to 1 (the default) or unset it")
+    return int(text)

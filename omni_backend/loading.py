@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
+from pathlib import Path
 
 from .devices import torch_dtype
 from .errors import OmniInputError
 
 log = logging.getLogger("omni_diffusion")
+# diffusers and transformers build models under context managers that patch torch.nn.Module for the
+# whole process (meta-device init). Two loads at once interleave those patches, and the module stays
+# patched for every later load in the process: one load at a time, whichever engine or thread asks.
+LOAD_LOCK = threading.Lock()
 
 
 def load_pipeline(spec):
@@ -20,23 +26,40 @@ def load_pipeline(spec):
     pipeline_class = family.pipeline_class(info.pipeline_class)
     log.info("loading %s (%s, %s) on %s", info.name, family.title, spec.dtype, spec.device)
     try:
-        pipe = pipeline_class.from_pretrained(
-            info.path,
-            dtype=torch_dtype(spec.dtype),
-            local_files_only=True,  # never reach for a hub: a missing file is an error, not a download
-            use_safetensors=True,
-            trust_remote_code=False,
-        )
+        with LOAD_LOCK:
+            pipe = pipeline_class.from_pretrained(
+                info.path,
+                dtype=torch_dtype(spec.dtype),
+                local_files_only=True,  # never reach for a hub: a missing file is an error, not a download
+                use_safetensors=True,
+                trust_remote_code=False,
+            )
     except (OSError, ValueError) as exc:
         raise OmniInputError("model", info.name, f"diffusers could not load it ({exc})",
                              "check that the folder is a complete diffusers model") from exc
-    for component in pipe.components.values():
+    for name, component in pipe.components.items():
         if isinstance(component, torch.nn.Module):
+            refuse_unloaded_weights(info, name, component)
             component.eval().requires_grad_(False)
     pipe.set_progress_bar_config(disable=True)
     if spec.memory is None or not getattr(spec.memory, "keeps_weights_off_device", False):
         pipe.to(spec.device)
     return pipe
+
+
+def refuse_unloaded_weights(info, name: str, module) -> None:
+    """A weights file whose tensor names do not match its config loads without an error: diffusers
+    leaves the unmatched parameters on the meta device and the run fails later with "Cannot copy out
+    of meta tensor". Name the file and a few missing tensors instead, before anything runs."""
+    missing = [key for key, tensor in (*module.named_parameters(), *module.named_buffers()) if tensor.is_meta]
+    if not missing:
+        return
+    folder = Path(info.path) / name
+    files = ", ".join(sorted(p.name for p in folder.glob("*.safetensors"))) or "(no .safetensors file)"
+    shown = ", ".join(missing[:4]) + (f" and {len(missing) - 4} more" if len(missing) > 4 else "")
+    raise OmniInputError("model", info.name, f"{name}/{files} holds no weights for {len(missing)} tensors its "
+                         f"config declares ({shown}): the file does not belong to {name}/config.json",
+                         f"restore {name}/ from the model's original release (weights and config together)")
 
 
 def offline_environment() -> None:

@@ -1,10 +1,24 @@
-"""One generation request: the per-run settings that never change weights."""
+"""One generation request: the per-run settings that never change weights.
+
+LIMITS are the ranges Sample declares to ComfyUI (nodes/sample.py reads them from here), so the
+Python API and the CLI refuse exactly what the node refuses.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .checks import prompt_text, real_number, whole_number
 from .errors import OmniInputError
+
+LIMITS = {
+    "steps": (1, 1000),
+    "guidance": (0.0, 30.0),
+    "seed": (0, 2**64 - 1),
+    "size": (16, 8192),  # width and height
+    "frames": (1, 1025),
+    "batch_size": (1, 64),
+}
 
 
 @dataclass(frozen=True)
@@ -19,29 +33,34 @@ class GenerationRequest:
     frames: int = 1  # video families only
     batch_size: int = 1
 
+    def __post_init__(self):
+        checked = {
+            "prompt": prompt_text("prompt", self.prompt),
+            "negative_prompt": prompt_text("negative_prompt", self.negative_prompt),
+            "steps": whole_number("steps", self.steps, *LIMITS["steps"]),
+            "guidance": real_number("guidance", self.guidance, *LIMITS["guidance"],
+                                    fix="use 0-1 to turn guidance off, or a value like 4.0 (at most 30)"),
+            "seed": whole_number("seed", self.seed, *LIMITS["seed"], fix="pick a seed from 0 to 2^64-1"),
+            "width": whole_number("width", self.width, *LIMITS["size"]),
+            "height": whole_number("height", self.height, *LIMITS["size"]),
+            "frames": whole_number("frames", self.frames, *LIMITS["frames"]),
+            "batch_size": whole_number("batch_size", self.batch_size, *LIMITS["batch_size"]),
+        }
+        for name, value in checked.items():
+            object.__setattr__(self, name, value)
+
     def validate(self, pixel_multiple: int, video: bool) -> "GenerationRequest":
-        if not isinstance(self.prompt, str):
-            raise OmniInputError("prompt", self.prompt, "the prompt must be text", "connect or type a text prompt")
-        if self.steps < 1:
-            raise OmniInputError("steps", self.steps, "at least one denoising step is needed", "set steps to 1 or more")
-        if self.batch_size < 1:
-            raise OmniInputError("batch_size", self.batch_size, "the batch must hold at least one image",
-                                 "set batch_size to 1 or more")
-        if self.guidance < 0:
-            raise OmniInputError("guidance", self.guidance, "guidance cannot be negative",
-                                 "use 0-1 to turn guidance off, or a value like 4.0")
+        """What depends on the model: its size multiple, and frames for video models only."""
         for name, value in (("width", self.width), ("height", self.height)):
             if value < pixel_multiple or value % pixel_multiple:
                 nearest = max(pixel_multiple, round(value / pixel_multiple) * pixel_multiple)
                 raise OmniInputError(name, value, f"this model needs a multiple of {pixel_multiple} pixels",
                                      f"use {nearest}")
         if video:
-            if self.frames < 1 or (self.frames - 1) % 4:
+            if (self.frames - 1) % 4:
                 nearest = max(1, round((self.frames - 1) / 4) * 4 + 1)
                 raise OmniInputError("frames", self.frames, "video models need 4*k+1 frames (1, 5, 9, ... 81)",
                                      f"use {nearest}")
         elif self.frames != 1:
             raise OmniInputError("frames", self.frames, "this is an image model", "set frames to 1")
-        if not 0 <= self.seed < 2**64:
-            raise OmniInputError("seed", self.seed, "the seed must be between 0 and 2^64-1", "pick another seed")
         return self

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from .checks import whole_number
 from .loading import load_pipeline
 from .parallel.runtime import current_context
 from .parallel.vae_patch import PeakActivation, decode_on_ranks, patches_for_ranks
@@ -33,6 +34,11 @@ class Generation:
 class DecodeSettings:
     tile_size: int = 0  # pixels; 0 decodes the whole latent at once
     tile_overlap: int = 64  # pixels
+
+    def __post_init__(self):
+        object.__setattr__(self, "tile_size", whole_number("tile_size", self.tile_size, 0, 8192,
+                                                           fix="use 0 (whole) or a tile size such as 512"))
+        object.__setattr__(self, "tile_overlap", whole_number("tile_overlap", self.tile_overlap, 0, 1024))
 
 
 class LocalRunner:

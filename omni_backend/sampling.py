@@ -11,6 +11,7 @@ import contextlib
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from .class_guard import class_guard
 from .errors import OmniInterrupted
 from .request import GenerationRequest
 
@@ -83,8 +84,11 @@ def sample(ctx: RunContext):
     import torch
 
     family, request, pipe = ctx.family, ctx.request, ctx.pipe
-    with contextlib.ExitStack() as stack:
-        for feature in ctx.spec.session_features():
+    features = ctx.spec.session_features()
+    patches = any(getattr(feature, "patches_classes", False) for feature in features)
+    classes = [type(pipe), *(type(transformer) for _name, transformer in family.transformers(pipe))]
+    with class_guard(classes, patches), contextlib.ExitStack() as stack:
+        for feature in features:
             session = getattr(feature, "run_session", None)
             if session is not None:
                 stack.enter_context(session(ctx))

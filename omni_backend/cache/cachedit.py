@@ -14,6 +14,7 @@ import logging
 from dataclasses import dataclass
 
 from ..compat import define_rule
+from ..checks import real_number, whole_number
 from ..errors import OmniInputError
 from .one_method import ONE_CACHE_METHOD
 
@@ -48,14 +49,20 @@ class CacheDiTConfig:
     label = "Cache-DiT"
     node_title = "Apply Cache-DiT"
     RULES = (CACHE_DIT_NEEDS_BLOCKS_LEFT, ONE_CACHE_METHOD)
+    patches_classes = True  # cache-dit patches the pipeline's classes: its runs go alone (class_guard.py)
 
     def __post_init__(self):
         for name in ("Fn_compute_blocks", "Bn_compute_blocks", "max_warmup_steps"):
-            if getattr(self, name) < 0:
-                raise OmniInputError(name, getattr(self, name), "cannot be negative", "use 0 or more")
-        if self.residual_diff_threshold < 0:
-            raise OmniInputError("residual_diff_threshold", self.residual_diff_threshold, "cannot be negative",
-                                 "use 0.24 (the default) or another positive value")
+            object.__setattr__(self, name, whole_number(name, getattr(self, name), 0, fix="use 0 or more"))
+        for name in ("max_cached_steps", "max_continuous_cached_steps"):
+            object.__setattr__(self, name, whole_number(name, getattr(self, name), -1, fix="use -1 (no limit) or more"))
+        object.__setattr__(self, "taylorseer_order", whole_number("taylorseer_order", self.taylorseer_order))
+        object.__setattr__(self, "residual_diff_threshold", real_number(
+            "residual_diff_threshold", self.residual_diff_threshold, 0.0,
+            fix="use 0.24 (the default) or another positive value"))
+        for name in ("enable_taylorseer",):
+            if not isinstance(getattr(self, name), bool):
+                raise OmniInputError(name, getattr(self, name), "must be true or false", f"set {name} to True or False")
         if self.scm_policy not in SCM_POLICIES:
             raise OmniInputError("scm_policy", self.scm_policy, "unknown SCM policy",
                                  f"use one of {', '.join(SCM_POLICIES)}")

@@ -6,6 +6,7 @@ import contextlib
 from dataclasses import dataclass
 
 from ..compat import define_rule
+from ..checks import real_number
 from ..errors import OmniInputError
 from .one_method import ONE_CACHE_METHOD
 
@@ -29,10 +30,17 @@ class TeaCacheConfig:
     RULES = (TEACACHE_NEEDS_EXTRACTOR, ONE_CACHE_METHOD)
 
     def __post_init__(self):
-        if not self.rel_l1_thresh >= 0:
-            raise OmniInputError("rel_l1_thresh", self.rel_l1_thresh, "the threshold cannot be negative",
-                                 "use 0 (never skip) up to about 0.6; 0.2 is the recommended default")
-        if not 0.0 <= self.start_fraction <= self.end_fraction <= 1.0:
+        threshold_fix = "use 0 (never skip) up to about 0.6; 0.2 is the recommended default"
+        object.__setattr__(self, "rel_l1_thresh", real_number("rel_l1_thresh", self.rel_l1_thresh, 0.0,
+                                                              fix=threshold_fix))
+        for name, field in (("start_percent", "start_fraction"), ("end_percent", "end_fraction")):
+            object.__setattr__(self, field, real_number(name, getattr(self, field), 0.0, 1.0))
+        if self.coefficients is not None:
+            if isinstance(self.coefficients, (str, bytes)) or not hasattr(self.coefficients, "__len__"):
+                raise OmniInputError("coefficients", self.coefficients, "must be 5 numbers",
+                                     "pass a list of 5 numbers, highest order first, or None for the model's own")
+            object.__setattr__(self, "coefficients", tuple(real_number("coefficients", c) for c in self.coefficients))
+        if not self.start_fraction <= self.end_fraction:
             raise OmniInputError("start_percent/end_percent", (self.start_fraction, self.end_fraction),
                                  "need 0 <= start <= end <= 1", "e.g. start 0.0 and end 1.0")
         if self.coefficients is not None and len(self.coefficients) != 5:

@@ -11,6 +11,7 @@ import contextlib
 from dataclasses import dataclass
 
 from ..compat import define_rule
+from ..checks import whole_number
 from ..errors import OmniInputError
 
 # "{layout}" is the Parallel Config's describe(), e.g. "2 ranks (ulysses 2)".
@@ -73,8 +74,15 @@ class ParallelConfig:
 
     def __post_init__(self):
         for name in ("ulysses_degree", "ring_degree", "cfg_parallel", "tensor_parallel", "vae_patch_parallel"):
-            if getattr(self, name) < 1:
-                raise OmniInputError(name, getattr(self, name), "degrees start at 1", f"set {name} to 1 or more")
+            object.__setattr__(self, name, whole_number(name, getattr(self, name), 1, 64,
+                                                        fix=f"set {name} to 1 or more (at most 64)"))
+        object.__setattr__(self, "remote_ranks", whole_number("remote_ranks", self.remote_ranks, 0, 63))
+        if not isinstance(self.rendezvous, str):
+            raise OmniInputError("rendezvous", self.rendezvous, "must be text", "use HOST:PORT, or empty for local")
+        if isinstance(self.devices, str) or not all(isinstance(d, str) for d in self.devices):
+            raise OmniInputError("devices", self.devices, "must be a list of device names",
+                                 "pass e.g. (\"cuda:0\", \"cuda:1\"), or () for automatic")
+        object.__setattr__(self, "devices", tuple(self.devices))
         if self.cfg_parallel not in (1, 2):
             raise OmniInputError("cfg_parallel", self.cfg_parallel, "CFG has two branches to split",
                                  "use 1 (off) or 2")

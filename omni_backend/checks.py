@@ -1,0 +1,67 @@
+"""Type and range checks shared by every entry point (nodes, the Python API, the CLI, the engine).
+
+ComfyUI checks a node's declared min/max before it runs the node; a script calling `Omni(...)`
+or the engine directly gets no such check. These helpers give every value that reaches a
+feature config or a request the same refusal, naming the input, the value and the fix, instead of
+a TypeError from deep inside torch or a silent NaN.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import unicodedata
+
+from .errors import OmniInputError
+
+
+def whole_number(name: str, value, low: int | None = None, high: int | None = None, fix: str = "") -> int:
+    """An int (a bool is not one; 20.0 is accepted as 20), optionally within [low, high]."""
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise OmniInputError(name, value, f"must be a whole number, not {type(value).__name__}",
+                             fix or _range_fix(low, high, "a whole number"))
+    value = int(value)
+    if (low is not None and value < low) or (high is not None and value > high):
+        raise OmniInputError(name, value, f"must be {_range_text(low, high)}", fix or _range_fix(low, high, "a value"))
+    return value
+
+
+def real_number(name: str, value, low: float | None = None, high: float | None = None, fix: str = "") -> float:
+    """A finite float (NaN and infinities are refused: they turn into silent 'off' or black images)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise OmniInputError(name, value, f"must be a number, not {type(value).__name__}",
+                             fix or _range_fix(low, high, "a number"))
+    value = float(value)
+    if not math.isfinite(value):
+        raise OmniInputError(name, value, "must be a finite number", fix or _range_fix(low, high, "a number"))
+    if (low is not None and value < low) or (high is not None and value > high):
+        raise OmniInputError(name, value, f"must be {_range_text(low, high)}", fix or _range_fix(low, high, "a value"))
+    return value
+
+
+def prompt_text(name: str, value) -> str:
+    """Text a tokenizer can take: lone surrogates (from a broken encoding) become U+FFFD and control
+    characters other than tab and newline are dropped; anything that is not text is refused."""
+    if not isinstance(value, str):
+        raise OmniInputError(name, value, f"must be text, not {type(value).__name__}", f"pass {name} as a string")
+    if _has_surrogates(value):  # through UTF-16: a split pair becomes its character, a lone half U+FFFD
+        value = value.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+    return "".join(c for c in value if c in "\t\n" or unicodedata.category(c) != "Cc")
+
+
+def _has_surrogates(text: str) -> bool:
+    return any("\ud800" <= c <= "\udfff" for c in text)
+
+
+def _range_text(low, high) -> str:
+    if low is not None and high is not None:
+        return f"between {low} and {high}"
+    return f"at least {low}" if low is not None else f"at most {high}"
+
+
+def _range_fix(low, high, what: str) -> str:
+    if low is None and high is None:
+        return f"use {what}"
+    return f"use {what} {_range_text(low, high)}"
