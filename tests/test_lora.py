@@ -186,6 +186,44 @@ def test_hot_swap_never_reloads_the_base_and_reads_each_file_once(headless, node
     assert adapters.file_loads == 2, "each LoRA file is read into the pipeline once"
 
 
+def test_a_load_reads_and_converts_the_file_once(headless, nodes, lora_files, models_dir, monkeypatch):
+    """Counted on the real reader and converter (the spies call through); a kohya file, so the
+    conversion to diffusers' keys really runs. Later runs with the file only switch it."""
+    import safetensors
+    import safetensors.torch
+    from diffusers import QwenImagePipeline
+
+    name = lora_files("read-once-kohya.safetensors", seed=9, rank=4, alpha=2.0, layout="kohya")
+    target = os.path.realpath(path_of(models_dir, name))
+    spec = base_spec(nodes)
+    base = latents(spec)
+    stacks = [with_loras(nodes, spec, (name, 1.0)), with_loras(nodes, spec, (name, -0.5))]  # the node checks here
+    reads, conversions = [], []
+
+    def counting(read):
+        def spy(file, *args, **kwargs):
+            if os.path.realpath(str(file)) == target:
+                reads.append(read.__name__)
+            return read(file, *args, **kwargs)
+        return spy
+
+    convert = QwenImagePipeline.lora_state_dict.__func__
+
+    def counting_conversion(cls, *args, **kwargs):
+        conversions.append(args[0] if isinstance(args[0], str) else "tensors in memory")
+        return convert(cls, *args, **kwargs)
+
+    monkeypatch.setattr(safetensors, "safe_open", counting(safetensors.safe_open))
+    monkeypatch.setattr(safetensors.torch, "safe_open", counting(safetensors.torch.safe_open))  # diffusers' way
+    monkeypatch.setattr(safetensors.torch, "load_file", counting(safetensors.torch.load_file))
+    monkeypatch.setattr(QwenImagePipeline, "lora_state_dict", classmethod(counting_conversion))
+    outputs = [latents(stack) for stack in stacks]
+    assert reads == ["safe_open"], f"the file must be opened once per load, not {reads}"
+    assert conversions == ["tensors in memory"], f"the keys must be converted once per load, not {conversions}"
+    assert not torch.allclose(outputs[0], base, atol=1e-3) and not torch.allclose(outputs[1], base, atol=1e-3)
+    assert torch.equal(latents(spec), base)
+
+
 def test_a_changed_file_is_loaded_again(headless, nodes, lora_files, models_dir):
     name = f"{SUBDIR}/changing.safetensors"
     make_tiny_lora(models_dir / "diffusers" / "qwen-image", path_of(models_dir, name), seed=11)

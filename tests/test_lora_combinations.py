@@ -16,7 +16,8 @@ from omni_backend.tiny.lora import make_tiny_lora
 @pytest.fixture(scope="module")
 def lora_spec(models_dir, tmp_path_factory):
     folder = models_dir / "diffusers" / "qwen-image"
-    path = make_tiny_lora(folder, tmp_path_factory.mktemp("loras") / "combo.safetensors", seed=5)
+    # alpha != rank: the scale 0.5 lives only in the file's diffusers metadata, which every rank must use.
+    path = make_tiny_lora(folder, tmp_path_factory.mktemp("loras") / "combo.safetensors", seed=5, rank=4, alpha=2.0)
     base = ModelSpec.from_folder(str(folder), dtype="fp32", device="cpu")
     return base, base.replace(loras=(LoraSpec(str(path), 1.0),))
 

@@ -1,13 +1,14 @@
 """The LoRA adapters loaded into one pipeline, and which of them the current run switches on.
 
 Lives in `LoadedPipeline.state["lora"]`, so it goes when the pipeline goes. Adapters are loaded
-once per file (named by the file's content identity, see `loader.adapter_name_for`) and stay
-loaded, switched off, between runs; a run switches on the ones its spec names with their strengths
-(`set_adapters`) and switches everything off again when it ends. Switched off, peft's LoRA layers
-return `base_layer(x)` untouched, so a run without LoRA nodes, or with every strength at 0, is
-bitwise the base model (tested). The number of loaded adapters is bounded: beyond
-`OMNI_MAX_LOADED_LORAS` (default 8) the least recently used one that the run does not need is
-deleted (`delete_adapters`), and a component left with none gets its plain layers back.
+once per file (named by the file's content identity, see `files.adapter_name_for`; a loaded file
+is only stat'ed again, never reopened) and stay loaded, switched off, between runs. A run switches
+on the ones its spec names with diffusers' pipeline-level `set_adapters(names, adapter_weights=
+[{component: strength}, ...])`, once its whole stack is pushed, and ends with `disable_lora()`.
+Disabled, peft's LoRA layers return `base_layer(x)` untouched, so a run without LoRA nodes, or
+with every strength at 0, is bitwise the base model (tested). The number of loaded adapters is
+bounded: beyond `OMNI_MAX_LOADED_LORAS` (default 8) the least recently used one that the run does
+not need is deleted (`delete_adapters`), and a component left with none gets its plain layers back.
 
 Every rank of a worker group builds the same spec and runs the same sessions, so all ranks load
 and switch on the same adapters.
@@ -17,12 +18,11 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from ..errors import OmniInputError
-from . import loader
+from . import files, loader
 
 log = logging.getLogger("omni_diffusion")
 STATE_KEY = "lora"
@@ -53,8 +53,8 @@ class PipelineAdapters:
         self.max_loaded = max(1, int(max_loaded or os.environ.get("OMNI_MAX_LOADED_LORAS", "8")))
         self._loaded: OrderedDict[tuple, LoadedAdapter] = OrderedDict()  # (realpath, into) -> adapter, LRU order
         self._active: list[_Active] = []
+        self._switched_on = False  # whether any LoRA layer may be active (then the run's end switches off)
         self.file_loads = 0  # adapter files read into the pipeline (tests and the benchmark count them)
-        self.load_seconds = 0.0
 
     @classmethod
     def of(cls, ctx) -> "PipelineAdapters":
@@ -73,53 +73,59 @@ class PipelineAdapters:
         self.pipe = None
 
     # ---- per run -------------------------------------------------------------------------
-    def push(self, lora) -> tuple[object, LoadedAdapter]:
-        """Switch `lora` on on top of the ones already pushed in this run; returns a token for `pop`."""
-        try:
-            adapter = self._acquire(lora)
-            if lora.component not in ("auto", loader.SECOND_EXPERT) and lora.component not in adapter.components:
-                raise OmniInputError("component", lora.component,
-                                     f"{adapter.file} has no layers for {lora.component} (it adapts "
-                                     f"{', '.join(adapter.components)})", "choose auto or one of those")
-            token = object()
-            self._active.append(_Active(token, lora, adapter))
-        finally:
-            self.apply()  # also after a failed load: the pipeline's switches always match `_active`
+    def push(self, lora, stack_size: int = 1) -> tuple[object, LoadedAdapter]:
+        """Add `lora` to this run's stack; returns a token for `pop`. The adapters are switched on once,
+        when the run's whole stack (`stack_size` entries) is in: one `set_adapters` per run, not per node."""
+        adapter = self._acquire(lora)
+        if lora.component not in ("auto", loader.SECOND_EXPERT) and lora.component not in adapter.components:
+            raise OmniInputError("component", lora.component,
+                                 f"{adapter.file} has no layers for {lora.component} (it adapts "
+                                 f"{', '.join(adapter.components)})", "choose auto or one of those")
+        token = object()
+        self._active.append(_Active(token, lora, adapter))
+        if len(self._active) >= stack_size:
+            self.switch_on()
         return token, adapter
 
     def pop(self, token) -> None:
+        """Take an entry off the stack. The run is over once one leaves: everything is switched off."""
         self._active = [a for a in self._active if a.token is not token]
-        self.apply()
+        self.switch_off()
 
-    def apply(self) -> None:
-        """Set every component's active adapters and strengths to what `_active` asks for."""
-        from diffusers.loaders.lora_base import (disable_lora_for_text_encoder, enable_lora_for_text_encoder,
-                                                 set_adapters_for_text_encoder)
+    def switch_on(self) -> None:
+        """Make the pushed adapters, with their per-component strengths, the pipeline's active set.
 
-        wanted: dict[str, dict[str, float]] = {}
+        diffusers' `set_adapters` takes one weight per adapter and component; a component not named
+        in an adapter's weights would get 1.0, so every component holding the adapter is named, with 0
+        where the run's Load LoRA node did not choose it (adding 0 * its output leaves the floats
+        unchanged). An adapter whose strengths are all 0 is left out, and with none left the LoRA
+        layers are disabled: they then return the base layer's output untouched and cost nothing.
+        """
+        weights = self.weights_by_adapter()
+        if not weights:
+            self.switch_off()
+            return
+        with loader.quiet():
+            self.pipe.enable_lora()
+            self.pipe.set_adapters(list(weights), adapter_weights=list(weights.values()))
+        self._switched_on = True
+
+    def switch_off(self) -> None:
+        if self._switched_on:
+            with loader.quiet():
+                self.pipe.disable_lora()
+            self._switched_on = False
+
+    def weights_by_adapter(self) -> dict[str, dict[str, float]]:
+        """adapter name -> {component: strength} for the pushed entries; all-zero adapters left out."""
+        weights: dict[str, dict[str, float]] = {}
         for entry in self._active:
-            for component in self._targets(entry):
-                weights = wanted.setdefault(component, {})
+            chosen = self._targets(entry)
+            per_component = weights.setdefault(entry.adapter.name, dict.fromkeys(entry.adapter.components, 0.0))
+            for component in chosen:
                 # The same file twice adds up: LoRA is linear in its strength.
-                weights[entry.adapter.name] = weights.get(entry.adapter.name, 0.0) + float(entry.lora.strength)
-        for component in sorted({c for a in self._loaded.values() for c in a.components}):
-            model = getattr(self.pipe, component, None)
-            if model is None or not getattr(model, "peft_config", None):
-                continue
-            # Strength 0 switches the adapter off rather than scaling it by 0: the base output exactly.
-            chosen = {name: weight for name, weight in wanted.get(component, {}).items() if weight != 0.0}
-            with loader._quiet():
-                if loader._is_diffusers_model(model):
-                    if chosen:
-                        model.enable_lora()
-                        model.set_adapters(list(chosen), list(chosen.values()))
-                    else:
-                        model.disable_lora()
-                elif chosen:
-                    enable_lora_for_text_encoder(model)
-                    set_adapters_for_text_encoder(list(chosen), model, list(chosen.values()))
-                else:
-                    disable_lora_for_text_encoder(model)
+                per_component[component] += float(entry.lora.strength)
+        return {name: w for name, w in weights.items() if any(value != 0.0 for value in w.values())}
 
     def describe(self) -> dict:
         entries = [{"file": a.adapter.file, "strength": float(a.lora.strength), "component": a.lora.component}
@@ -142,8 +148,11 @@ class PipelineAdapters:
 
     def _acquire(self, lora) -> LoadedAdapter:
         into = loader.SECOND_EXPERT if lora.component == loader.SECOND_EXPERT else loader.PIPELINE
-        lora_file = loader.check_lora_file(lora.path)
-        identity = loader.file_identity(lora_file.path)
+        try:
+            identity = files.file_identity(lora.path)  # a stat: a loaded file is not opened again
+        except OSError:
+            files.check_lora_file(lora.path)  # raises the error naming the file
+            raise
         key = (identity[0], into)
         adapter = self._loaded.get(key)
         if adapter is not None and adapter.identity == identity:
@@ -154,10 +163,12 @@ class PipelineAdapters:
                 return adapter  # changed during this very run: the next run picks the new content up
             self._forget(key)
         self._make_room()
-        name = loader.adapter_name_for(identity, into)
-        start = time.perf_counter()
-        match = loader.load_adapter(self.pipe, self.family, lora_file, name, into, self.compute_dtype)
-        self.load_seconds += time.perf_counter() - start
+        name = files.adapter_name_for(identity, into)
+        lora_file = files.read_lora_file(lora.path)
+        try:
+            match = loader.load_adapter(self.pipe, self.family, lora_file, name, into, self.compute_dtype)
+        finally:
+            self._switched_on = True  # loading makes the new adapter active: switch off after the run
         self.file_loads += 1
         adapter = LoadedAdapter(name=name, file=lora_file.name, identity=identity, into=into,
                                 components=loader.components_holding(self.pipe, name), ignored=match.ignored)
@@ -177,8 +188,3 @@ class PipelineAdapters:
         adapter = self._loaded.pop(key)
         loader.remove_adapter(self.pipe, adapter.name)
         log.info("LoRA %s unloaded", adapter.file)
-
-    def unload_all(self) -> None:
-        for key in list(self._loaded):
-            if not any(a.adapter is self._loaded[key] for a in self._active):
-                self._forget(key)

@@ -67,7 +67,7 @@ class LoraSpec:
         from .adapters import PipelineAdapters
 
         adapters = PipelineAdapters.of(ctx)
-        token, adapter = adapters.push(self)
+        token, adapter = adapters.push(self, stack_size=len(ctx.spec.loras))
         try:
             ctx.report.add("LoRA", adapters.describe())
             for prefix, layers in adapter.ignored.items():

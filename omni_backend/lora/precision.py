@@ -6,7 +6,7 @@ attribute, which it then uses instead (bitsandbytes' 4-bit layers have one). The
 `nn.Linear` for an `nn.Linear` subclass holding float8 weights that it upcasts in `forward`; peft
 wraps that subclass like any Linear, and without a `compute_dtype` its lora_A/lora_B would be
 created in float8: the file's values rounded to 3 mantissa bits, and no float8 arithmetic on CPU
-("mul_cpu_reduced_float not implemented for Float8_e4m3fn", see stack-facts §5/§6).
+(torch raises "mul_cpu_reduced_float not implemented for Float8_e4m3fn").
 
 So for the length of a load, every layer whose weight is stored in fewer than 16 bits and that has
 no `compute_dtype` of its own is given one (the pipeline's dtype), and it is taken away again
