@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
+import torch
+
 from .errors import OmniInputError
+
 
 def check_latent(spec, latent: dict):
     if not isinstance(latent, dict) or "samples" not in latent:
         raise OmniInputError("samples", type(latent).__name__, "expected a LATENT from Sample",
                              "connect the samples output of an Omni Sample node")
     samples = latent["samples"]
+    if not isinstance(samples, torch.Tensor) or not samples.is_floating_point():
+        raise OmniInputError("samples", type(samples).__name__, "a LATENT's samples must be a float tensor",
+                             "connect the samples output of an Omni Sample node")
+    if samples.numel() == 0 or min(samples.shape[2:], default=0) < 1:
+        raise OmniInputError("samples", tuple(samples.shape), "the latent is empty", "sample at least one image")
+    if not torch.isfinite(samples).all():
+        raise OmniInputError("samples", "NaN/inf values", "the latent holds values that are not finite numbers "
+                             "(they decode to a black or garbage image)",
+                             "sample again; if it repeats, use fp32 or bf16 instead of fp16 for this model")
     family = spec.family
     expected_dims = 5 if family.video else 4
     channels = family.latent_channels(spec.model_folder.vae_config)

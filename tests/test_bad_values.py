@@ -248,3 +248,15 @@ def test_weights_that_do_not_match_their_config_are_named(headless, nodes, tmp_p
         assert "meta" not in message
     finally:
         shutil.rmtree(folder)
+
+
+@pytest.mark.parametrize("samples, fragment", [
+    ("text", "float tensor"), (torch.zeros(0, 16, 8, 8), "empty"),
+    (torch.full((1, 16, 8, 8), math.nan), "not finite"), (torch.zeros(1, 16, 8, 8, dtype=torch.long), "float tensor"),
+], ids=["text", "empty", "nan", "integers"])
+def test_the_decoder_refuses_latents_it_cannot_decode(headless, nodes, reference, samples, fragment):
+    (model,) = nodes["OmniLoadModel"]().load(FAMILY, "fp32", "cpu")
+    with pytest.raises(OmniInputError) as info:
+        nodes["OmniVAEDecode"]().decode(model, {"samples": samples}, 0, 64)
+    assert_names(info.value, "samples")
+    assert fragment in str(info.value)
