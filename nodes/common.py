@@ -10,6 +10,9 @@ from . import comfy_bridge
 
 CATEGORY = "Omni Diffusion"
 OMNI_MODEL = "OMNI_MODEL"
+# The model link every feature node takes: one wording, so the tooltips read the same everywhere.
+MODEL_IN_TOOLTIP = ("The Omni model from Load Omni Model (or from another Omni node); this node adds its "
+                    "feature and passes the model on.")
 
 
 class ModelFeatureNode:

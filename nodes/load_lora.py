@@ -9,7 +9,7 @@ from omni_backend.lora import COMPONENT_CHOICES, LoraSpec
 from omni_backend.lora.loader import SUFFIX, check_lora_file
 
 from . import comfy_bridge
-from .common import ModelFeatureNode, OMNI_MODEL
+from .common import MODEL_IN_TOOLTIP, ModelFeatureNode, OMNI_MODEL
 
 
 def lora_choices() -> list[str]:
@@ -24,7 +24,7 @@ class OmniLoadLoRA(ModelFeatureNode):
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "model": (OMNI_MODEL,),
+            "model": (OMNI_MODEL, {"tooltip": MODEL_IN_TOOLTIP}),
             "lora_name": (lora_choices(), {"tooltip": "A .safetensors LoRA under models/loras: diffusers/peft, "
                                                       "kohya or ComfyUI key layouts."}),
             "strength": ("FLOAT", {"default": 1.0, "min": -10.0, "max": 10.0, "step": 0.01,

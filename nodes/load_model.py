@@ -29,7 +29,9 @@ class OmniLoadModel:
                            {"tooltip": "A folder with model_index.json under models/diffusers."}),
             "dtype": (list(DTYPE_CHOICES), {"default": "auto",
                                            "tooltip": "auto: bf16 on GPUs that support it, fp32 on the CPU."}),
-            "device": (device_choices(), {"default": "auto"}),
+            "device": (device_choices(), {"default": "auto",
+                                          "tooltip": "Where the model runs: auto = the first GPU (cuda:0), "
+                                                     "else the CPU. Parallel Config spreads it over several."}),
         }}
 
     @classmethod

@@ -6,7 +6,7 @@ from omni_backend.errors import OmniError
 from omni_backend.memory import FP8_CHOICES, OFFLOAD_CHOICES, MemoryConfig
 from omni_backend.memory.config import MAX_BLOCKS_ON_DEVICE
 
-from .common import ModelFeatureNode, OMNI_MODEL
+from .common import MODEL_IN_TOOLTIP, ModelFeatureNode, OMNI_MODEL
 
 
 class OmniOffloadFP8(ModelFeatureNode):
@@ -17,7 +17,7 @@ class OmniOffloadFP8(ModelFeatureNode):
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "model": (OMNI_MODEL,),
+            "model": (OMNI_MODEL, {"tooltip": MODEL_IN_TOOLTIP}),
             "offload": (list(OFFLOAD_CHOICES), {
                 "default": "none",
                 "tooltip": "model: text encoder, DiT(s) and VAE take turns on the device. layerwise: only "

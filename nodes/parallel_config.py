@@ -5,7 +5,7 @@ from __future__ import annotations
 from omni_backend.errors import OmniError
 from omni_backend.parallel.config import ParallelConfig
 
-from .common import ModelFeatureNode, OMNI_MODEL
+from .common import MODEL_IN_TOOLTIP, ModelFeatureNode, OMNI_MODEL
 
 
 def parse_devices(text: str) -> tuple[str, ...]:
@@ -24,7 +24,7 @@ class OmniParallelConfig(ModelFeatureNode):
     def INPUT_TYPES(cls):
         degree = {"default": 1, "min": 1, "max": 64}
         return {"required": {
-            "model": (OMNI_MODEL,),
+            "model": (OMNI_MODEL, {"tooltip": MODEL_IN_TOOLTIP}),
             "ulysses_degree": ("INT", dict(degree, tooltip="All-to-all over attention heads (must divide them).")),
             "ring_degree": ("INT", dict(degree, tooltip="K/V passed around a ring: any head count.")),
             "cfg_parallel": ("INT", {"default": 1, "min": 1, "max": 2,
