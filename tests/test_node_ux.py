@@ -1,14 +1,21 @@
-"""What a user meets in ComfyUI's editor: tooltips on every input, and one error per mistake."""
+"""What a user meets in ComfyUI's editor: tooltips on every input, one error per mistake, and model
+and LoRA lists that show a broken file as broken instead of offering it."""
 
 from __future__ import annotations
 
 import inspect
+import json
+import shutil
 
 import pytest
+import torch
 
+from omni_backend import model_folder
+from omni_backend.errors import OmniInputError
 from omni_diffusion_nodes.headless.executor import NodeExecutionError, execute, validate_prompt
 from omni_diffusion_nodes.headless.node_defs import all_node_classes
 from omni_diffusion_nodes.headless.validate import validate_workflow
+from omni_diffusion_nodes.nodes import comfy_bridge
 
 
 # ---- tooltips ------------------------------------------------------------------------------
@@ -113,3 +120,83 @@ def test_fp8_text_encoder_without_fp8_is_one_error(headless):
                                                             "fp8_text_encoder": True}}
     problems = validate_workflow(prompt)
     assert [(p.node_id, p.problem.split(":")[0]) for p in problems] == [("2", "fp8_text_encoder = True")]
+
+
+# ---- broken files in the lists -------------------------------------------------------------
+@pytest.fixture()
+def own_models(headless, models_dir, tmp_path):
+    """A models folder of its own (the session's stays intact): one good and one breakable copy of
+    a tiny model, and one good LoRA."""
+    root = tmp_path / "own-models"
+    for name in ("good", "broken"):
+        shutil.copytree(models_dir / "diffusers" / "z-image", root / "diffusers" / name)
+    (root / "loras").mkdir()
+    shutil.copy(models_dir / "loras" / "qwen-image-style-lora.safetensors", root / "loras" / "good.safetensors")
+    headless.models_dir = root
+    return root
+
+
+def model_list(nodes) -> list[str]:
+    return nodes["OmniLoadModel"].INPUT_TYPES()["required"]["model_name"][0]
+
+
+def lora_list(nodes) -> list[str]:
+    return nodes["OmniLoadLoRA"].INPUT_TYPES()["required"]["lora_name"][0]
+
+
+def test_a_folder_with_a_missing_weights_file_is_marked_and_says_restore_it(own_models, nodes):
+    weights = own_models / "diffusers" / "broken" / "transformer" / "diffusion_pytorch_model.safetensors"
+    assert weights.is_file()
+    kept = weights.with_name("kept-aside")
+    weights.rename(kept)
+    marked = "broken (broken: weights missing)"
+    assert model_list(nodes) == [marked, "good"]
+
+    verdict = nodes["OmniLoadModel"].VALIDATE_INPUTS(marked)
+    assert "transformer/diffusion_pytorch_model.safetensors" in verdict and "Fix: restore the missing file" in verdict
+    assert nodes["OmniLoadModel"].VALIDATE_INPUTS("broken") == verdict, "an older workflow's plain name too"
+    with pytest.raises(OmniInputError, match="Fix: restore the missing file"):
+        nodes["OmniLoadModel"]().load(marked, "auto", "cpu")
+
+    kept.rename(weights)  # restored: offered again, without waiting for a restart
+    assert model_list(nodes) == ["broken", "good"]
+    assert nodes["OmniLoadModel"].VALIDATE_INPUTS("broken") is True
+
+
+def test_a_missing_shard_of_a_sharded_component_is_marked(own_models, nodes):
+    component = own_models / "diffusers" / "broken" / "text_encoder"
+    (component / "model.safetensors").rename(component / "model-00001-of-00002.safetensors")
+    (component / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {
+        "a.weight": "model-00001-of-00002.safetensors", "b.weight": "model-00002-of-00002.safetensors"}}))
+    assert model_list(nodes) == ["broken (broken: weights missing)", "good"]
+    verdict = nodes["OmniLoadModel"].VALIDATE_INPUTS("broken")
+    assert "text_encoder/model-00002-of-00002.safetensors" in verdict and "model.safetensors.index.json" in verdict
+
+
+def test_the_model_list_is_checked_again_only_when_a_folder_changes(own_models, nodes, monkeypatch):
+    """ComfyUI builds the list on every INPUT_TYPES call: unchanged folders are not read again."""
+    model_list(nodes)
+    reads = []
+    original = model_folder._read_folder
+    monkeypatch.setattr(model_folder, "_read_folder", lambda *args: reads.append(args[0].name) or original(*args))
+    for _ in range(3):
+        assert model_list(nodes) == ["broken", "good"]
+    assert reads == []
+    (own_models / "diffusers" / "broken" / "vae" / "diffusion_pytorch_model.safetensors").unlink()
+    assert model_list(nodes) == ["broken (broken: weights missing)", "good"]
+    assert reads == ["broken"]
+
+
+@pytest.mark.parametrize("damage", ["truncated", "renamed pickle"])
+def test_a_lora_that_is_not_valid_safetensors_is_marked(own_models, nodes, damage):
+    bad = own_models / "loras" / "bad.safetensors"
+    if damage == "truncated":
+        data = (own_models / "loras" / "good.safetensors").read_bytes()
+        bad.write_bytes(data[: len(data) // 2])
+    else:
+        torch.save({"lora_down.weight": torch.zeros(2, 2)}, bad)
+    marked = "bad.safetensors (broken: not a valid safetensors file)"
+    assert lora_list(nodes) == [marked, "good.safetensors"]
+    verdict = nodes["OmniLoadLoRA"].VALIDATE_INPUTS(marked)
+    assert "bad.safetensors" in verdict and "not a valid safetensors file" in verdict and "Fix: " in verdict
+    assert comfy_bridge.list_files("loras", (".safetensors",)) == ["bad.safetensors", "good.safetensors"]
