@@ -7,7 +7,7 @@ from omni_backend.cache.cachedit import PRESETS, SCM_MODES, SCM_POLICIES
 from omni_backend.cache.one_method import refuse_second_cache
 from omni_backend.errors import OmniInputError
 
-from .common import ModelFeatureNode, OMNI_MODEL
+from .common import MODEL_IN_TOOLTIP, ModelFeatureNode, OMNI_MODEL
 
 
 def parse_coefficients(text: str) -> tuple[float, ...] | None:
@@ -32,7 +32,7 @@ class OmniApplyTeaCache(ModelFeatureNode):
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "model": (OMNI_MODEL,),
+            "model": (OMNI_MODEL, {"tooltip": MODEL_IN_TOOLTIP}),
             "rel_l1_thresh": ("FLOAT", {"default": 0.2, "min": 0.0, "max": 2.0, "step": 0.01,
                                         "tooltip": "Higher skips more steps. 0 never skips."}),
             "start_percent": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01,
@@ -69,25 +69,40 @@ class OmniApplyCacheDiT(ModelFeatureNode):
     def INPUT_TYPES(cls):
         defaults = CacheDiTConfig()
         return {"required": {
-            "model": (OMNI_MODEL,),
+            "model": (OMNI_MODEL, {"tooltip": MODEL_IN_TOOLTIP}),
             "preset": (list(PRESETS), {"default": "custom",
                                        "tooltip": "A named setting overrides the values below; 'custom' uses them."}),
             "Fn_compute_blocks": ("INT", {"default": defaults.Fn_compute_blocks, "min": 0, "max": 128,
                                           "tooltip": "Leading blocks always computed (they decide the cache)."}),
             "Bn_compute_blocks": ("INT", {"default": defaults.Bn_compute_blocks, "min": 0, "max": 128,
                                           "tooltip": "Trailing blocks always computed."}),
-            "max_warmup_steps": ("INT", {"default": defaults.max_warmup_steps, "min": 0, "max": 1000}),
+            "max_warmup_steps": ("INT", {"default": defaults.max_warmup_steps, "min": 0, "max": 1000,
+                                         "tooltip": "Steps at the start that always compute, before any "
+                                                    "caching (default 4; 8 with TaylorSeer)."}),
             "residual_diff_threshold": ("FLOAT", {"default": defaults.residual_diff_threshold, "min": 0.0,
-                                                  "max": 10.0, "step": 0.01}),
+                                                  "max": 10.0, "step": 0.01,
+                                                  "tooltip": "Relative change of the leading blocks' residual "
+                                                             "below which a step reuses the cache. Higher is "
+                                                             "faster and looser (0.08 to 0.24 is typical)."}),
             "max_cached_steps": ("INT", {"default": defaults.max_cached_steps, "min": -1, "max": 1000,
-                                         "tooltip": "-1: no limit."}),
+                                         "tooltip": "Most steps that may use the cache in one run; -1: no "
+                                                    "limit."}),
             "max_continuous_cached_steps": ("INT", {"default": defaults.max_continuous_cached_steps, "min": -1,
-                                                    "max": 1000, "tooltip": "-1: no limit."}),
-            "enable_taylorseer": ("BOOLEAN", {"default": defaults.enable_taylorseer}),
-            "taylorseer_order": ("INT", {"default": defaults.taylorseer_order, "min": 1, "max": 4}),
+                                                    "max": 1000, "tooltip": "Most cached steps in a row before one "
+                                                    "must compute (default 3); -1: no limit."}),
+            "enable_taylorseer": ("BOOLEAN", {"default": defaults.enable_taylorseer,
+                                               "tooltip": "Extrapolate cached steps from the last computed ones "
+                                                          "(Taylor series) instead of repeating the residual: "
+                                                          "better quality at the same speed."}),
+            "taylorseer_order": ("INT", {"default": defaults.taylorseer_order, "min": 1, "max": 4,
+                                          "tooltip": "TaylorSeer's order (1 to 4): 1 is recommended, 2 for "
+                                                     "long step counts; higher keeps more residuals in memory."}),
             "scm_policy": (list(SCM_POLICIES), {"default": defaults.scm_policy,
                                                 "tooltip": "Step Computation Masking: which steps must compute."}),
-            "scm_mode": (list(SCM_MODES), {"default": defaults.scm_mode}),
+            "scm_mode": (list(SCM_MODES), {"default": defaults.scm_mode,
+                                            "tooltip": "dynamic: a masked step still computes when the "
+                                                       "residual changed too much. static: masked steps always "
+                                                       "use the cache (faster, looser)."}),
         }}
 
     def apply(self, model, preset, **settings):

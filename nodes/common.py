@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 
 from omni_backend.errors import OmniInterrupted
 
@@ -10,6 +11,9 @@ from . import comfy_bridge
 
 CATEGORY = "Omni Diffusion"
 OMNI_MODEL = "OMNI_MODEL"
+# The model link every feature node takes: one wording, so the tooltips read the same everywhere.
+MODEL_IN_TOOLTIP = ("The Omni model from Load Omni Model (or from another Omni node); this node adds its "
+                    "feature and passes the model on.")
 
 
 class ModelFeatureNode:
@@ -19,6 +23,20 @@ class ModelFeatureNode:
     RETURN_TYPES = (OMNI_MODEL,)
     RETURN_NAMES = ("model",)
     FUNCTION = "apply"
+
+
+# A file or folder that cannot load is still listed, with why: "name (broken: weights missing)". The
+# user sees their model and the reason; picking it gives the full error with its fix (the loaders
+# read the name without the mark).
+_MARK = re.compile(r" \((?:broken: [^()]*|unsupported)\)$")
+
+
+def with_mark(name: str, label: str | None) -> str:
+    return f"{name} ({label})" if label else name
+
+
+def without_mark(name: str) -> str:
+    return _MARK.sub("", name)
 
 
 def builds_spec(node_class) -> bool:

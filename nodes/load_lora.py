@@ -3,17 +3,51 @@
 from __future__ import annotations
 
 import os
+from functools import lru_cache
 
 from omni_backend.errors import OmniError
 from omni_backend.lora import COMPONENT_CHOICES, LoraSpec
 from omni_backend.lora.loader import SUFFIX, check_lora_file
 
 from . import comfy_bridge
-from .common import ModelFeatureNode, OMNI_MODEL
+from .common import MODEL_IN_TOOLTIP, ModelFeatureNode, OMNI_MODEL, with_mark, without_mark
+
+NOT_SAFETENSORS = "broken: not a valid safetensors file"
+NO_TENSORS = "broken: holds no tensors"
 
 
 def lora_choices() -> list[str]:
-    return comfy_bridge.list_files("loras", (SUFFIX,))
+    """The .safetensors files under models/loras; one whose header does not read (a partial
+    download, a renamed pickle) is listed as "name (broken: not a valid safetensors file)"."""
+    return [with_mark(name, _unusable_because(name)) for name in comfy_bridge.list_files("loras", (SUFFIX,))]
+
+
+def _unusable_because(name: str) -> str | None:
+    try:
+        path = _resolve(name)
+        stat = os.stat(path)
+    except (OmniError, OSError):
+        return None  # gone since it was listed: the next refresh drops it
+    return _header_problem(str(path), stat.st_size, stat.st_mtime_ns)
+
+
+@lru_cache(maxsize=1024)
+def _header_problem(path: str, _size: int, _mtime_ns: int) -> str | None:
+    """Cached per file version (size, mtime): the list is rebuilt on every INPUT_TYPES call."""
+    from safetensors import safe_open
+
+    try:
+        # safe_open reads the header only (and checks that it covers the whole file, which is
+        # what a truncated download fails); no tensor is read.
+        with safe_open(path, framework="pt") as handle:
+            has_tensors = bool(list(handle.keys()))
+    except Exception:  # safetensors raises its own error types for a bad header
+        return NOT_SAFETENSORS
+    return None if has_tensors else NO_TENSORS
+
+
+def _resolve(lora_name: str):
+    return comfy_bridge.resolve_in_roots("loras", without_mark(lora_name), "lora_name")
 
 
 class OmniLoadLoRA(ModelFeatureNode):
@@ -24,9 +58,10 @@ class OmniLoadLoRA(ModelFeatureNode):
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "model": (OMNI_MODEL,),
+            "model": (OMNI_MODEL, {"tooltip": MODEL_IN_TOOLTIP}),
             "lora_name": (lora_choices(), {"tooltip": "A .safetensors LoRA under models/loras: diffusers/peft, "
-                                                      "kohya or ComfyUI key layouts."}),
+                                                      "kohya or ComfyUI key layouts. A file marked (broken: ...) "
+                                                      "cannot be read; pick it to see why and the fix."}),
             "strength": ("FLOAT", {"default": 1.0, "min": -10.0, "max": 10.0, "step": 0.01,
                                    "tooltip": "0 gives the model without this LoRA; negative values subtract it."}),
             "component": (list(COMPONENT_CHOICES), {
@@ -36,12 +71,13 @@ class OmniLoadLoRA(ModelFeatureNode):
         }}
 
     @classmethod
-    def VALIDATE_INPUTS(cls, lora_name):
+    def VALIDATE_INPUTS(cls, lora_name=None):
         # Replaces ComfyUI's plain "value not in list" with a message that says where we looked.
+        # One input only: ComfyUI repeats a failing verdict for every input named here.
         if lora_name is None:
             return True
         try:
-            check_lora_file(comfy_bridge.resolve_in_roots("loras", lora_name, "lora_name"), lora_name)
+            check_lora_file(_resolve(lora_name), without_mark(lora_name))
         except OmniError as exc:
             return str(exc)
         return True
@@ -50,13 +86,13 @@ class OmniLoadLoRA(ModelFeatureNode):
     def IS_CHANGED(cls, lora_name, **_):
         # A file replaced under the same name re-runs what follows (the engine reloads it by content).
         try:
-            stat = os.stat(comfy_bridge.resolve_in_roots("loras", lora_name, "lora_name"))
+            stat = os.stat(_resolve(lora_name))
         except (OmniError, OSError):
             return ""
         return f"{stat.st_size}:{stat.st_mtime_ns}"
 
     def apply(self, model, lora_name, strength, component):
-        path = comfy_bridge.resolve_in_roots("loras", lora_name, "lora_name")
-        check_lora_file(path, lora_name)
+        path = _resolve(lora_name)
+        check_lora_file(path, without_mark(lora_name))
         lora = LoraSpec(path=str(path), strength=strength, component=component)
         return (model.replace(loras=tuple(model.loras) + (lora,)),)

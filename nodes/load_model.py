@@ -4,14 +4,32 @@ from __future__ import annotations
 
 from omni_backend.devices import DTYPE_CHOICES, available_devices
 from omni_backend.errors import OmniError
+from omni_backend.model_folder import folder_label, inspect_model_folder
 from omni_backend.spec import ModelSpec
 
 from . import comfy_bridge
-from .common import CATEGORY, OMNI_MODEL
+from .common import CATEGORY, OMNI_MODEL, with_mark, without_mark
 
 
 def device_choices() -> list[str]:
     return ["auto", *available_devices()]
+
+
+def model_choices() -> list[str]:
+    """The diffusers folders; one that cannot load is listed as "name (broken: weights missing)"."""
+    return [with_mark(name, _unusable_because(name)) for name in comfy_bridge.list_model_folders()]
+
+
+def _unusable_because(name: str) -> str | None:
+    try:
+        return folder_label(_resolve(name))
+    except OmniError:
+        return None  # gone since it was listed: the next refresh drops it
+
+
+def _resolve(model_name: str):
+    return comfy_bridge.resolve_in_roots("diffusers", without_mark(model_name), "model_name",
+                                         must_exist="model_index.json")
 
 
 class OmniLoadModel:
@@ -25,25 +43,28 @@ class OmniLoadModel:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "model_name": (comfy_bridge.list_model_folders(),
-                           {"tooltip": "A folder with model_index.json under models/diffusers."}),
+            "model_name": (model_choices(), {
+                "tooltip": "A diffusers model folder (it has model_index.json) under models/diffusers. A folder "
+                           "marked (broken: ...) or (unsupported) cannot load; pick it to see why and the fix."}),
             "dtype": (list(DTYPE_CHOICES), {"default": "auto",
                                            "tooltip": "auto: bf16 on GPUs that support it, fp32 on the CPU."}),
-            "device": (device_choices(), {"default": "auto"}),
+            "device": (device_choices(), {"default": "auto",
+                                          "tooltip": "Where the model runs: auto = the first GPU (cuda:0), "
+                                                     "else the CPU. Parallel Config spreads it over several."}),
         }}
 
     @classmethod
-    def VALIDATE_INPUTS(cls, model_name):
-        # Replaces ComfyUI's plain "value not in list" with a message that says where we looked.
+    def VALIDATE_INPUTS(cls, model_name=None):
+        # Replaces ComfyUI's plain "value not in list" with a message that says where we looked, and
+        # refuses a broken folder (marked in the list, or named by an older workflow) with its fix.
+        # One input only: ComfyUI repeats a failing verdict for every input named here.
         if model_name is None:
             return True
         try:
-            comfy_bridge.resolve_in_roots("diffusers", model_name, "model_name", must_exist="model_index.json")
+            inspect_model_folder(_resolve(model_name), "model_name")
         except OmniError as exc:
             return str(exc)
         return True
 
     def load(self, model_name, dtype, device):
-        folder = comfy_bridge.resolve_in_roots("diffusers", model_name, "model_name",
-                                               must_exist="model_index.json")
-        return (ModelSpec.from_folder(str(folder), dtype=dtype, device=device),)
+        return (ModelSpec.from_folder(str(_resolve(model_name)), dtype=dtype, device=device),)

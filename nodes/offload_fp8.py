@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from omni_backend.errors import OmniError
 from omni_backend.memory import FP8_CHOICES, OFFLOAD_CHOICES, MemoryConfig
 from omni_backend.memory.config import MAX_BLOCKS_ON_DEVICE
 
-from .common import ModelFeatureNode, OMNI_MODEL
+from .common import MODEL_IN_TOOLTIP, ModelFeatureNode, OMNI_MODEL
 
 
 class OmniOffloadFP8(ModelFeatureNode):
@@ -17,7 +16,7 @@ class OmniOffloadFP8(ModelFeatureNode):
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "model": (OMNI_MODEL,),
+            "model": (OMNI_MODEL, {"tooltip": MODEL_IN_TOOLTIP}),
             "offload": (list(OFFLOAD_CHOICES), {
                 "default": "none",
                 "tooltip": "model: text encoder, DiT(s) and VAE take turns on the device. layerwise: only "
@@ -36,17 +35,9 @@ class OmniOffloadFP8(ModelFeatureNode):
                 "default": False, "tooltip": "Also store the text encoder's layer weights in FP8 (weight-only)."}),
         }}
 
-    @classmethod
-    def VALIDATE_INPUTS(cls, fp8=None, fp8_text_encoder=None):
-        # Queue time: fp8_text_encoder without an fp8 mode is refused before anything runs. (Naming
-        # these two here turns off ComfyUI's own checks of them; MemoryConfig checks both.)
-        if fp8 is None or fp8_text_encoder is None:
-            return True  # linked inputs are checked when the node runs
-        try:
-            MemoryConfig(fp8=fp8, fp8_text_encoder=fp8_text_encoder)
-        except OmniError as exc:
-            return str(exc)
-        return True
+    # No VALIDATE_INPUTS on purpose: fp8_text_encoder without an fp8 mode is a fault of two inputs, and
+    # ComfyUI reports a failing VALIDATE_INPUTS once per input it names. MemoryConfig in apply() raises
+    # it once, before any weights load; ComfyUI's own list/range checks of the four inputs stay on.
 
     def apply(self, model, offload, blocks_on_device, fp8, fp8_text_encoder):
         config = MemoryConfig(offload=offload, blocks_on_device=int(blocks_on_device), fp8=fp8,

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from omni_backend.errors import OmniError
 from omni_backend.parallel.config import ParallelConfig
 
-from .common import ModelFeatureNode, OMNI_MODEL
+from .common import MODEL_IN_TOOLTIP, ModelFeatureNode, OMNI_MODEL
 
 
 def parse_devices(text: str) -> tuple[str, ...]:
@@ -24,7 +23,7 @@ class OmniParallelConfig(ModelFeatureNode):
     def INPUT_TYPES(cls):
         degree = {"default": 1, "min": 1, "max": 64}
         return {"required": {
-            "model": (OMNI_MODEL,),
+            "model": (OMNI_MODEL, {"tooltip": MODEL_IN_TOOLTIP}),
             "ulysses_degree": ("INT", dict(degree, tooltip="All-to-all over attention heads (must divide them).")),
             "ring_degree": ("INT", dict(degree, tooltip="K/V passed around a ring: any head count.")),
             "cfg_parallel": ("INT", {"default": 1, "min": 1, "max": 2,
@@ -43,19 +42,12 @@ class OmniParallelConfig(ModelFeatureNode):
                                                  "empty = local ranks only, on 127.0.0.1."}),
         }}
 
-    @classmethod
-    def VALIDATE_INPUTS(cls, ulysses_degree=None, ring_degree=None, cfg_parallel=None, tensor_parallel=None,
-                        vae_patch_parallel=None, devices=None, remote_ranks=None, rendezvous=None):
-        values = dict(ulysses_degree=ulysses_degree, ring_degree=ring_degree, cfg_parallel=cfg_parallel,
-                      tensor_parallel=tensor_parallel, vae_patch_parallel=vae_patch_parallel,
-                      remote_ranks=remote_ranks, rendezvous=rendezvous)
-        if any(v is None for v in values.values()) or devices is None:
-            return True  # linked inputs are checked when the node runs
-        try:
-            ParallelConfig(devices=parse_devices(devices), **values)
-        except OmniError as exc:
-            return str(exc)
-        return True
+    # No VALIDATE_INPUTS on purpose. ComfyUI turns a failing VALIDATE_INPUTS into one error per input
+    # the function names (execution.py, validate_inputs), and a layout can only be judged from all
+    # eight values at once: one impossible layout showed up eight times. apply() builds the
+    # ParallelConfig, which raises one error naming the input to change; the node only builds a spec
+    # (milliseconds, no weights), so that error still comes before anything loads. ComfyUI keeps
+    # checking each degree's min/max itself, which a VALIDATE_INPUTS naming them turns off.
 
     def apply(self, model, devices, **degrees):
         config = ParallelConfig(devices=parse_devices(devices), **degrees)

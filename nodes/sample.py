@@ -25,22 +25,32 @@ class OmniSample:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "model": (OMNI_MODEL,),
-                "prompt": ("STRING", {"multiline": True, "default": ""}),
+                "model": (OMNI_MODEL, {"tooltip": "The Omni model with every feature applied upstream "
+                                                  "(caches, parallel, LoRAs, offload)."}),
+                "prompt": ("STRING", {"multiline": True, "default": "",
+                                      "tooltip": "What the image or video should show, in plain words."}),
                 "negative_prompt": ("STRING", {"multiline": True, "default": "",
                                                "tooltip": "Used when the model runs true CFG (guidance > 1)."}),
                 "seed": ("INT", {"default": 0, "min": LIMITS["seed"][0], "max": LIMITS["seed"][1],
-                                 "control_after_generate": True}),
-                "steps": ("INT", {"default": 20, "min": LIMITS["steps"][0], "max": LIMITS["steps"][1]}),
+                                 "control_after_generate": True,
+                                 "tooltip": "Starting noise: the same seed and settings give the same result."}),
+                "steps": ("INT", {"default": 20, "min": LIMITS["steps"][0], "max": LIMITS["steps"][1],
+                                  "tooltip": "Denoising steps: more is slower and finer (20 to 50 typical; "
+                                             "distilled models need 4 to 8)."}),
                 "guidance": ("FLOAT", {"default": 4.0, "min": LIMITS["guidance"][0], "max": LIMITS["guidance"][1],
                                        "step": 0.1, "round": 0.01,
                                        "tooltip": "True CFG scale, or the distilled guidance for FLUX.1-dev. "
                                                   "<= 1 turns CFG off."}),
-                "width": ("INT", {"default": 1024, "min": LIMITS["size"][0], "max": LIMITS["size"][1], "step": 16}),
-                "height": ("INT", {"default": 1024, "min": LIMITS["size"][0], "max": LIMITS["size"][1], "step": 16}),
+                "width": ("INT", {"default": 1024, "min": LIMITS["size"][0], "max": LIMITS["size"][1], "step": 16,
+                                  "tooltip": "Output width in pixels (multiple of 16; the model's native size, "
+                                             "often 1024, works best)."}),
+                "height": ("INT", {"default": 1024, "min": LIMITS["size"][0], "max": LIMITS["size"][1], "step": 16,
+                                   "tooltip": "Output height in pixels (multiple of 16)."}),
                 "frames": ("INT", {"default": 1, "min": LIMITS["frames"][0], "max": LIMITS["frames"][1], "step": 4,
                                    "tooltip": "Video models only (4*k+1); images use 1."}),
-                "batch_size": ("INT", {"default": 1, "min": LIMITS["batch_size"][0], "max": LIMITS["batch_size"][1]}),
+                "batch_size": ("INT", {"default": 1, "min": LIMITS["batch_size"][0], "max": LIMITS["batch_size"][1],
+                                       "tooltip": "Images (or videos) generated together, each from its own "
+                                                  "noise; memory grows with it."}),
             },
             "hidden": {"unique_id": "UNIQUE_ID"},
         }

@@ -19,8 +19,9 @@ class OmniVAEDecode:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "model": (OMNI_MODEL,),
-            "samples": ("LATENT",),
+            "model": (OMNI_MODEL, {"tooltip": "The Omni model that made the samples: its VAE decodes them "
+                                              "(and its Parallel Config's vae_patch_parallel ranks)."}),
+            "samples": ("LATENT", {"tooltip": "The latents from Sample."}),
             "tile_size": ("INT", {"default": 0, "min": 0, "max": 8192, "step": 16,
                                   "tooltip": "Pixels per tile; 0 = automatic."}),
             "tile_overlap": ("INT", {"default": 64, "min": 0, "max": 1024, "step": 8,

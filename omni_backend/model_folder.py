@@ -4,11 +4,16 @@ Load Omni Model calls this, so a wrong folder fails at the loader node, in milli
 message that names the file that is missing. It also refuses folders that would make diffusers
 import code from outside diffusers/transformers (a model_index.json naming a custom module is
 remote code by another name).
+
+The same check marks unusable folders in Load Omni Model's list (it runs on every INPUT_TYPES
+call), so it reads directory listings and small JSON files only, never a weight, and its result
+is kept until a file in the folder or one of its component subfolders is added, removed or renamed.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -18,6 +23,24 @@ from .families import FAMILIES, ModelFamily, family_for_pipeline
 
 TRUSTED_LIBRARIES = {"diffusers", "transformers"}
 MODEL_COMPONENT_PREFIXES = ("transformer", "vae", "text_encoder")
+PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".ckpt"}
+# The file each library writes for an unsharded component: named in the fix for a missing one.
+WEIGHTS_FILE = {"diffusers": "diffusion_pytorch_model.safetensors", "transformers": "model.safetensors"}
+RECOPY = "re-download or copy the whole model folder"
+
+# Short labels for the model list: why a folder is offered as unusable ("<name> (broken: ...)").
+BROKEN_WEIGHTS = "broken: weights missing"
+BROKEN_FILES = "broken: files missing"
+BROKEN_CONFIG = "broken: unreadable config"
+UNSUPPORTED = "unsupported"
+
+
+class UnusableFolderError(OmniInputError):
+    """The folder cannot be loaded; `label` says why in a few words, for the model list."""
+
+    def __init__(self, input_name: str, value, problem: str, fix: str, label: str = BROKEN_FILES):
+        super().__init__(input_name, value, problem, fix)
+        self.label = label
 
 
 @dataclass(frozen=True)
@@ -45,26 +68,51 @@ def inspect_model_folder(path: str | Path, input_name: str = "model") -> ModelFo
         raise OmniInputError(input_name, str(path), "the folder does not exist",
                              "choose a model folder that contains model_index.json (diffusers format)")
     folder = folder.resolve()
-    index_file = folder / "model_index.json"
-    stamp = index_file.stat().st_mtime_ns if index_file.exists() else 0
-    return _inspect(str(folder), stamp, input_name)
+    found = _inspect(str(folder), _listing_stamp(folder), input_name)
+    if isinstance(found, OmniInputError):
+        raise found.with_traceback(None)  # the cached error, raised afresh from here
+    return found
 
 
-@lru_cache(maxsize=64)
-def _inspect(folder_str: str, _stamp: int, input_name: str) -> ModelFolder:
-    folder = Path(folder_str)
+def _listing_stamp(folder: Path) -> tuple:
+    """Changes when model_index.json changes or an entry of the folder or of one of its subfolders
+    is added, removed or renamed (a directory's mtime): a deleted or restored weights file re-checks."""
     if not folder.is_dir():
-        raise OmniInputError(input_name, folder_str, "this is a file, not a diffusers model folder",
-                             "single-file checkpoints are not supported; choose the folder that contains "
-                             "model_index.json")
+        return (0,)
+    stamps = []
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            if entry.name == "model_index.json" or entry.is_dir():
+                stamps.append((entry.name, entry.stat().st_mtime_ns))
+    return (folder.stat().st_mtime_ns, *sorted(stamps))
+
+
+@lru_cache(maxsize=256)
+def _inspect(folder_str: str, _stamp: tuple, input_name: str) -> ModelFolder | OmniInputError:
+    # Errors are cached too (returned, not raised): a broken folder is checked again only when its
+    # listing changes, not on every refresh of the model list.
+    try:
+        return _read_folder(Path(folder_str), input_name)
+    except OmniInputError as exc:
+        return exc.with_traceback(None)  # the cache keeps the error, not the frames it came from
+
+
+def _read_folder(folder: Path, input_name: str) -> ModelFolder:
+    folder_str = str(folder)
+    if not folder.is_dir():
+        raise UnusableFolderError(input_name, folder_str, "this is a file, not a diffusers model folder",
+                                  "single-file checkpoints are not supported; choose the folder that contains "
+                                  "model_index.json", label=UNSUPPORTED)
     index = _read_json(folder / "model_index.json", input_name,
                        fix="choose a folder in diffusers format (it has model_index.json at its top)")
     class_name = index.get("_class_name")
     family = family_for_pipeline(class_name) if isinstance(class_name, str) else None
     if family is None:
         supported = ", ".join(sorted(c for f in FAMILIES.values() for c in f.pipeline_classes))
-        raise OmniInputError(input_name, folder.name, f"its pipeline {class_name!r} is not a supported family",
-                             f"use a model whose model_index.json names one of: {supported}")
+        raise UnusableFolderError(input_name, folder.name,
+                                  f"its pipeline {class_name!r} is not a supported family",
+                                  f"use a model whose model_index.json names one of: {supported}",
+                                  label=UNSUPPORTED)
 
     components = {}
     for name, entry in index.items():
@@ -74,54 +122,99 @@ def _inspect(folder_str: str, _stamp: int, input_name: str) -> ModelFolder:
         if library is None or cls is None:
             continue  # optional component left empty (e.g. SD3's image_encoder)
         if library not in TRUSTED_LIBRARIES:
-            raise OmniInputError(input_name, folder.name,
-                                 f"component {name!r} comes from {library!r}, which would run code shipped "
-                                 "with the model",
-                                 "only diffusers/transformers components are loaded; use an official folder")
-        _check_component(folder, name, cls, input_name)
+            raise UnusableFolderError(input_name, folder.name,
+                                      f"component {name!r} comes from {library!r}, which would run code shipped "
+                                      "with the model",
+                                      "only diffusers/transformers components are loaded; use an official folder",
+                                      label=UNSUPPORTED)
+        _check_component(folder, name, library, cls, input_name)
         components[name] = (library, cls)
 
     for required in family.transformer_components[:1] + ("vae", "scheduler"):
         if required not in components:
-            raise OmniInputError(input_name, folder.name, f"model_index.json lists no {required!r} component",
-                                 f"use a complete {family.title} folder")
+            raise UnusableFolderError(input_name, folder.name, f"model_index.json lists no {required!r} component",
+                                      f"use a complete {family.title} folder")
 
     return ModelFolder(
-        path=str(folder), pipeline_class=class_name, family_key=family.key, components=components,
+        path=folder_str, pipeline_class=class_name, family_key=family.key, components=components,
         transformer_config=_read_json(folder / "transformer" / "config.json", input_name),
         vae_config=_read_json(folder / "vae" / "config.json", input_name), model_index=index,
     )
 
 
-def _check_component(folder: Path, name: str, cls: str, input_name: str) -> None:
+def _check_component(folder: Path, name: str, library: str, cls: str, input_name: str) -> None:
     sub = folder / name
     if not sub.is_dir():
-        raise OmniInputError(input_name, folder.name, f"the {name}/ subfolder ({cls}) is missing",
-                             "re-download or copy the whole model folder")
+        raise UnusableFolderError(input_name, folder.name, f"the {name}/ subfolder ({cls}) is missing", RECOPY)
     if name.startswith(MODEL_COMPONENT_PREFIXES):
         if not (sub / "config.json").is_file():
-            raise OmniInputError(input_name, folder.name, f"{name}/config.json is missing",
-                                 "re-download or copy the whole model folder")
-        if not any(sub.glob("*.safetensors")):
-            other = sorted(p.name for p in sub.iterdir() if p.suffix in {".bin", ".pt", ".pth", ".ckpt"})
-            problem = (f"{name}/ has weights only in pickle format ({', '.join(other)})" if other
-                       else f"{name}/ has no .safetensors weights")
-            raise OmniInputError(input_name, folder.name, problem,
-                                 "weights are loaded only from .safetensors files; use the safetensors release "
-                                 "of this model")
+            raise UnusableFolderError(input_name, folder.name, f"{name}/config.json is missing", RECOPY)
+        _check_weights(folder, name, library, input_name)
     elif name == "scheduler" and not (sub / "scheduler_config.json").is_file():
-        raise OmniInputError(input_name, folder.name, "scheduler/scheduler_config.json is missing",
-                             "re-download or copy the whole model folder")
+        raise UnusableFolderError(input_name, folder.name, "scheduler/scheduler_config.json is missing", RECOPY)
 
 
-def _read_json(path: Path, input_name: str, fix: str = "re-download or copy the whole model folder") -> dict:
+def _check_weights(folder: Path, name: str, library: str, input_name: str) -> None:
+    """Every weights file the component needs is there (by name: no weight is read)."""
+    files = {entry.name for entry in os.scandir(folder / name) if entry.is_file()}
+    for index_name in sorted(f for f in files if f.endswith(".safetensors.index.json")):
+        shards = _shards_listed_in(folder / name / index_name, input_name)
+        missing = sorted(shards - files)
+        if missing:
+            raise _missing_weights(input_name, folder.name, name, missing, f"listed in {name}/{index_name}")
+    if any(f.endswith(".safetensors") for f in files):
+        return
+    pickles = sorted(f for f in files if Path(f).suffix in PICKLE_SUFFIXES)
+    if pickles:
+        raise UnusableFolderError(input_name, folder.name,
+                                  f"{name}/ has weights only in pickle format ({', '.join(pickles)})",
+                                  "weights are loaded only from .safetensors files; use the safetensors release "
+                                  "of this model", label=UNSUPPORTED)
+    # config.json is there but the weights are not: a file deleted, moved or never finished copying.
+    expected = WEIGHTS_FILE.get(library, "*.safetensors")
+    raise _missing_weights(input_name, folder.name, name, [expected], "its config.json is there")
+
+
+def _missing_weights(input_name: str, folder_name: str, component: str, missing: list[str],
+                     evidence: str) -> UnusableFolderError:
+    shown = ", ".join(f"{component}/{f}" for f in missing[:3]) + (f" and {len(missing) - 3} more"
+                                                                   if len(missing) > 3 else "")
+    return UnusableFolderError(
+        input_name, folder_name, f"weights file missing: {shown} ({evidence})",
+        f"restore the missing file{'s' if len(missing) > 1 else ''} into {folder_name}/{component}/ (copy it "
+        "back, or re-download it from the model's source), then refresh", label=BROKEN_WEIGHTS)
+
+
+def _shards_listed_in(index_file: Path, input_name: str) -> set[str]:
+    weight_map = _read_json(index_file, input_name).get("weight_map")
+    if not isinstance(weight_map, dict):
+        raise UnusableFolderError(input_name, str(index_file), f"{index_file.name} has no weight_map", RECOPY,
+                                  label=BROKEN_CONFIG)
+    return {str(shard) for shard in weight_map.values()}
+
+
+def folder_label(path: str | Path) -> str | None:
+    """None for a usable model folder, else a few words for the model list (e.g. "broken: weights
+    missing"). Cheap and cached (see inspect_model_folder)."""
+    try:
+        inspect_model_folder(path, "model_name")
+    except UnusableFolderError as exc:
+        return exc.label
+    except OmniInputError:
+        return BROKEN_FILES
+    return None
+
+
+def _read_json(path: Path, input_name: str, fix: str = RECOPY) -> dict:
     try:
         with open(path, encoding="utf-8") as handle:
             data = json.load(handle)
     except FileNotFoundError:
-        raise OmniInputError(input_name, str(path.parent), f"{path.name} is missing", fix) from None
+        raise UnusableFolderError(input_name, str(path.parent), f"{path.name} is missing", fix) from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise OmniInputError(input_name, str(path), f"{path.name} is not valid JSON ({exc})", fix) from None
+        raise UnusableFolderError(input_name, str(path), f"{path.name} is not valid JSON ({exc})", fix,
+                                  label=BROKEN_CONFIG) from None
     if not isinstance(data, dict):
-        raise OmniInputError(input_name, str(path), f"{path.name} does not hold a JSON object", fix)
+        raise UnusableFolderError(input_name, str(path), f"{path.name} does not hold a JSON object", fix,
+                                  label=BROKEN_CONFIG)
     return data

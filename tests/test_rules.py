@@ -15,7 +15,7 @@ from diffusers import DiffusionPipeline
 
 from omni_backend.cache import CacheDiTConfig, TeaCacheConfig
 from omni_backend.compat import check_spec, collecting_problems, validate_spec
-from omni_backend.errors import OmniIncompatibleError
+from omni_backend.errors import OmniIncompatibleError, OmniInputError
 from omni_backend.families import FAMILIES
 from omni_backend.families.sd3 import StableDiffusion3
 from omni_backend.lora import LoraSpec
@@ -161,18 +161,21 @@ def test_rules_are_about_known_things_and_name_their_values():
                                            "parallel", "family", "machine"}, definition.id
 
 
-def test_queue_time_checks_refuse_what_one_node_can_see(nodes):
-    """ComfyUI calls VALIDATE_INPUTS with the node's constant inputs before it queues a prompt."""
+def test_faults_of_several_inputs_are_refused_once_when_the_node_runs(nodes, models_dir):
+    """ComfyUI repeats a failing VALIDATE_INPUTS once per input it names, so a fault that takes
+    several inputs to see is raised by the node itself (it builds a spec only: milliseconds)."""
     parallel = nodes["OmniParallelConfig"]
+    assert not hasattr(parallel, "VALIDATE_INPUTS")
     layout = dict(ulysses_degree=2, ring_degree=1, cfg_parallel=1, tensor_parallel=1, devices="auto",
                   remote_ranks=0, rendezvous="")
-    assert parallel.VALIDATE_INPUTS(**layout, vae_patch_parallel=2) is True
-    verdict = parallel.VALIDATE_INPUTS(**layout, vae_patch_parallel=4)
-    assert verdict.startswith("vae_patch_parallel = 4: ") and "Fix: use at most 2" in verdict
-    assert parallel.VALIDATE_INPUTS(**{**layout, "ulysses_degree": None}, vae_patch_parallel=4) is True, \
-        "a linked input arrives as None: the node checks it when it runs"
+    model = ModelSpec.from_folder(str(models_dir / "diffusers" / "qwen-image"), device="cpu")
+    assert parallel().apply(model, **layout, vae_patch_parallel=2)[0].parallel.world_size == 2
+    with pytest.raises(OmniInputError) as info:
+        parallel().apply(model, **layout, vae_patch_parallel=4)
+    assert str(info.value).startswith("vae_patch_parallel = 4: ") and "Fix: use at most 2" in str(info.value)
 
     memory = nodes["OmniOffloadFP8"]
-    assert memory.VALIDATE_INPUTS(fp8="weight_only", fp8_text_encoder=True) is True
-    assert memory.VALIDATE_INPUTS(fp8="off", fp8_text_encoder=True).startswith("fp8_text_encoder = True: ")
-    assert memory.VALIDATE_INPUTS(fp8=None, fp8_text_encoder=True) is True
+    assert not hasattr(memory, "VALIDATE_INPUTS")
+    assert memory().apply(model, "none", 2, "weight_only", True)[0].memory.fp8_text_encoder
+    with pytest.raises(OmniInputError, match="^fp8_text_encoder = True: "):
+        memory().apply(model, "none", 2, "off", True)
