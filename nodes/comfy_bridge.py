@@ -58,13 +58,46 @@ def model_roots(kind: str) -> list[Path]:
     return HEADLESS.folder(kind)
 
 
+MAX_FOLDER_DEPTH = 12
+
+
+def walk_folders(root: Path):
+    """Like os.walk(followlinks=True) (users link model folders in, one model under several names),
+    but a folder that is its own ancestor through a link is not entered again, and the walk stops
+    MAX_FOLDER_DEPTH levels down: a link back up the tree cannot hang the lists. Clearing `dirs`
+    prunes, as with os.walk."""
+    pending = [(str(root), frozenset(), 0)]
+    while pending:
+        current, ancestors, depth = pending.pop()
+        try:
+            stat = os.stat(current)
+            entries = list(os.scandir(current))
+        except OSError:
+            continue
+        key = (stat.st_dev, stat.st_ino)
+        if key in ancestors:
+            continue
+        dirs = sorted(e.name for e in entries if _is_folder(e))
+        files = sorted(e.name for e in entries if not _is_folder(e))
+        yield current, dirs, files
+        if depth + 1 < MAX_FOLDER_DEPTH:
+            pending.extend((os.path.join(current, name), ancestors | {key}, depth + 1) for name in reversed(dirs))
+
+
+def _is_folder(entry) -> bool:
+    try:
+        return entry.is_dir(follow_symlinks=True)
+    except OSError:
+        return False
+
+
 def list_model_folders() -> list[str]:
     """Diffusers folders (they hold model_index.json) under every configured diffusers root."""
     names: set[str] = set()
     for root in model_roots("diffusers"):
         if not root.is_dir():
             continue
-        for current, dirs, files in os.walk(root, followlinks=True):
+        for current, dirs, files in walk_folders(root):
             if "model_index.json" in files:
                 names.add(Path(current).relative_to(root).as_posix())
                 dirs.clear()  # a model's subfolders are its components, not more models
@@ -75,9 +108,11 @@ def list_files(kind: str, suffixes: tuple[str, ...]) -> list[str]:
     names: set[str] = set()
     for root in model_roots(kind):
         if root.is_dir():
-            for path in root.rglob("*"):
-                if path.is_file() and path.suffix.lower() in suffixes:
-                    names.add(path.relative_to(root).as_posix())
+            for current, _dirs, files in walk_folders(root):
+                for name in files:
+                    path = Path(current) / name
+                    if path.suffix.lower() in suffixes and path.is_file():
+                        names.add(path.relative_to(root).as_posix())
     return sorted(names)
 
 

@@ -20,6 +20,7 @@ from omni_diffusion_nodes.headless import cli
 from omni_diffusion_nodes.headless.recipes import base_workflow
 
 FAMILY = "z-image"
+FAMILIES_REAL_NAME = "Z-Image-Turbo"  # the tests' stand-in is linked under the real model's name too
 GOOD = dict(prompt="a red circle", negative_prompt="", seed=3, steps=2, guidance=0.0, width=64, height=64,
             frames=1, batch_size=1)
 # Sample's input -> Omni.generate's keyword (vLLM-Omni's names)
@@ -260,3 +261,30 @@ def test_the_decoder_refuses_latents_it_cannot_decode(headless, nodes, reference
         nodes["OmniVAEDecode"]().decode(model, {"samples": samples}, 0, 64)
     assert_names(info.value, "samples")
     assert fragment in str(info.value)
+
+
+def test_a_link_loop_in_the_model_folders_does_not_hang_the_lists(headless):
+    """A folder linked to its own parent: each real folder is listed once and the walk ends."""
+    import threading
+
+    from omni_diffusion_nodes.nodes import comfy_bridge
+
+    loop = headless.models_dir / "diffusers" / "looping"
+    loras_loop = headless.models_dir / "loras" / "looping"
+    loop.mkdir()
+    (loop / "back-up").symlink_to(headless.models_dir / "diffusers", target_is_directory=True)
+    loras_loop.symlink_to(headless.models_dir / "loras", target_is_directory=True)
+    found = {}
+    try:
+        worker = threading.Thread(target=lambda: found.update(models=comfy_bridge.list_model_folders(),
+                                                              loras=comfy_bridge.list_files("loras", (".safetensors",))))
+        worker.start()
+        worker.join(60)
+        assert not worker.is_alive(), "listing the folders hung"
+    finally:
+        (loop / "back-up").unlink()
+        loop.rmdir()
+        loras_loop.unlink()
+    assert FAMILY in found["models"] and FAMILIES_REAL_NAME in found["models"], "linked names are still listed"
+    assert not any(name.startswith("looping/") for name in found["models"]), "a link to an ancestor is not entered"
+    assert found["loras"] and not any(name.startswith("looping/") for name in found["loras"])
