@@ -9,10 +9,10 @@ from __future__ import annotations
 import dataclasses
 import inspect
 
-from omni_backend.errors import OmniError, OmniInputError, OmniInterrupted
+from omni_backend.errors import OmniError, OmniInterrupted
 
 from .node_defs import node_inputs
-from .workflow_format import WorkflowError, WorkflowProblem, unknown_node_problem, value_problem
+from .workflow_format import WorkflowError, WorkflowProblem, problem_from_error, unknown_node_problem, value_problem
 
 
 class NodeExecutionError(OmniError, RuntimeError):
@@ -106,13 +106,17 @@ def _custom_validation(node_id, title, node_class, validated, constants, receive
               if validated.takes(name)}
     if "input_types" in validated.names:
         passed["input_types"] = received_types
+    check = getattr(node_class, "queue_check", None)
+    if check is not None:  # ours: the same check, with the error's fields instead of its text
+        try:
+            check(**{name: value for name, value in passed.items() if name in validated.names})
+            return []
+        except OmniError as exc:
+            return [problem_from_error(node_id, title, exc)] * len(passed)
     verdict = validated.function(**passed)
     if verdict is True:
         return []
-    # Our validators return an error's text, which ends in its own ". Fix: ...".
-    text, _, fix = str(verdict).rpartition(". Fix: ")
-    problem = WorkflowProblem(node_id, title, text or str(verdict), fix if text else "change the input named above")
-    return [problem] * len(passed)
+    return [WorkflowProblem(node_id, title, str(verdict), "change the input named above")] * len(passed)
 
 
 def _hidden_values(node_class, node_id: str) -> dict:
@@ -150,9 +154,7 @@ def _settings_problems(prompt: dict, classes: dict) -> list[WorkflowProblem]:
         except TypeError:
             continue  # it needs an input only the run produces (e.g. the model): checked when it runs
         except OmniError as exc:
-            fix = getattr(exc, "fix", "see the message")
-            text = f"{exc.input_name} = {exc.value!r}: {exc.problem}" if isinstance(exc, OmniInputError) else str(exc)
-            problems.append(WorkflowProblem(node_id, _title(prompt, node_id), text, fix))
+            problems.append(problem_from_error(node_id, _title(prompt, node_id), exc))
     return problems
 
 

@@ -21,15 +21,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from omni_backend.compat import Problem, check_spec, collecting_problems
-from omni_backend.errors import OmniError, OmniIncompatibleError, OmniInputError
+from omni_backend.compat import check_spec, collecting_problems
+from omni_backend.errors import OmniError
 
 from ..nodes.common import builds_spec
 from .executor import validate_prompt
 from .node_defs import all_node_classes
 from .runner import configure
 from .workflow_format import (FRONTEND_ONLY, WorkflowError, WorkflowProblem, check_widgets, is_ui_format,
-                              load_workflow, structure_problems, ui_to_api)
+                              load_workflow, problem_from_error, problem_from_rule, structure_problems, ui_to_api)
 
 
 def validate_file(path: str | Path, models_dir: str | Path | None = None) -> list[WorkflowProblem]:
@@ -130,21 +130,6 @@ def _check_consumer(node_id: str, node: dict, classes: dict, specs: dict) -> lis
     except TypeError:
         return []  # an input is missing: the prompt check above reported it
     return []
-
-
-def problem_from_rule(node_id: str, title: str, problem: Problem) -> WorkflowProblem:
-    return WorkflowProblem(node_id, title, f"{problem.first} cannot be combined with {problem.second}: "
-                                           f"{problem.reason}", problem.fix, rule=problem.rule)
-
-
-def problem_from_error(node_id: str, title: str, error: OmniError) -> WorkflowProblem:
-    """From the error's own fields (errors.py), never by parsing its message."""
-    if isinstance(error, OmniIncompatibleError):
-        return problem_from_rule(node_id, title, Problem(error.first, error.second, error.reason, error.fix,
-                                                         rule=error.rule))
-    if isinstance(error, OmniInputError):
-        return WorkflowProblem(node_id, title, f"{error.input_name} = {error.value!r}: {error.problem}", error.fix)
-    return WorkflowProblem(node_id, title, str(error), "see the message")
 
 
 # ---- the graph being edited (the browser extension asks through nodes/check_route.py) ---------------

@@ -14,7 +14,8 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from omni_backend.errors import OmniError
+from omni_backend.compat import Problem
+from omni_backend.errors import OmniError, OmniIncompatibleError, OmniInputError
 
 from .node_defs import InputDef, widget_inputs
 
@@ -42,6 +43,21 @@ class WorkflowError(OmniError, ValueError):
     def __init__(self, problems: list[WorkflowProblem] | WorkflowProblem):
         self.problems = problems if isinstance(problems, list) else [problems]
         super().__init__("\n".join(str(p) for p in self.problems))
+
+
+def problem_from_rule(node_id: str, title: str, problem: Problem) -> WorkflowProblem:
+    return WorkflowProblem(node_id, title, f"{problem.first} cannot be combined with {problem.second}: "
+                                           f"{problem.reason}", problem.fix, rule=problem.rule)
+
+
+def problem_from_error(node_id: str, title: str, error: OmniError) -> WorkflowProblem:
+    """From the error's own fields (errors.py), never by parsing its message."""
+    if isinstance(error, OmniIncompatibleError):
+        return problem_from_rule(node_id, title, Problem(error.first, error.second, error.reason, error.fix,
+                                                         rule=error.rule))
+    if isinstance(error, OmniInputError):
+        return WorkflowProblem(node_id, title, f"{error.input_name} = {error.value!r}: {error.problem}", error.fix)
+    return WorkflowProblem(node_id, title, str(error), "see the message")
 
 
 def load_workflow(path: str | Path) -> dict:

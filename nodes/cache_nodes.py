@@ -7,7 +7,7 @@ from omni_backend.cache.cachedit import PRESETS, SCM_MODES, SCM_POLICIES
 from omni_backend.cache.one_method import refuse_second_cache
 from omni_backend.errors import OmniInputError
 
-from .common import MODEL_IN_TOOLTIP, ModelFeatureNode, OMNI_MODEL
+from .common import MODEL_IN_TOOLTIP, OMNI_MODEL, ModelFeatureNode, as_verdict
 
 
 def parse_coefficients(text: str) -> tuple[float, ...] | None:
@@ -47,11 +47,11 @@ class OmniApplyTeaCache(ModelFeatureNode):
 
     @classmethod
     def VALIDATE_INPUTS(cls, coefficients=None):
-        try:
-            parse_coefficients(coefficients or "")
-        except OmniInputError as exc:
-            return str(exc)
-        return True
+        return as_verdict(cls.queue_check, coefficients=coefficients)
+
+    @classmethod
+    def queue_check(cls, coefficients=None):
+        parse_coefficients(coefficients or "")
 
     def apply(self, model, rel_l1_thresh, start_percent, end_percent, compute_last_step, coefficients):
         config = TeaCacheConfig(rel_l1_thresh=rel_l1_thresh, start_fraction=start_percent,

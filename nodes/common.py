@@ -52,3 +52,15 @@ def host_interrupts():
         yield
     except OmniInterrupted as exc:
         comfy_bridge.raise_interrupted(exc)
+
+
+def as_verdict(check, **inputs):
+    """VALIDATE_INPUTS' answer from a check that raises: True, or the error's text (ComfyUI takes text
+    only). Headless validators call the node's `queue_check` itself and keep the error's fields."""
+    from omni_backend.errors import OmniError
+
+    try:
+        check(**inputs)
+    except OmniError as exc:
+        return str(exc)
+    return True

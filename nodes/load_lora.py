@@ -10,7 +10,7 @@ from omni_backend.lora import COMPONENT_CHOICES, LoraSpec
 from omni_backend.lora.loader import SUFFIX, check_lora_file
 
 from . import comfy_bridge
-from .common import MODEL_IN_TOOLTIP, ModelFeatureNode, OMNI_MODEL, with_mark, without_mark
+from .common import MODEL_IN_TOOLTIP, OMNI_MODEL, ModelFeatureNode, as_verdict, with_mark, without_mark
 
 NOT_SAFETENSORS = "broken: not a valid safetensors file"
 NO_TENSORS = "broken: holds no tensors"
@@ -72,15 +72,14 @@ class OmniLoadLoRA(ModelFeatureNode):
 
     @classmethod
     def VALIDATE_INPUTS(cls, lora_name=None):
-        # Replaces ComfyUI's plain "value not in list" with a message that says where we looked.
         # One input only: ComfyUI repeats a failing verdict for every input named here.
-        if lora_name is None:
-            return True
-        try:
+        return as_verdict(cls.queue_check, lora_name=lora_name)
+
+    @classmethod
+    def queue_check(cls, lora_name=None):
+        """Replaces ComfyUI's plain "value not in list" with a message that says where we looked."""
+        if lora_name is not None:
             check_lora_file(_resolve(lora_name), without_mark(lora_name))
-        except OmniError as exc:
-            return str(exc)
-        return True
 
     @classmethod
     def IS_CHANGED(cls, lora_name, **_):

@@ -8,7 +8,7 @@ from omni_backend.model_folder import folder_label, inspect_model_folder
 from omni_backend.spec import ModelSpec
 
 from . import comfy_bridge
-from .common import CATEGORY, OMNI_MODEL, with_mark, without_mark
+from .common import CATEGORY, OMNI_MODEL, as_verdict, with_mark, without_mark
 
 
 def device_choices() -> list[str]:
@@ -55,16 +55,15 @@ class OmniLoadModel:
 
     @classmethod
     def VALIDATE_INPUTS(cls, model_name=None):
-        # Replaces ComfyUI's plain "value not in list" with a message that says where we looked, and
-        # refuses a broken folder (marked in the list, or named by an older workflow) with its fix.
         # One input only: ComfyUI repeats a failing verdict for every input named here.
-        if model_name is None:
-            return True
-        try:
+        return as_verdict(cls.queue_check, model_name=model_name)
+
+    @classmethod
+    def queue_check(cls, model_name=None):
+        """Replaces ComfyUI's plain "value not in list" with a message that says where we looked, and
+        refuses a broken folder (marked in the list, or named by an older workflow) with its fix."""
+        if model_name is not None:
             inspect_model_folder(_resolve(model_name), "model_name")
-        except OmniError as exc:
-            return str(exc)
-        return True
 
     def load(self, model_name, dtype, device):
         return (ModelSpec.from_folder(str(_resolve(model_name)), dtype=dtype, device=device),)
