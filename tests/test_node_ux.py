@@ -77,8 +77,8 @@ def test_headless_validation_counts_a_failing_validator_as_comfyui_does():
                   "2": {"class_type": "Constant", "inputs": {}}}
     assert len(validate_prompt(one_linked, classes)) == 2, "a linked input is not passed (nor counted)"
     # An input the validator names is left to it: ComfyUI skips its own min/max check for it.
-    assert validate_prompt({"1": {"class_type": "ThreeInputCheck", "inputs": {"a": 9, "b": 1, "c": 1}}},
-                           classes)[0].problem == "a x b x c is too big. Fix: lower one", "another pack's verdict is kept whole"
+    too_big = validate_prompt({"1": {"class_type": "ThreeInputCheck", "inputs": {"a": 9, "b": 1, "c": 1}}}, classes)
+    assert too_big[0].problem == "a x b x c is too big. Fix: lower one", "another pack's verdict is kept whole"
 
 
 def parallel_prompt(**layout) -> dict:
