@@ -24,7 +24,7 @@ from pathlib import Path
 from omni_backend.compat import check_spec, collecting_problems
 from omni_backend.errors import OmniError
 
-from ..nodes.common import builds_spec
+from ..nodes.common import LINKED, builds_spec
 from .executor import validate_prompt
 from .node_defs import all_node_classes
 from .runner import configure
@@ -104,25 +104,31 @@ def check_features(prompt: dict, classes: dict, failed: set[str] = frozenset()) 
         spec_of(node_id)
     for node_id, node in prompt.items():
         if node_id not in failed:
-            problems += _check_consumer(node_id, node, classes, specs)
+            problems += _check_consumer(node_id, prompt, classes, specs)
     return problems
 
 
-def _check_consumer(node_id: str, node: dict, classes: dict, specs: dict) -> list[WorkflowProblem]:
-    """A node that declares `check_inputs` (Sample: its settings against the model's family; Save Image:
-    where it would write) is checked with its settings and the specs it receives, so validate refuses
-    what run would refuse, without running it. Inputs only a run produces (images) are left out."""
-    node_class = classes.get(node.get("class_type"))
-    check = getattr(node_class, "check_inputs", None)
+def _check_consumer(node_id: str, prompt: dict, classes: dict, specs: dict) -> list[WorkflowProblem]:
+    """A node that declares `check_inputs` (Sample: its settings and images against the model's family;
+    Save Image: where it would write) is checked with its settings and the specs it receives, so
+    validate refuses what run would refuse, without running it. An input only a run produces (an
+    image, a latent) is passed as LINKED."""
+    node = prompt[node_id]
+    check = getattr(classes.get(node.get("class_type")), "check_inputs", None)
     if check is None:
         return []
     kwargs = {}
     for name, value in node.get("inputs", {}).items():
-        if _is_link(value):
-            if specs.get(str(value[0])) is not None:
-                kwargs[name] = specs[str(value[0])]
-        else:
+        if not _is_link(value):
             kwargs[name] = value
+            continue
+        source = prompt.get(str(value[0]), {})
+        if builds_spec(classes.get(source.get("class_type"))):
+            if specs.get(str(value[0])) is None:
+                return []  # its model chain failed (reported there): nothing to check against
+            kwargs[name] = specs[str(value[0])]
+        else:
+            kwargs[name] = LINKED
     try:
         check(**kwargs)
     except OmniError as exc:

@@ -54,6 +54,17 @@ def host_interrupts():
         comfy_bridge.raise_interrupted(exc)
 
 
+class _Linked:
+    """Stands for an input that only a run produces (an image from Load Image, a latent), when a
+    validator calls a node's `check_inputs` before anything runs."""
+
+    def __repr__(self) -> str:
+        return "LINKED"
+
+
+LINKED = _Linked()
+
+
 def as_verdict(check, **inputs):
     """VALIDATE_INPUTS' answer from a check that raises: True, or the error's text (ComfyUI takes text
     only). Headless validators call the node's `queue_check` itself and keep the error's fields."""

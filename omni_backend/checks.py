@@ -51,6 +51,30 @@ def prompt_text(name: str, value) -> str:
     return "".join(c for c in value if c in "\t\n" or unicodedata.category(c) != "Cc")
 
 
+MIN_IMAGE_SIDE = 8
+
+
+def check_image(name: str, image) -> None:
+    """One ComfyUI IMAGE: a float tensor [1, H, W, 3] (or 4 with alpha) of finite values, at least
+    MIN_IMAGE_SIDE pixels a side. A batch of several images is refused where one is expected."""
+    import torch
+
+    if not isinstance(image, torch.Tensor) or not image.is_floating_point() or image.ndim != 4 \
+            or image.shape[-1] not in (3, 4):
+        shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
+        raise OmniInputError(name, shape, "expected a ComfyUI IMAGE ([batch, height, width, 3] floats 0..1)",
+                             "connect a Load Image node (or any node that outputs IMAGE)")
+    if image.shape[0] != 1:
+        raise OmniInputError(name, f"a batch of {image.shape[0]} images", "this input takes one image",
+                             "pick one image of the batch first (e.g. core Image From Batch)")
+    if min(image.shape[1], image.shape[2]) < MIN_IMAGE_SIDE:
+        raise OmniInputError(name, f"{image.shape[2]}x{image.shape[1]} px", f"an image needs at least "
+                             f"{MIN_IMAGE_SIDE} pixels a side", "use a larger image")
+    if not torch.isfinite(image).all():
+        raise OmniInputError(name, "NaN/inf values", "the image holds values that are not finite numbers",
+                             "check the node that made the image")
+
+
 def _has_surrogates(text: str) -> bool:
     return any("\ud800" <= c <= "\udfff" for c in text)
 

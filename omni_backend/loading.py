@@ -33,6 +33,7 @@ def load_pipeline(spec):
                 local_files_only=True,  # never reach for a hub: a missing file is an error, not a download
                 use_safetensors=True,
                 trust_remote_code=False,
+                **family.load_kwargs(info),
             )
     except (OSError, ValueError) as exc:
         raise OmniInputError("model", info.name, f"diffusers could not load it ({exc})",

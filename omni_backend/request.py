@@ -7,8 +7,9 @@ Python API and the CLI refuse exactly what the node refuses.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
-from .checks import prompt_text, real_number, whole_number
+from .checks import check_image, prompt_text, real_number, whole_number
 from .errors import OmniInputError
 
 LIMITS = {
@@ -32,6 +33,10 @@ class GenerationRequest:
     height: int = 1024
     frames: int = 1  # video families only
     batch_size: int = 1
+    # Conditioning images (edit, image-to-video): ComfyUI IMAGE tensors [1, H, W, 3], float 0..1, in
+    # the order of Sample's image inputs; `last_image` is image-to-video's optional last frame.
+    images: tuple = ()
+    last_image: Any = None
 
     def __post_init__(self):
         checked = {
@@ -48,6 +53,21 @@ class GenerationRequest:
         }
         for name, value in checked.items():
             object.__setattr__(self, name, value)
+        object.__setattr__(self, "images", tuple(self.images))
+        names = [f"image{index + 1 if index else ''}" for index in range(len(self.images))]
+        for name, image in zip(names, self.images):
+            check_image(name, image)
+        if self.last_image is not None:
+            check_image("last_image", self.last_image)
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        """(width, height) of the first conditioning image."""
+        return int(self.images[0].shape[2]), int(self.images[0].shape[1])
+
+    def validate_images(self, family) -> "GenerationRequest":
+        check_image_slots(family, len(self.images), self.last_image is not None)
+        return self
 
     def validate(self, pixel_multiple: int, video: bool) -> "GenerationRequest":
         """What depends on the model: its size multiple, and frames for video models only."""
@@ -64,3 +84,22 @@ class GenerationRequest:
         elif self.frames != 1:
             raise OmniInputError("frames", self.frames, "this is an image model", "set frames to 1")
         return self
+
+
+def check_image_slots(family, images: int, last_image: bool) -> None:
+    """The conditioning images the family takes: none for text-only models, the required one, at most
+    `family.image_inputs`, a last frame only where the family has one. (Counts, so that a validator
+    can check a graph whose images only a run will produce.)"""
+    title = family.title
+    if images and not family.image_inputs:
+        raise OmniInputError("image", f"{images} image(s)", f"{title} takes no input image",
+                             "disconnect the image, or load an edit / image-to-video model")
+    if family.requires_image and not images:
+        raise OmniInputError("image", None, f"{title} needs an input image to work from",
+                             "connect a Load Image node to Sample's image input")
+    if images > family.image_inputs:
+        raise OmniInputError("image", f"{images} images", f"{title} takes at most {family.image_inputs} "
+                             "image(s)", "disconnect the extra image inputs")
+    if last_image and not family.takes_last_image:
+        raise OmniInputError("last_image", "an image", f"{title} takes no last frame",
+                             "disconnect last_image (only Wan2.2 image-to-video uses it)")

@@ -116,6 +116,11 @@ def sample(ctx: RunContext):
         )
         kwargs["num_videos_per_prompt" if family.video else "num_images_per_prompt"] = request.batch_size
         kwargs.update(family.call_kwargs(pipe, request))
+        if request.images:
+            sizes = ", ".join(f"{image.shape[2]}x{image.shape[1]}" for image in request.images)
+            ctx.report.add("Input", {"text": f"image(s) {sizes} px, resized by the pipeline's own rules; output "
+                                             f"{request.width}x{request.height} px",
+                                     "image_sizes": [[int(i.shape[2]), int(i.shape[1])] for i in request.images]})
         ctx.control.report_progress(0, request.steps)
         with torch.inference_mode():
             latents = pipe(**kwargs)[0]

@@ -288,3 +288,24 @@ def test_a_link_loop_in_the_model_folders_does_not_hang_the_lists(headless):
     assert FAMILY in found["models"] and FAMILIES_REAL_NAME in found["models"], "linked names are still listed"
     assert not any(name.startswith("looping/") for name in found["models"]), "a link to an ancestor is not entered"
     assert found["loras"] and not any(name.startswith("looping/") for name in found["loras"])
+
+
+# ---- conditioning images ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("images, last_image, fragment", [
+    ((torch.rand(1, 32, 32, 3),), None, "takes no input image"),
+    ((), torch.rand(1, 32, 32, 3), "takes no last frame"),
+    ((torch.rand(3, 32, 32, 3),), None, "a batch of 3"),
+    ((torch.rand(1, 1, 1, 3),), None, "at least 8 pixels"),
+    ((torch.rand(1, 32, 32),), None, "expected a ComfyUI IMAGE"),
+    ((torch.full((1, 32, 32, 3), math.nan),), None, "not finite"),
+], ids=["to-a-text-model", "last-frame", "batch", "1x1", "wrong-shape", "nan"])
+def test_images_a_model_cannot_take_are_refused_at_the_node(headless, nodes, reference, images, last_image, fragment):
+    _omni, latents = reference
+    (model,) = nodes["OmniLoadModel"]().load(FAMILY, "fp32", "cpu")
+    inputs = dict(zip(("image", "image2", "image3"), images))
+    with pytest.raises(OmniInputError) as info:
+        nodes["OmniSample"]().sample(model, **GOOD, **inputs, last_image=last_image)
+    assert fragment in str(info.value) and info.value.fix
+    good = nodes["OmniSample"]().sample(model, **GOOD)["result"][0]
+    assert torch.equal(good["samples"], latents)

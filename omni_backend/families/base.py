@@ -46,6 +46,11 @@ class ModelFamily:
     cfg_in_separate_calls: bool = False  # cond and uncond are two transformer calls (not one batch)
     default_steps: int = 28
     default_guidance: float = 4.0
+    # Conditioning images Sample may pass (image, image2, image3): how many, whether one is required,
+    # and whether a last frame (last_image) is taken. Text-only families take none.
+    image_inputs: int = 0
+    requires_image: bool = False
+    takes_last_image: bool = False
     # The shipped workflow of the family (workflows/<key>.json, written by headless/recipes.py): the
     # real checkpoint's folder name under models/diffusers, and Sample settings that differ from the
     # recipe's defaults (a single-GPU size, the usual steps and guidance).
@@ -79,6 +84,10 @@ class ModelFamily:
         return int(transformer_config["num_attention_heads"])
 
     # ---- sampling ------------------------------------------------------------------------
+    def load_kwargs(self, folder) -> dict:
+        """Extra keyword arguments for the pipeline's from_pretrained (e.g. a component built in memory)."""
+        return {}
+
     def call_kwargs(self, pipe, request: GenerationRequest) -> dict:
         """Keyword arguments for `pipe(...)` beyond prompt/steps/size/generator/output_type."""
         kwargs: dict[str, Any] = {self.guidance.argument: request.guidance}
