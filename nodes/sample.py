@@ -70,11 +70,11 @@ class OmniSample:
         if model is LINKED:
             return None  # its model comes from something a validator cannot build: checked when it runs
         given = [value for value in (image, image2, image3) if value is not None]
-        check_image_slots(model.family, len(given), last_image is not None)
         request = GenerationRequest(prompt=prompt, negative_prompt=negative_prompt, steps=steps,
                                     guidance=guidance, seed=seed, width=width, height=height, frames=frames,
                                     batch_size=batch_size, images=tuple(v for v in given if v is not LINKED),
                                     last_image=None if last_image is LINKED else last_image)
+        check_image_slots(model.family, len(given), last_image is not None)
         return request.validate(model.family.pixel_multiple, model.family.video)
 
     def sample(self, model, prompt, negative_prompt, seed, steps, guidance, width, height, frames, batch_size,
