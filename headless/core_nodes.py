@@ -112,15 +112,12 @@ class LoadImage:
         return {"required": {"image": (files, {"image_upload": True})}}
 
     def load_image(self, image):
-        import torch
-
         from omni_backend.errors import OmniInputError
 
         path = HOST.input_dir / image
         if Path(image).is_absolute() or ".." in Path(image).parts or not path.is_file():
             raise OmniInputError("image", image, f"not found in {HOST.input_dir}", "put the file in the input folder")
-        pixels = load_image(path)
-        return (pixels, torch.zeros(pixels.shape[:3]))
+        return load_image(path)
 
 
 CORE_NODE_CLASSES = {

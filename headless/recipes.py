@@ -33,6 +33,9 @@ def base_workflow(family: str, features=(), filename_prefix: str | None = None, 
         builder.connect(model, node, "model")
         model = node
     sample = builder.add("OmniSample", prompt=entry.example_prompt, seed=42, **settings)
+    if entry.requires_image:
+        image = builder.add("LoadImage", image=EXAMPLE_IMAGE)
+        builder.connect(image, sample, "image")
     decode = builder.add("OmniVAEDecode")
     prefix = filename_prefix or f"omni-{family}"
     if entry.video:
@@ -59,6 +62,9 @@ def demo_workflow(model_name: str) -> dict:
                   (decode, save, "images"))
     return builder.to_json()
 
+
+# The input image the image-conditioned workflows name (under ComfyUI's input/; users pick their own).
+EXAMPLE_IMAGE = "example.png"
 
 # The LoRA files the LoRA workflow names (under models/loras; users pick their own in the node).
 LORA_FILES = ("qwen-image-style-lora.safetensors", "qwen-image-detail-lora.safetensors")

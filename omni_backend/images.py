@@ -44,12 +44,16 @@ def _counter(path: Path, prefix: str) -> int:
 
 
 def load_image(path: str | Path):
-    """PNG/JPEG file -> IMAGE [1,H,W,3] float in [0,1]."""
+    """PNG/JPEG file -> (IMAGE [1,H,W,3], MASK [1,H,W]) floats in [0,1], as ComfyUI's Load Image gives
+    them: the mask is 1 - alpha where the file has alpha, else zeros."""
     import numpy as np
     import torch
     from PIL import Image, ImageOps
 
     with Image.open(path) as image:
-        image = ImageOps.exif_transpose(image).convert("RGB")
-        array = np.asarray(image, dtype=np.float32) / 255.0
-    return torch.from_numpy(array)[None]
+        image = ImageOps.exif_transpose(image)
+        has_alpha = "A" in image.getbands() or (image.mode == "P" and "transparency" in image.info)
+        rgba = np.asarray(image.convert("RGBA"), dtype=np.float32) / 255.0
+    pixels = torch.from_numpy(rgba[..., :3].copy())[None]
+    mask = 1.0 - torch.from_numpy(rgba[..., 3].copy())[None] if has_alpha else torch.zeros(pixels.shape[:3])
+    return pixels, mask

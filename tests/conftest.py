@@ -63,12 +63,29 @@ def models_dir(tmp_path_factory) -> Path:
     return root
 
 
+def write_example_image(path: Path) -> Path:
+    """The stand-in for the image the image-conditioned workflows name: a red disc on blue, with a
+    transparent corner (Load Image turns alpha into its mask)."""
+    import numpy as np
+    from PIL import Image
+
+    y, x = np.mgrid[0:48, 0:64]
+    rgba = np.zeros((48, 64, 4), dtype=np.uint8)
+    rgba[..., 2], rgba[..., 3] = 200, 255
+    rgba[(x - 24) ** 2 + (y - 24) ** 2 < 144] = (220, 30, 30, 255)
+    rgba[:8, :8, 3] = 0
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(rgba, "RGBA").save(path)
+    return path
+
+
 @pytest.fixture()
 def headless(models_dir, tmp_path):
     """Point the nodes' headless host at the tiny models and a fresh output folder."""
     host = comfy_bridge.HEADLESS
     saved = (host.models_dir, host.output_dir, host.input_dir)
     host.models_dir, host.output_dir, host.input_dir = models_dir, tmp_path / "output", tmp_path / "input"
+    write_example_image(host.input_dir / recipes.EXAMPLE_IMAGE)
     host.stop.clear()
     host.progress_log.clear()
     yield host

@@ -47,8 +47,7 @@ def test_cli_prints_one_line_per_problem_and_exits_1(headless, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 2
     assert lines[0].startswith("node 2 (Apply TeaCache): Apply TeaCache cannot be combined with Wan2.2-T2V: ")
-    assert lines[0].endswith(". Fix: use Apply Cache-DiT instead (TeaCache supports: Qwen-Image, Z-Image, "
-                             "FLUX.1-dev, FLUX.2-klein)")
+    assert ". Fix: use Apply Cache-DiT instead (TeaCache supports: Qwen-Image, Z-Image, FLUX.1-dev" in lines[0]
     assert lines[1].startswith("node 3 (Parallel Config): Parallel Config (3 ranks (ulysses 3)) cannot be combined")
 
 

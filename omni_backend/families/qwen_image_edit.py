@@ -1,0 +1,76 @@
+"""Qwen-Image-Edit: QwenImageEditPipeline (Qwen-Image's transformer and VAE, one image to edit).
+
+The pipeline encodes the image twice: through the Qwen2.5-VL text encoder with the prompt (the
+processor turns it into image tokens) and through the VAE, whose latents join the sequence the
+transformer denoises; it resizes the VAE image to about 1024x1024 px whatever the output size.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .qwen_image import QwenImage
+from .qwen_vl_processor import image_only_processor, load_processor, torchvision_available
+
+
+class QwenImageEdit(QwenImage):
+    key = "qwen-image-edit"
+    title = "Qwen-Image-Edit"
+    pipeline_classes = ("QwenImageEditPipeline",)
+    image_inputs = 1
+    requires_image = True
+    example_model = "Qwen-Image-Edit"
+    example_sample = dict(steps=20, guidance=4.0, width=768, height=768, negative_prompt=" ")
+    example_prompt = "make the sky a warm sunset orange"
+
+    def load_kwargs(self, folder) -> dict:
+        if torchvision_available():
+            return {}  # transformers builds the folder's own processor
+        return {"processor": load_processor(Path(folder.path) / "processor")}
+
+    def call_kwargs(self, pipe, request):
+        from ..images import to_pil
+
+        kwargs = super().call_kwargs(pipe, request)
+        kwargs["image"] = to_pil(request.images[0][..., :3])[0]
+        return kwargs
+
+    def build_tiny(self):
+        import torch
+        from diffusers import QwenImageEditPipeline
+        from transformers import Qwen2_5_VLForConditionalGeneration, Qwen2VLImageProcessor
+
+        base = super().build_tiny()
+        tokenizer = base.tokenizer
+        tokenizer.add_special_tokens({"additional_special_tokens": [
+            "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]})
+        config = base.text_encoder.config
+        config.vision_start_token_id = tokenizer.convert_tokens_to_ids("<|vision_start|>")
+        config.image_token_id = tokenizer.convert_tokens_to_ids("<|image_pad|>")
+        config.video_token_id = tokenizer.convert_tokens_to_ids("<|video_pad|>")
+        torch.manual_seed(1)
+        text_encoder = Qwen2_5_VLForConditionalGeneration(config).eval()
+        image_processor = Qwen2VLImageProcessor(min_pixels=56 * 56, max_pixels=28 * 28 * 64, patch_size=14,
+                                                merge_size=2, temporal_patch_size=2)
+        processor = image_only_processor(image_processor, tokenizer, tokenizer.chat_template)
+        return QwenImageEditPipeline(scheduler=base.scheduler, vae=base.vae, text_encoder=text_encoder,
+                                     tokenizer=tokenizer, processor=processor, transformer=base.transformer)
+
+    def make_tiny(self, directory):
+        """save_pretrained cannot write a processor without its video part: write its two halves."""
+        import torch
+
+        torch.manual_seed(0)
+        pipe = self.build_tiny()
+        directory = Path(directory)
+        processor, pipe.processor = pipe.processor, None
+        pipe.save_pretrained(directory, safe_serialization=True)
+        processor.image_processor.save_pretrained(directory / "processor")
+        processor.tokenizer.save_pretrained(directory / "processor")
+        index = directory / "model_index.json"
+        import json
+
+        model_index = json.loads(index.read_text())
+        model_index["processor"] = ["transformers", "Qwen2VLProcessor"]
+        index.write_text(json.dumps(model_index, indent=2))
+        return directory

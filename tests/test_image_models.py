@@ -1,0 +1,139 @@
+"""Image-conditioned families through the nodes, against the plain diffusers pipeline, under every
+feature: Qwen-Image-Edit (one image to edit)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from parallel_support import assert_same
+
+from omni_backend.cache import CacheDiTConfig, TeaCacheConfig
+from omni_backend.diagnostics import count_block_work
+from omni_backend.engine import Engine
+from omni_backend.errors import OmniInputError
+from omni_backend.images import to_pil
+from omni_backend.memory import MemoryConfig
+from omni_backend.parallel.config import ParallelConfig
+from omni_backend.request import GenerationRequest
+from omni_backend.spec import ModelSpec
+
+FAMILY = "qwen-image-edit"
+
+
+def picture(seed: int, height: int = 40, width: int = 56) -> torch.Tensor:
+    return torch.rand(1, height, width, 3, generator=torch.Generator().manual_seed(seed))
+
+
+def request(image=None, **changes) -> GenerationRequest:
+    values = dict(prompt="make the disc green", negative_prompt="blurry", steps=3, guidance=4.0, width=64,
+                  height=48, seed=5, images=(picture(1) if image is None else image,))
+    values.update(changes)
+    return GenerationRequest(**values)
+
+
+@pytest.fixture(scope="module")
+def spec(models_dir):
+    return ModelSpec.from_folder(str(models_dir / "diffusers" / FAMILY), dtype="fp32", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def engine():
+    engine = Engine()
+    yield engine
+    engine.unload_all()
+
+
+@pytest.fixture(scope="module")
+def single(engine, spec):
+    return engine.generate(spec, request())
+
+
+def test_nodes_edit_an_image_deterministically_and_follow_the_image(headless, nodes, tiny_settings):
+    (model,) = nodes["OmniLoadModel"]().load(FAMILY, "fp32", "cpu")
+    settings = tiny_settings(FAMILY, width=64, height=48)
+    first = nodes["OmniSample"]().sample(model, **settings, image=picture(1))
+    again = nodes["OmniSample"]().sample(model, **settings, image=picture(1))
+    other = nodes["OmniSample"]().sample(model, **settings, image=picture(2))
+    latents = first["result"][0]["samples"]
+    assert torch.equal(latents, again["result"][0]["samples"]), "same seed, same image: same latents"
+    assert not torch.equal(latents, other["result"][0]["samples"]), "another image changes the edit"
+    assert "image(s) 56x40 px" in first["ui"]["text"][0] and "output 64x48" in first["ui"]["text"][0]
+    (images,) = nodes["OmniVAEDecode"]().decode(model, first["result"][0], 0, 64)["result"]
+    assert images.shape == (1, 48, 64, 3)
+
+
+def test_equals_the_plain_diffusers_pipeline(models_dir, spec, single):
+    from diffusers import QwenImageEditPipeline
+
+    family = spec.family
+    pipe = QwenImageEditPipeline.from_pretrained(spec.folder, dtype=torch.float32, local_files_only=True,
+                                                 **family.load_kwargs(spec.model_folder))
+    pipe.set_progress_bar_config(disable=True)
+    plain = request()
+    latents = pipe(image=to_pil(plain.images[0])[0], prompt=plain.prompt, negative_prompt=plain.negative_prompt,
+                   true_cfg_scale=plain.guidance, num_inference_steps=plain.steps, width=plain.width,
+                   height=plain.height, generator=torch.Generator().manual_seed(plain.seed), output_type="latent",
+                   return_dict=False)[0]
+    assert torch.equal(family.to_comfy_latent(pipe, latents, plain).float(), single.latents)
+
+
+@pytest.mark.parametrize("layout", [dict(ulysses_degree=2), dict(ring_degree=2), dict(cfg_parallel=2),
+                                    dict(tensor_parallel=2)], ids=["ulysses2", "ring2", "cfg2", "tp2"])
+def test_every_parallel_method_equals_one_process(engine, spec, single, layout):
+    """The image's latents join the denoised sequence: under sequence parallelism they are split with it."""
+    assert_same(engine.generate(spec.replace(parallel=ParallelConfig(**layout)), request()).latents, single.latents)
+
+
+def test_offload_and_fp8_run_the_same_edit(spec, single):
+    engine = Engine()
+    layerwise = engine.generate(spec.replace(memory=MemoryConfig(offload="layerwise")), request())
+    assert torch.equal(layerwise.latents, single.latents), "offload is lossless"
+    fp8 = engine.generate(spec.replace(memory=MemoryConfig(fp8="weight_only")), request())
+    error = (fp8.latents - single.latents).abs().mean() / single.latents.abs().mean()
+    assert error < 0.05, f"FP8 weights: relative error {error:.3f}"
+
+
+@pytest.mark.parametrize("cache", [TeaCacheConfig(rel_l1_thresh=50.0),
+                                   CacheDiTConfig(residual_diff_threshold=1.0, max_warmup_steps=1)],
+                         ids=["teacache", "cache-dit"])
+def test_caches_skip_work_and_leave_nothing_behind(engine, spec, single, cache):
+    entry = engine.loaded(spec)
+    with count_block_work(entry.pipe, spec.family) as plain_work:
+        engine.generate(spec, request(steps=6))
+    with count_block_work(entry.pipe, spec.family) as cached_work:
+        engine.generate(spec.replace(cache=cache), request(steps=6))
+    assert cached_work.executed < plain_work.executed
+    assert torch.equal(engine.generate(spec, request()).latents, single.latents), "no state leaks"
+
+
+def test_lora_acts_on_the_edit_model(headless, nodes, tmp_path, models_dir, tiny_settings):
+    from omni_backend.tiny.lora import make_tiny_lora
+
+    lora = headless.models_dir / "loras" / "edit-style.safetensors"
+    make_tiny_lora(models_dir / "diffusers" / FAMILY, lora, seed=3)
+    try:
+        (model,) = nodes["OmniLoadModel"]().load(FAMILY, "fp32", "cpu")
+        settings = tiny_settings(FAMILY, width=64, height=48)
+        plain = nodes["OmniSample"]().sample(model, **settings, image=picture(1))["result"][0]["samples"]
+        (styled,) = nodes["OmniLoadLoRA"]().apply(model, lora.name, 1.0, "auto")
+        with_lora = nodes["OmniSample"]().sample(styled, **settings, image=picture(1))["result"][0]["samples"]
+        assert not torch.equal(plain, with_lora)
+        again = nodes["OmniSample"]().sample(model, **settings, image=picture(1))["result"][0]["samples"]
+        assert torch.equal(plain, again), "the LoRA is off again without the node"
+    finally:
+        lora.unlink()
+
+
+@pytest.mark.parametrize("inputs, fragment", [
+    ({}, "needs an input image"),
+    ({"image": picture(1), "image2": picture(2)}, "at most 1 image"),
+    ({"image": torch.rand(1, 1, 1, 3)}, "at least 8 pixels"),
+    ({"image": torch.rand(4, 32, 32, 3)}, "a batch of 4"),
+], ids=["no-image", "two-images", "1x1", "video-sized-batch"])
+def test_bad_images_are_refused_and_the_next_run_works(headless, nodes, tiny_settings, inputs, fragment):
+    (model,) = nodes["OmniLoadModel"]().load(FAMILY, "fp32", "cpu")
+    settings = tiny_settings(FAMILY, width=64, height=48)
+    with pytest.raises(OmniInputError) as info:
+        nodes["OmniSample"]().sample(model, **settings, **inputs)
+    assert fragment in str(info.value) and "Fix:" in str(info.value)
+    assert nodes["OmniSample"]().sample(model, **settings, image=picture(1))["result"][0]["samples"].shape[0] == 1
