@@ -137,3 +137,46 @@ def test_bad_images_are_refused_and_the_next_run_works(headless, nodes, tiny_set
         nodes["OmniSample"]().sample(model, **settings, **inputs)
     assert fragment in str(info.value) and "Fix:" in str(info.value)
     assert nodes["OmniSample"]().sample(model, **settings, image=picture(1))["result"][0]["samples"].shape[0] == 1
+
+
+# ---- Qwen-Image-Edit-2509: up to three reference images -----------------------------------------------
+PLUS = "qwen-image-edit-2509"
+
+
+def test_edit_2509_takes_up_to_three_images_like_the_plain_pipeline(headless, nodes, models_dir, tiny_settings):
+    from diffusers import QwenImageEditPlusPipeline
+
+    (model,) = nodes["OmniLoadModel"]().load(PLUS, "fp32", "cpu")
+    settings = tiny_settings(PLUS, width=64, height=48)
+    two = nodes["OmniSample"]().sample(model, **settings, image=picture(1), image2=picture(2))
+    latents = two["result"][0]["samples"]
+    other = nodes["OmniSample"]().sample(model, **settings, image=picture(1), image2=picture(3))
+    assert not torch.equal(latents, other["result"][0]["samples"]), "the second image counts"
+    three = nodes["OmniSample"]().sample(model, **settings, image=picture(1), image2=picture(2), image3=picture(4))
+    assert "image(s) 56x40, 56x40, 56x40 px" in three["ui"]["text"][0]
+
+    family = model.family
+    pipe = QwenImageEditPlusPipeline.from_pretrained(model.folder, dtype=torch.float32, local_files_only=True,
+                                                     **family.load_kwargs(model.model_folder))
+    pipe.set_progress_bar_config(disable=True)
+    plain = GenerationRequest(prompt=settings["prompt"], negative_prompt=settings["negative_prompt"],
+                              steps=settings["steps"], guidance=settings["guidance"], seed=settings["seed"],
+                              width=64, height=48, images=(picture(1), picture(2)))
+    reference = pipe(image=[to_pil(i)[0] for i in plain.images], prompt=plain.prompt,
+                     negative_prompt=plain.negative_prompt, true_cfg_scale=plain.guidance,
+                     num_inference_steps=plain.steps, width=64, height=48,
+                     generator=torch.Generator().manual_seed(plain.seed), output_type="latent", return_dict=False)[0]
+    assert torch.equal(family.to_comfy_latent(pipe, reference, plain).float(), latents)
+
+
+def test_edit_2509_under_ulysses_equals_one_process_and_refuses_a_fourth_image(models_dir):
+    spec = ModelSpec.from_folder(str(models_dir / "diffusers" / PLUS), dtype="fp32", device="cpu")
+    two = request(images=(picture(1), picture(2)))
+    engine = Engine()
+    try:
+        single = engine.generate(spec, two).latents
+        assert_same(engine.generate(spec.replace(parallel=ParallelConfig(ulysses_degree=2)), two).latents, single)
+        with pytest.raises(OmniInputError, match="at most 3 image"):
+            engine.generate(spec, request(images=tuple(picture(i) for i in range(4))))
+    finally:
+        engine.unload_all()

@@ -9,14 +9,14 @@ from .base import GuidanceStyle, ModelFamily
 from .flux import Flux
 from .flux2_klein import Flux2Klein
 from .qwen_image import QwenImage
-from .qwen_image_edit import QwenImageEdit
+from .qwen_image_edit import QwenImageEdit, QwenImageEditPlus
 from .sd3 import StableDiffusion3
 from .wan import Wan
 from .z_image import ZImage
 
 FAMILIES: dict[str, ModelFamily] = {
     family.key: family for family in (QwenImage(), ZImage(), Flux(), Flux2Klein(), StableDiffusion3(), Wan(),
-                                      QwenImageEdit())
+                                      QwenImageEdit(), QwenImageEditPlus())
 }
 
 

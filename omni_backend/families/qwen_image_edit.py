@@ -1,4 +1,5 @@
-"""Qwen-Image-Edit: QwenImageEditPipeline (Qwen-Image's transformer and VAE, one image to edit).
+"""Qwen-Image-Edit (QwenImageEditPipeline, one image to edit) and Qwen-Image-Edit-2509
+(QwenImageEditPlusPipeline, up to three reference images), on Qwen-Image's transformer and VAE.
 
 The pipeline encodes the image twice: through the Qwen2.5-VL text encoder with the prompt (the
 processor turns it into image tokens) and through the VAE, whose latents join the sequence the
@@ -37,7 +38,6 @@ class QwenImageEdit(QwenImage):
 
     def build_tiny(self):
         import torch
-        from diffusers import QwenImageEditPipeline
         from transformers import Qwen2_5_VLForConditionalGeneration, Qwen2VLImageProcessor
 
         base = super().build_tiny()
@@ -53,8 +53,9 @@ class QwenImageEdit(QwenImage):
         image_processor = Qwen2VLImageProcessor(min_pixels=56 * 56, max_pixels=28 * 28 * 64, patch_size=14,
                                                 merge_size=2, temporal_patch_size=2)
         processor = image_only_processor(image_processor, tokenizer, tokenizer.chat_template)
-        return QwenImageEditPipeline(scheduler=base.scheduler, vae=base.vae, text_encoder=text_encoder,
-                                     tokenizer=tokenizer, processor=processor, transformer=base.transformer)
+        pipeline_class = self.pipeline_class(self.pipeline_classes[0])
+        return pipeline_class(scheduler=base.scheduler, vae=base.vae, text_encoder=text_encoder,
+                              tokenizer=tokenizer, processor=processor, transformer=base.transformer)
 
     def make_tiny(self, directory):
         """save_pretrained cannot write a processor without its video part: write its two halves."""
@@ -74,3 +75,22 @@ class QwenImageEdit(QwenImage):
         model_index["processor"] = ["transformers", "Qwen2VLProcessor"]
         index.write_text(json.dumps(model_index, indent=2))
         return directory
+
+
+class QwenImageEditPlus(QwenImageEdit):
+    """Qwen-Image-Edit-2509: each image becomes "Picture i:" in the prompt (the VL model sees them at
+    about 384x384 px) and its own VAE latents in the sequence (about 1024x1024 px each)."""
+
+    key = "qwen-image-edit-2509"
+    title = "Qwen-Image-Edit-2509"
+    pipeline_classes = ("QwenImageEditPlusPipeline",)
+    image_inputs = 3
+    example_model = "Qwen-Image-Edit-2509"
+    example_prompt = "picture 1 as a watercolor painting"
+
+    def call_kwargs(self, pipe, request):
+        from ..images import to_pil
+
+        kwargs = super().call_kwargs(pipe, request)
+        kwargs["image"] = [to_pil(image[..., :3])[0] for image in request.images]
+        return kwargs
