@@ -2,9 +2,10 @@
 
     python benchmarks/overhead.py --json
     {"sample_vs_diffusers_ratio": ..., "second_run_vs_first_ratio": ...}
+    {"family": "qwen-image-edit", "sample_vs_diffusers_ratio": ...}
 
-Same tiny Qwen-Image folder, same settings, same process; runs alternate (round robin) and the
-median is taken, so background noise hits both sides alike.
+Same tiny folder, same settings, same process; runs alternate (round robin) and the median is
+taken, so background noise hits both sides alike. The edit row passes one input image to both.
 """
 
 from __future__ import annotations
@@ -66,6 +67,38 @@ def main() -> None:
         "model": f"tiny qwen-image, {args.size}px, {args.steps} steps, true CFG",
     }
     print(json.dumps(result) if args.json else json.dumps(result, indent=2))
+    edit = edit_row(args)
+    print(json.dumps(edit) if args.json else json.dumps(edit, indent=2))
+
+
+def edit_row(args) -> dict:
+    """Qwen-Image-Edit: our Sample with an input image vs QwenImageEditPipeline with the same image."""
+    from omni_backend.images import to_pil
+
+    family = FAMILIES["qwen-image-edit"]
+    image = torch.rand(1, args.size, args.size, 3, generator=torch.Generator().manual_seed(0))
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = str(family.make_tiny(f"{tmp}/qwen-image-edit"))
+        request = GenerationRequest(prompt="make it green", negative_prompt=" ", steps=args.steps, guidance=4.0,
+                                    seed=0, width=args.size, height=args.size, images=(image,))
+        engine = Engine()
+        spec = ModelSpec.from_folder(folder, dtype="fp32", device="cpu")
+        engine.generate(spec, request)
+        plain = family.pipeline_class(family.pipeline_classes[0]).from_pretrained(
+            folder, dtype=torch.float32, local_files_only=True, **family.load_kwargs(spec.model_folder))
+        plain.set_progress_bar_config(disable=True)
+        picture = to_pil(image)[0]
+
+        def diffusers_call():
+            plain(image=picture, prompt=request.prompt, negative_prompt=request.negative_prompt,
+                  true_cfg_scale=request.guidance, num_inference_steps=request.steps, height=request.height,
+                  width=request.width, generator=torch.Generator().manual_seed(request.seed), output_type="latent")
+
+        medians = round_robin({"diffusers": diffusers_call, "ours": lambda: engine.generate(spec, request)},
+                              args.repeats)
+    return {"family": family.key, "sample_vs_diffusers_ratio": round(medians["ours"] / medians["diffusers"], 3),
+            "seconds": {"diffusers": round(medians["diffusers"], 3), "ours": round(medians["ours"], 3)},
+            "model": f"tiny qwen-image-edit, {args.size}px, {args.steps} steps, true CFG, one input image"}
 
 if __name__ == "__main__":
     main()

@@ -265,6 +265,8 @@ FP8_EXPECTATIONS = {
     "wan2.2": (["blocks.0.attn1.to_q", "blocks.1.attn2.to_out.0", "blocks.0.ffn.net.0.proj"],
                ["condition_embedder.time_proj", "condition_embedder.text_embedder.linear_1", "proj_out"]),
 }
+# The edit families run Qwen-Image's transformer.
+FP8_EXPECTATIONS["qwen-image-edit"] = FP8_EXPECTATIONS["qwen-image-edit-2509"] = FP8_EXPECTATIONS["qwen-image"]
 
 
 @pytest.mark.parametrize("family_key", list(FAMILIES))
