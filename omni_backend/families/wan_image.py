@@ -90,7 +90,7 @@ class WanTI2V(Wan):
     default_steps = 50
     default_guidance = 5.0
     example_model = "Wan2.2-TI2V-5B-Diffusers"
-    example_sample = dict(steps=30, guidance=5.0, width=704, height=416, frames=9,
+    example_sample = dict(steps=30, guidance=5.0, width=832, height=480, frames=9,
                           negative_prompt="blurry, static, low quality")
     example_prompt = "a red fox running through fresh snow, cinematic tracking shot"
 
