@@ -265,6 +265,7 @@ FP8_EXPECTATIONS = {
     "wan2.2": (["blocks.0.attn1.to_q", "blocks.1.attn2.to_out.0", "blocks.0.ffn.net.0.proj"],
                ["condition_embedder.time_proj", "condition_embedder.text_embedder.linear_1", "proj_out"]),
 }
+FP8_EXPECTATIONS["wan2.2-i2v"] = FP8_EXPECTATIONS["wan2.2-ti2v"] = FP8_EXPECTATIONS["wan2.2"]  # same transformer
 
 
 @pytest.mark.parametrize("family_key", list(FAMILIES))
