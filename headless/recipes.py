@@ -108,6 +108,8 @@ def memory_workflows() -> dict[str, dict]:
                                                        sample=dict(width=512, height=512)),
         "wan2.2-model-offload.json": base_workflow("wan2.2", [model_offload], "omni-wan2.2-model-offload",
                                                    sample=dict(width=480, height=272, frames=9)),
+        # Image-to-video A14B at its 480p size, the experts taking turns on the device with the rest.
+        "wan2.2-i2v-model-offload.json": base_workflow("wan2.2-i2v", [model_offload], "omni-wan2.2-i2v-model-offload"),
     }
 
 

@@ -17,8 +17,12 @@ def spec_for(models_dir, family, **parallel):
 
 
 def request_for(family, **changes):
+    from omni_backend.families import FAMILIES
+
     values = dict(prompt="a red circle on a blue background", negative_prompt="blurry, dark", steps=3,
-                  guidance=4.0, width=64, height=48, frames=5 if family == "wan2.2" else 1)
+                  guidance=4.0, width=64, height=48, frames=5 if FAMILIES[family].video else 1)
+    sizes = FAMILIES[family].tiny_request_overrides()  # e.g. Wan2.2-TI2V: multiples of 32
+    values.update({name: sizes[name] for name in ("width", "height") if name in sizes})
     values.update(changes)
     return GenerationRequest(**values)
 

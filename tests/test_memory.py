@@ -267,6 +267,7 @@ FP8_EXPECTATIONS = {
 }
 # The edit families run Qwen-Image's transformer.
 FP8_EXPECTATIONS["qwen-image-edit"] = FP8_EXPECTATIONS["qwen-image-edit-2509"] = FP8_EXPECTATIONS["qwen-image"]
+FP8_EXPECTATIONS["wan2.2-i2v"] = FP8_EXPECTATIONS["wan2.2-ti2v"] = FP8_EXPECTATIONS["wan2.2"]  # same transformer
 
 
 @pytest.mark.parametrize("family_key", list(FAMILIES))

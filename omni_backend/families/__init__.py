@@ -12,11 +12,12 @@ from .qwen_image import QwenImage
 from .qwen_image_edit import QwenImageEdit, QwenImageEditPlus
 from .sd3 import StableDiffusion3
 from .wan import Wan
+from .wan_image import WanI2V, WanTI2V
 from .z_image import ZImage
 
 FAMILIES: dict[str, ModelFamily] = {
     family.key: family for family in (QwenImage(), ZImage(), Flux(), Flux2Klein(), StableDiffusion3(), Wan(),
-                                      QwenImageEdit(), QwenImageEditPlus())
+                                      QwenImageEdit(), QwenImageEditPlus(), WanI2V(), WanTI2V())
 }
 
 
@@ -27,11 +28,14 @@ def family(key: str) -> ModelFamily:
         raise KeyError(f"unknown model family {key!r}; known: {', '.join(FAMILIES)}") from None
 
 
-def family_for_pipeline(class_name: str) -> ModelFamily | None:
-    for candidate in FAMILIES.values():
-        if class_name in candidate.pipeline_classes:
-            return candidate
-    return None
+def family_for_pipeline(class_name: str, model_index: dict | None = None) -> ModelFamily | None:
+    """The family of a pipeline class; where two families share a class (Wan2.2 T2V and TI2V 5B are
+    both WanPipeline), the one whose `claims(model_index)` accepts the folder's config."""
+    candidates = [f for f in FAMILIES.values() if class_name in f.pipeline_classes]
+    if len(candidates) > 1:
+        claimed = [f for f in candidates if f.claims(model_index or {})]
+        candidates = claimed or candidates
+    return candidates[0] if candidates else None
 
 
 __all__ = ["FAMILIES", "GuidanceStyle", "ModelFamily", "family", "family_for_pipeline"]

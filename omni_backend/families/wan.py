@@ -20,6 +20,9 @@ class Wan(ModelFamily):
                           negative_prompt="blurry, static, low quality")
     example_prompt = "a red fox running through fresh snow, cinematic tracking shot"
 
+    def claims(self, model_index):
+        return not model_index.get("expand_timesteps")  # per-token timesteps: Wan2.2 TI2V 5B (wan_image.py)
+
     def block_lists(self, transformer):
         return [("blocks", transformer.blocks)]
 

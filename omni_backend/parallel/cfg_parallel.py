@@ -69,7 +69,9 @@ class DeferredCondCFG:
             output = self.forward(*mine[0], **mine[1])
         sample = output[0] if isinstance(output, tuple) else output.sample
         cond, uncond = _gather(sample, self.group)
-        buffer.copy_(cond)
+        # The buffer was shaped like the input; the output may have fewer channels (Wan I2V: 36 in, 16
+        # out). The pipeline holds this very tensor: resize it in place.
+        buffer.resize_(cond.shape).copy_(cond)
         return (uncond,) if isinstance(output, tuple) else _output_like(uncond)
 
 
