@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from image_support import assert_lora_acts_and_switches_off, picture
 from parallel_support import assert_same
 
 from omni_backend.cache import CacheDiTConfig, TeaCacheConfig
@@ -19,9 +20,6 @@ from omni_backend.spec import ModelSpec
 
 FAMILY = "qwen-image-edit"
 
-
-def picture(seed: int, height: int = 40, width: int = 56) -> torch.Tensor:
-    return torch.rand(1, height, width, 3, generator=torch.Generator().manual_seed(seed))
 
 
 def request(image=None, **changes) -> GenerationRequest:
@@ -107,21 +105,8 @@ def test_caches_skip_work_and_leave_nothing_behind(engine, spec, single, cache):
 
 
 def test_lora_acts_on_the_edit_model(headless, nodes, tmp_path, models_dir, tiny_settings):
-    from omni_backend.tiny.lora import make_tiny_lora
-
-    lora = headless.models_dir / "loras" / "edit-style.safetensors"
-    make_tiny_lora(models_dir / "diffusers" / FAMILY, lora, seed=3)
-    try:
-        (model,) = nodes["OmniLoadModel"]().load(FAMILY, "fp32", "cpu")
-        settings = tiny_settings(FAMILY, width=64, height=48)
-        plain = nodes["OmniSample"]().sample(model, **settings, image=picture(1))["result"][0]["samples"]
-        (styled,) = nodes["OmniLoadLoRA"]().apply(model, lora.name, 1.0, "auto")
-        with_lora = nodes["OmniSample"]().sample(styled, **settings, image=picture(1))["result"][0]["samples"]
-        assert not torch.equal(plain, with_lora)
-        again = nodes["OmniSample"]().sample(model, **settings, image=picture(1))["result"][0]["samples"]
-        assert torch.equal(plain, again), "the LoRA is off again without the node"
-    finally:
-        lora.unlink()
+    assert_lora_acts_and_switches_off(nodes, headless.models_dir / "loras", models_dir, FAMILY,
+                                      tiny_settings(FAMILY, width=64, height=48))
 
 
 @pytest.mark.parametrize("inputs, fragment", [

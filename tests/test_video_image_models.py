@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from image_support import assert_lora_acts_and_switches_off, picture
 from parallel_support import assert_same
 
 from omni_backend.cache import CacheDiTConfig
@@ -22,9 +23,6 @@ I2V, TI2V = "wan2.2-i2v", "wan2.2-ti2v"
 FAMILIES = [I2V, TI2V]
 SIZE = {I2V: (64, 48), TI2V: (64, 64)}  # TI2V: multiples of 32
 
-
-def picture(seed: int, height: int = 40, width: int = 56) -> torch.Tensor:
-    return torch.rand(1, height, width, 3, generator=torch.Generator().manual_seed(seed))
 
 
 def request(family: str, image=None, **changes) -> GenerationRequest:
@@ -149,18 +147,5 @@ def test_offload_and_fp8_run_the_same_video(models_dir, single, family):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_lora_acts_on_the_image_to_video_model(headless, nodes, models_dir, tiny_settings, family):
-    from omni_backend.tiny.lora import make_tiny_lora
-
-    lora = headless.models_dir / "loras" / f"{family}-style.safetensors"
-    make_tiny_lora(models_dir / "diffusers" / family, lora, seed=3)
-    try:
-        (model,) = nodes["OmniLoadModel"]().load(family, "fp32", "cpu")
-        settings = tiny_settings(family, frames=5, steps=2)
-        plain = nodes["OmniSample"]().sample(model, **settings, image=picture(1))["result"][0]["samples"]
-        (styled,) = nodes["OmniLoadLoRA"]().apply(model, lora.name, 1.0, "auto")
-        with_lora = nodes["OmniSample"]().sample(styled, **settings, image=picture(1))["result"][0]["samples"]
-        assert not torch.equal(plain, with_lora)
-        again = nodes["OmniSample"]().sample(model, **settings, image=picture(1))["result"][0]["samples"]
-        assert torch.equal(plain, again), "the LoRA is off again without the node"
-    finally:
-        lora.unlink()
+    assert_lora_acts_and_switches_off(nodes, headless.models_dir / "loras", models_dir, family,
+                                      tiny_settings(family, frames=5, steps=2))
