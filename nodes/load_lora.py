@@ -5,15 +5,15 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 
-from omni_backend.errors import OmniError
+from omni_backend.errors import OmniError, OmniInputError
 from omni_backend.lora import COMPONENT_CHOICES, LoraSpec
-from omni_backend.lora.loader import SUFFIX, check_lora_file
+from omni_backend.lora.files import NO_TENSORS, SUFFIX, check_lora_file
 
 from . import comfy_bridge
 from .common import MODEL_IN_TOOLTIP, OMNI_MODEL, ModelFeatureNode, as_verdict, with_mark, without_mark
 
 NOT_SAFETENSORS = "broken: not a valid safetensors file"
-NO_TENSORS = "broken: holds no tensors"
+EMPTY = "broken: holds no tensors"
 
 
 def lora_choices() -> list[str]:
@@ -33,17 +33,13 @@ def _unusable_because(name: str) -> str | None:
 
 @lru_cache(maxsize=1024)
 def _header_problem(path: str, _size: int, _mtime_ns: int) -> str | None:
-    """Cached per file version (size, mtime): the list is rebuilt on every INPUT_TYPES call."""
-    from safetensors import safe_open
-
+    """Cached per file version (size, mtime): the list is rebuilt on every INPUT_TYPES call. The same
+    header-only check Load LoRA runs (check_lora_file); its problem becomes the list's short label."""
     try:
-        # safe_open reads the header only (and checks that it covers the whole file, which is
-        # what a truncated download fails); no tensor is read.
-        with safe_open(path, framework="pt") as handle:
-            has_tensors = bool(list(handle.keys()))
-    except Exception:  # safetensors raises its own error types for a bad header
-        return NOT_SAFETENSORS
-    return None if has_tensors else NO_TENSORS
+        check_lora_file(path)
+    except OmniInputError as exc:
+        return EMPTY if exc.problem == NO_TENSORS else NOT_SAFETENSORS
+    return None
 
 
 def _resolve(lora_name: str):

@@ -35,6 +35,9 @@ class LoraFile:
         return Path(self.path).name
 
 
+NO_TENSORS = "holds no tensors"  # the problem of a valid file with nothing in it (Load LoRA's list says so)
+
+
 def check_lora_file(path, shown_name: str | None = None) -> LoraFile:
     """The file is a readable safetensors file holding tensors (header only); raises OmniInputError naming it."""
     return _open(path, shown_name, with_tensors=False)
@@ -66,7 +69,7 @@ def _open(path, shown_name: str | None, with_tensors: bool) -> LoraFile:
         raise OmniInputError(INPUT, shown, f"is not a valid safetensors file ({first_line(exc)})",
                              "re-download the file; a partial download or a renamed pickle looks like this") from exc
     if not keys:
-        raise OmniInputError(INPUT, shown, "holds no tensors", "re-download the file")
+        raise OmniInputError(INPUT, shown, NO_TENSORS, "re-download the file")
     return LoraFile(path=str(path.resolve()), keys=keys, tensors=tensors, adapter_metadata=metadata)
 
 
