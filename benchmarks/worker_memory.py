@@ -27,6 +27,7 @@ from _common import ROOT  # noqa: F401  (offline mode and the pack on sys.path)
 
 from omni_backend.engine import Engine
 from omni_backend.parallel.config import ParallelConfig
+from omni_backend.process_probe import listening_ports
 from omni_backend.reference import model_path
 from omni_backend.spec import ModelSpec
 
@@ -42,30 +43,13 @@ def open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
-def listening_sockets() -> int:
-    inodes = set()
-    for fd in Path("/proc/self/fd").iterdir():
-        try:
-            target = os.readlink(fd)
-        except OSError:
-            continue
-        if target.startswith("socket:["):
-            inodes.add(target[8:-1])
-    count = 0
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        for line in Path(table).read_text().splitlines()[1:]:
-            fields = line.split()
-            count += fields[3] == "0A" and fields[9] in inodes
-    return count
-
-
 def worker_folders() -> int:
     return len(list(Path(tempfile.gettempdir()).glob("omni-workers-*")))
 
 
 def snapshot() -> dict:
     gc.collect()
-    return {"rss": rss_mb(), "fds": open_fds(), "listening": listening_sockets(), "folders": worker_folders()}
+    return {"rss": rss_mb(), "fds": open_fds(), "listening": len(listening_ports()), "folders": worker_folders()}
 
 
 def main() -> None:

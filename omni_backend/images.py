@@ -13,6 +13,11 @@ def to_pil(images) -> list:
     return [Image.fromarray(frame) for frame in array]
 
 
+def one_pil(image):
+    """One ComfyUI IMAGE [1,H,W,3 or 4] -> a PIL RGB image (alpha, where present, is dropped)."""
+    return to_pil(image[..., :3])[0]
+
+
 def save_pngs(images, directory: str | Path, prefix: str, metadata: dict | None = None) -> list[Path]:
     """Write each image as PREFIX_00001_.png (ComfyUI's naming), never overwriting earlier files."""
     import json

@@ -20,6 +20,7 @@ from parallel_support import assert_same, request_for, spec_for
 
 from omni_backend.engine import Engine
 from omni_backend.errors import OmniInputError, OmniInterrupted, OmniWorkerError
+from omni_backend.process_probe import listening_ports
 from omni_backend.runner import Generation
 from omni_backend.sampling import RunControl, RunReport
 from omni_backend.workers import group as group_module
@@ -50,25 +51,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def listening_ports(pid: int) -> set[int]:
-    """TCP ports the process listens on, from /proc (no psutil needed)."""
-    inodes = set()
-    for fd in Path(f"/proc/{pid}/fd").iterdir():
-        try:
-            target = os.readlink(fd)
-        except OSError:
-            continue
-        if target.startswith("socket:["):
-            inodes.add(target[8:-1])
-    ports = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        for line in Path(table).read_text().splitlines()[1:]:
-            fields = line.split()
-            if fields[3] == "0A" and fields[9] in inodes:  # 0A = LISTEN
-                ports.add(int(fields[1].rsplit(":", 1)[1], 16))
-    return ports
 
 
 def start_remote_worker(port: int, secret: str | None = SECRET, rank: int = 1, world_size: int = 2):

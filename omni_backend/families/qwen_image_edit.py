@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..images import one_pil
 from .qwen_image import QwenImage
 from .qwen_vl_processor import image_only_processor, load_processor, torchvision_available
 
@@ -30,10 +31,8 @@ class QwenImageEdit(QwenImage):
         return {"processor": load_processor(Path(folder.path) / "processor")}
 
     def call_kwargs(self, pipe, request):
-        from ..images import to_pil
-
         kwargs = super().call_kwargs(pipe, request)
-        kwargs["image"] = to_pil(request.images[0][..., :3])[0]
+        kwargs["image"] = one_pil(request.images[0])
         return kwargs
 
     def build_tiny(self):
@@ -89,8 +88,6 @@ class QwenImageEditPlus(QwenImageEdit):
     example_prompt = "picture 1 as a watercolor painting"
 
     def call_kwargs(self, pipe, request):
-        from ..images import to_pil
-
         kwargs = super().call_kwargs(pipe, request)
-        kwargs["image"] = [to_pil(image[..., :3])[0] for image in request.images]
+        kwargs["image"] = [one_pil(image) for image in request.images]
         return kwargs

@@ -11,13 +11,8 @@ kept clean by a mask. Neither uses a CLIP image encoder (image_encoder/image_pro
 
 from __future__ import annotations
 
+from ..images import one_pil
 from .wan import Wan
-
-
-def _pil(image):
-    from ..images import to_pil
-
-    return to_pil(image[..., :3])[0]
 
 
 class WanI2V(Wan):
@@ -34,9 +29,9 @@ class WanI2V(Wan):
 
     def call_kwargs(self, pipe, request):
         kwargs = super().call_kwargs(pipe, request)
-        kwargs["image"] = _pil(request.images[0])
+        kwargs["image"] = one_pil(request.images[0])
         if request.last_image is not None:
-            kwargs["last_image"] = _pil(request.last_image)
+            kwargs["last_image"] = one_pil(request.last_image)
         return kwargs
 
     def build_tiny(self):
@@ -107,7 +102,7 @@ class WanTI2V(Wan):
     def call_kwargs(self, pipe, request):
         kwargs = super().call_kwargs(pipe, request)
         if request.images:
-            kwargs["image"] = _pil(request.images[0])
+            kwargs["image"] = one_pil(request.images[0])
         return kwargs
 
     def tiny_request_overrides(self):
