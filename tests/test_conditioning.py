@@ -137,3 +137,21 @@ def test_cfg_parallel_ranks_get_the_embeddings(models_dir, engine):
                           negative=TextEmbedding(negative, role="negative"))
     got = engine.generate(spec_for(models_dir, "qwen-image", cfg_parallel=2), request).latents
     assert torch.equal(got, expected)
+
+
+def test_readme_matrix_agrees_with_the_families():
+    """The README's CONDITIONING table says yes exactly for the families that accept it."""
+    from pathlib import Path
+
+    rows = {"Qwen-Image": ["qwen-image"], "Z-Image": ["z-image"], "FLUX.2-klein": ["flux2-klein"],
+            "Wan2.2 T2V, I2V, TI2V": ["wan2.2", "wan2.2-i2v", "wan2.2-ti2v"],
+            "Qwen-Image-Edit, -2509": ["qwen-image-edit", "qwen-image-edit-2509"], "FLUX.1-dev": ["flux"],
+            "Stable-Diffusion-3.5": ["sd3"]}
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    table = readme[readme.index("| Model | CONDITIONING | Why |"):].split("\n\n")[0].splitlines()[2:]
+    said = {line.split("|")[1].strip(): line.split("|")[2].strip() for line in table}
+    assert set(said) == set(rows)
+    assert sorted(key for keys in rows.values() for key in keys) == sorted(FAMILIES)
+    for label, keys in rows.items():
+        for key in keys:
+            assert (said[label] == "yes") == (FAMILIES[key].conditioning_refusal is None), key
