@@ -155,3 +155,18 @@ def test_readme_matrix_agrees_with_the_families():
     for label, keys in rows.items():
         for key in keys:
             assert (said[label] == "yes") == (FAMILIES[key].conditioning_refusal is None), key
+
+
+def test_the_graph_validator_refuses_before_the_encoder_has_run(headless, nodes, tiny_settings):
+    """`omni-diffusion validate` passes a connected CONDITIONING as LINKED: the model's refusal and a
+    missing negative are found without any tensor."""
+    from omni_diffusion_nodes.nodes.common import LINKED
+
+    check = nodes["OmniSample"].check_inputs
+    (flux,) = nodes["OmniLoadModel"]().load("flux", "auto", "auto")
+    with pytest.raises(OmniInputError, match="cannot take ComfyUI's text encoding"):
+        check(flux, **tiny_settings("flux"), positive=LINKED, negative=LINKED)
+    (qwen,) = nodes["OmniLoadModel"]().load("qwen-image", "auto", "auto")
+    with pytest.raises(OmniInputError, match="needs the negative CONDITIONING too"):
+        check(qwen, **tiny_settings("qwen-image"), positive=LINKED)
+    assert check(qwen, **tiny_settings("qwen-image"), positive=LINKED, negative=LINKED).positive is None
