@@ -121,7 +121,11 @@ class ModelFamily:
         import torch
 
         device = pipe._execution_device
-        dtype = getattr(getattr(pipe, "text_encoder", None), "dtype", None) or torch.float32
+        # The dtype the pipeline's own encode_prompt returns: its text encoder's (the transformer's
+        # where that encoder holds FP8 layers or is absent).
+        dtype = getattr(getattr(pipe, "text_encoder", None), "dtype", None)
+        if dtype not in (torch.float16, torch.bfloat16, torch.float32):
+            dtype = self.transformers(pipe)[0][1].dtype
         kwargs = self.embedding_kwargs(request.positive, device, dtype)
         if request.negative is not None and self.runs_negative_branch(pipe, request):
             negative = self.embedding_kwargs(request.negative, device, dtype)
