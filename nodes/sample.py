@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import logging
 
+from omni_backend.conditioning import check_conditioning
 from omni_backend.engine import default_engine
 from omni_backend.request import LIMITS, GenerationRequest, check_image_slots
 from omni_backend.sampling import RunControl
 
 from . import comfy_bridge
 from .common import CATEGORY, LINKED, OMNI_MODEL, host_interrupts
+from .text_conditioning import text_embedding
 
 log = logging.getLogger("omni_diffusion")
 
@@ -58,29 +60,40 @@ class OmniSample:
                 "image2": ("IMAGE", {"tooltip": "A second reference image (Qwen-Image-Edit-2509 takes up to three)."}),
                 "image3": ("IMAGE", {"tooltip": "A third reference image (Qwen-Image-Edit-2509)."}),
                 "last_image": ("IMAGE", {"tooltip": "Wan2.2 image-to-video: the frame the video should end on."}),
+                "positive": ("CONDITIONING", {"tooltip": "The prompt encoded by ComfyUI (CLIP Text Encode with this "
+                                                         "model's text encoder), used instead of the prompt text. "
+                                                         "Qwen-Image, Z-Image, FLUX.2-klein and Wan2.2 take it."}),
+                "negative": ("CONDITIONING", {"tooltip": "The negative prompt encoded by ComfyUI; needed with "
+                                                         "positive when guidance > 1."}),
             },
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
 
     @classmethod
     def check_inputs(cls, model, prompt, negative_prompt, seed, steps, guidance, width, height, frames, batch_size,
-                     image=None, image2=None, image3=None, last_image=None, **_hidden):
+                     image=None, image2=None, image3=None, last_image=None, positive=None, negative=None, **_hidden):
         """The request this node would send, checked against the model's family (validators call this,
         with LINKED for images only a run will produce)."""
         if model is LINKED:
             return None  # its model comes from something a validator cannot build: checked when it runs
         given = [value for value in (image, image2, image3) if value is not None]
+        positive, negative = text_embedding(positive, "positive"), text_embedding(negative, "negative")
         request = GenerationRequest(prompt=prompt, negative_prompt=negative_prompt, steps=steps,
                                     guidance=guidance, seed=seed, width=width, height=height, frames=frames,
                                     batch_size=batch_size, images=tuple(v for v in given if v is not LINKED),
-                                    last_image=None if last_image is LINKED else last_image)
+                                    last_image=None if last_image is LINKED else last_image,
+                                    positive=None if positive is LINKED else positive,
+                                    negative=None if negative is LINKED else negative)
         check_image_slots(model.family, len(given), last_image is not None)
+        folder = model.model_folder
+        check_conditioning(model.family, folder.transformer_config, folder.model_index, request.guidance,
+                           positive, negative)
         return request.validate(model.family.pixel_multiple, model.family.video)
 
     def sample(self, model, prompt, negative_prompt, seed, steps, guidance, width, height, frames, batch_size,
-               image=None, image2=None, image3=None, last_image=None, unique_id=None):
+               image=None, image2=None, image3=None, last_image=None, positive=None, negative=None, unique_id=None):
         request = self.check_inputs(model, prompt, negative_prompt, seed, steps, guidance, width, height, frames,
-                                    batch_size, image, image2, image3, last_image)
+                                    batch_size, image, image2, image3, last_image, positive, negative)
         control = RunControl(progress=comfy_bridge.Progress(steps, unique_id),
                              interrupted=comfy_bridge.interrupt_requested)
         with host_interrupts():

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .checks import check_image, prompt_text, real_number, whole_number
+from .conditioning import TextEmbedding, check_conditioning
 from .errors import OmniInputError
 
 LIMITS = {
@@ -37,6 +38,10 @@ class GenerationRequest:
     # the order of Sample's image inputs; `last_image` is image-to-video's optional last frame.
     images: tuple = ()
     last_image: Any = None
+    # Prompt embeddings from ComfyUI's text-encode nodes (conditioning.TextEmbedding), used instead of
+    # `prompt` / `negative_prompt` by families whose embeddings match ComfyUI's.
+    positive: Any = None
+    negative: Any = None
 
     def __post_init__(self):
         checked = {
@@ -59,6 +64,11 @@ class GenerationRequest:
             check_image(name, image)
         if self.last_image is not None:
             check_image("last_image", self.last_image)
+        for role in ("positive", "negative"):
+            embedding = getattr(self, role)
+            if embedding is not None and not (isinstance(embedding, TextEmbedding) and embedding.role == role):
+                raise OmniInputError(role, type(embedding).__name__, "is not a text embedding",
+                                     f"pass {role} as TextEmbedding(embeds, mask, role={role!r})")
 
     @property
     def image_size(self) -> tuple[int, int]:
@@ -67,6 +77,11 @@ class GenerationRequest:
 
     def validate_images(self, family) -> "GenerationRequest":
         check_image_slots(family, len(self.images), self.last_image is not None)
+        return self
+
+    def validate_conditioning(self, model_folder) -> "GenerationRequest":
+        check_conditioning(model_folder.family, model_folder.transformer_config, model_folder.model_index,
+                           self.guidance, self.positive, self.negative)
         return self
 
     def validate(self, pixel_multiple: int, video: bool) -> "GenerationRequest":

@@ -105,7 +105,6 @@ def sample(ctx: RunContext):
 
         generator = torch.Generator(device="cpu").manual_seed(request.seed)
         kwargs = dict(
-            prompt=request.prompt,
             num_inference_steps=request.steps,
             height=request.height,
             width=request.width,
@@ -116,6 +115,10 @@ def sample(ctx: RunContext):
         )
         kwargs["num_videos_per_prompt" if family.video else "num_images_per_prompt"] = request.batch_size
         kwargs.update(family.call_kwargs(pipe, request))
+        kwargs.update(family.prompt_kwargs(pipe, request))
+        if request.positive is not None:
+            ctx.report.add("Text", {"text": f"prompt embeddings from CONDITIONING ({request.positive.tokens} tokens); "
+                                            "the prompt text is not used", "tokens": request.positive.tokens})
         if request.images:
             sizes = ", ".join(f"{image.shape[2]}x{image.shape[1]}" for image in request.images)
             ctx.report.add("Input", {"text": f"image(s) {sizes} px, resized by the pipeline's own rules; output "

@@ -96,9 +96,49 @@ class ModelFamily:
     def call_kwargs(self, pipe, request: GenerationRequest) -> dict:
         """Keyword arguments for `pipe(...)` beyond prompt/steps/size/generator/output_type."""
         kwargs: dict[str, Any] = {self.guidance.argument: request.guidance}
-        if self.guidance.takes_negative_prompt and self.uses_negative_prompt(request):
+        if self.guidance.takes_negative_prompt and self.uses_negative_prompt(request) and request.positive is None:
             kwargs["negative_prompt"] = request.negative_prompt
         return kwargs
+
+    # ---- prompt embeddings from ComfyUI (CONDITIONING) ----------------------------------------
+    # Why this family refuses ComfyUI's text encoding (None: it accepts it). A family accepts it only
+    # where ComfyUI's encoder gives what its diffusers pipeline's encode_prompt gives (template, tokens
+    # dropped, hidden layer, padding): then the embeddings pass to the pipeline as prompt_embeds.
+    conditioning_refusal: str | None = "its prompt encoding has not been compared with ComfyUI's"
+    # Longest CONDITIONING taken (None: any). A bidirectional encoder (T5) cut at the pipeline's
+    # max_sequence_length encodes every token differently from ComfyUI's uncut encoding; a causal one
+    # (Qwen) gives the same first tokens, so the family cuts the embeddings where the pipeline cuts text.
+    text_tokens_max: int | None = None
+
+    def text_embedding_width(self, transformer_config: dict) -> int:
+        """Width of the text embeddings the transformer takes (the text encoder's hidden size)."""
+        return int(transformer_config["joint_attention_dim"])
+
+    def prompt_kwargs(self, pipe, request: GenerationRequest) -> dict:
+        """`prompt` for `pipe(...)`, or the embeddings in its place when Sample got CONDITIONING."""
+        if request.positive is None:
+            return {"prompt": request.prompt}
+        import torch
+
+        device = pipe._execution_device
+        # The dtype the pipeline's own encode_prompt returns: its text encoder's (the transformer's
+        # where that encoder holds FP8 layers or is absent).
+        dtype = getattr(getattr(pipe, "text_encoder", None), "dtype", None)
+        if dtype not in (torch.float16, torch.bfloat16, torch.float32):
+            dtype = self.transformers(pipe)[0][1].dtype
+        kwargs = self.embedding_kwargs(request.positive, device, dtype)
+        if request.negative is not None and self.runs_negative_branch(pipe, request):
+            negative = self.embedding_kwargs(request.negative, device, dtype)
+            kwargs.update({f"negative_{name}": value for name, value in negative.items()})
+        return kwargs
+
+    def runs_negative_branch(self, pipe, request: GenerationRequest) -> bool:
+        return self.runs_two_branches(pipe, request)
+
+    def embedding_kwargs(self, embedding, device, dtype) -> dict:
+        """One TextEmbedding as the pipeline's `prompt_embeds` (and mask, where it takes one); the
+        caller prefixes `negative_` for the negative prompt."""
+        return {"prompt_embeds": embedding.embeds.to(device, dtype)}
 
     def uses_negative_prompt(self, request: GenerationRequest) -> bool:
         return self.guidance.kind in ("true_cfg", "cfg") and request.guidance > 1.0

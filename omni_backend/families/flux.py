@@ -23,6 +23,11 @@ class Flux(ModelFamily):
 
     teacache_coefficients = FLUX_TEACACHE_COEFFICIENTS
 
+    # ComfyUI pads the T5 prompt to 256 tokens (comfy/text_encoders/flux.py, min_length=256), the
+    # pipeline to 512; FLUX attends to the padding without a mask, so every embedding differs.
+    conditioning_refusal = ("ComfyUI pads the T5 prompt to 256 tokens and the pipeline to 512; FLUX attends to "
+                            "the padding without a mask, so the embeddings differ")
+
     def block_lists(self, transformer):
         return [("transformer_blocks", transformer.transformer_blocks),
                 ("single_transformer_blocks", transformer.single_transformer_blocks)]

@@ -27,6 +27,16 @@ class Flux2Klein(ModelFamily):
 
     teacache_coefficients = FLUX_TEACACHE_COEFFICIENTS
 
+    # ComfyUI's klein encoder (comfy/text_encoders/flux.py, KleinTokenizer) uses the chat template
+    # with an empty think block that the pipeline's enable_thinking=False gives, pads to 512 tokens with
+    # <|endoftext|> on the right under an attention mask, and stacks hidden layers 9, 18 and 27 as the
+    # pipeline does; neither passes the mask to the transformer. Longer prompts: both keep the first 512
+    # positions of a causal encoder.
+    conditioning_refusal = None
+
+    def embedding_kwargs(self, embedding, device, dtype):
+        return {"prompt_embeds": embedding.embeds[:, :512].to(device, dtype)}
+
     def block_lists(self, transformer):
         return [("transformer_blocks", transformer.transformer_blocks),
                 ("single_transformer_blocks", transformer.single_transformer_blocks)]

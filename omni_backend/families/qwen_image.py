@@ -31,6 +31,17 @@ class QwenImage(ModelFamily):
 
     teacache_coefficients = QWEN_TEACACHE_COEFFICIENTS
 
+    # ComfyUI's Qwen-Image text encoder (comfy/text_encoders/qwen_image.py) uses the pipeline's chat
+    # template, drops the same system-prompt tokens (up to "<|im_start|>user\n", the pipeline's 34),
+    # takes the last hidden layer after the final norm and pads nothing for one prompt.
+    conditioning_refusal = None
+
+    def embedding_kwargs(self, embedding, device, dtype):
+        import torch
+
+        mask = embedding.mask if embedding.mask is not None else torch.ones(embedding.embeds.shape[:2])
+        return {"prompt_embeds": embedding.embeds.to(device, dtype), "prompt_embeds_mask": mask.to(device, torch.long)}
+
     def block_lists(self, transformer):
         return [("transformer_blocks", transformer.transformer_blocks)]
 

@@ -24,6 +24,13 @@ class QwenImageEdit(QwenImage):
     example_model = "Qwen-Image-Edit"
     example_sample = dict(steps=20, guidance=4.0, width=768, height=768, negative_prompt=" ")
     example_prompt = "make the sky a warm sunset orange"
+    # ComfyUI's TextEncodeQwenImageEdit(Plus) puts the picture into the conditioning itself: vision
+    # tokens from its own resize of the image, and reference latents from its VAE at its own size rule.
+    # The diffusers pipeline makes both from Sample's image by other resize rules, so the embeddings
+    # would describe another version of the picture than the latents the edit starts from.
+    conditioning_refusal = ("ComfyUI's TextEncodeQwenImageEdit encodes the input image into the conditioning "
+                            "(vision tokens and reference latents) by its own resize rules, which the pipeline "
+                            "does not share, so the result would not be the model's")
 
     def load_kwargs(self, folder) -> dict:
         if torchvision_available():

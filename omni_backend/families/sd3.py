@@ -15,6 +15,11 @@ class StableDiffusion3(ModelFamily):
     example_model = "stable-diffusion-3.5-medium"
     example_sample = dict(steps=20, guidance=4.5, width=768, height=768, negative_prompt="blurry, low quality")
 
+    # ComfyUI pads the T5 prompt to 77 tokens (comfy/text_encoders/sd3_clip.py), the pipeline to 256,
+    # and SD3's joint attention has no text mask; ComfyUI also weights "(word:1.2)" in the CLIP prompts.
+    conditioning_refusal = ("ComfyUI pads the T5 prompt to 77 tokens and the pipeline to 256; SD3 attends to the "
+                            "padding without a mask, so the embeddings differ")
+
     supports_sequence_parallel = False
     supports_tensor_parallel = False
 

@@ -20,6 +20,23 @@ class Wan(ModelFamily):
                           negative_prompt="blurry, static, low quality")
     example_prompt = "a red fox running through fresh snow, cinematic tracking shot"
 
+    # ComfyUI's UMT5 encoder (comfy/text_encoders/wan.py) gives the tokens and the end token, last layer
+    # after the final norm, unpadded; the pipeline pads that with zero vectors to 512 tokens, which
+    # `embedding_kwargs` does too. T5 attends both ways, so a prompt the pipeline would cut at 512
+    # tokens encodes differently: refused.
+    conditioning_refusal = None
+    text_tokens_max = 512
+
+    def text_embedding_width(self, transformer_config):
+        return int(transformer_config["text_dim"])
+
+    def embedding_kwargs(self, embedding, device, dtype):
+        import torch
+
+        tokens = embedding.kept()
+        padded = torch.cat([tokens, tokens.new_zeros(512 - tokens.shape[0], tokens.shape[1])])
+        return {"prompt_embeds": padded.unsqueeze(0).to(device, dtype)}
+
     def claims(self, model_index):
         return not model_index.get("expand_timesteps")  # per-token timesteps: Wan2.2 TI2V 5B (wan_image.py)
 

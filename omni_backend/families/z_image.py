@@ -20,6 +20,18 @@ class ZImage(ModelFamily):
     # vLLM-Omni uses the Qwen-Image polynomial for Z-Image (no fit of its own was published).
     teacache_coefficients = QWEN_TEACACHE_COEFFICIENTS
 
+    # ComfyUI's Z-Image encoder (comfy/text_encoders/z_image.py) wraps the prompt in the template the
+    # pipeline's Qwen3 chat template gives ("<|im_start|>user\n...<|im_end|>\n<|im_start|>assistant\n"),
+    # drops nothing, reads the second-to-last hidden layer without the final norm, and pads nothing;
+    # the pipeline keeps the unpadded tokens of its first 512 (a causal encoder: the same first tokens).
+    conditioning_refusal = None
+
+    def text_embedding_width(self, transformer_config):
+        return int(transformer_config["cap_feat_dim"])
+
+    def embedding_kwargs(self, embedding, device, dtype):
+        return {"prompt_embeds": [embedding.kept()[:512].to(device, dtype)]}
+
     def block_lists(self, transformer):
         # noise_refiner and context_refiner run once per call before the main stack.
         return [("layers", transformer.layers)]

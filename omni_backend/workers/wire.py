@@ -21,6 +21,7 @@ import torch
 from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 
+from ..conditioning import TextEmbedding
 from ..request import GenerationRequest
 from ..runner import DecodeSettings, Generation
 from ..sampling import RunReport
@@ -31,7 +32,8 @@ MAGIC = b"OMW1"
 
 # The only classes a message can rebuild: what a spec, a request and a result are made of.
 WIRE_TYPES = {cls.__name__: cls for cls in (
-    ModelSpec, ModelFiles, *FEATURE_TYPES, GenerationRequest, DecodeSettings, Generation, RunReport)}
+    ModelSpec, ModelFiles, *FEATURE_TYPES, GenerationRequest, TextEmbedding, DecodeSettings, Generation,
+    RunReport)}
 
 
 class WireError(ValueError):
