@@ -107,14 +107,12 @@ def sample(ctx: RunContext):
         kwargs = dict(
             prompt=request.prompt,
             num_inference_steps=request.steps,
-            height=request.height,
-            width=request.width,
             generator=generator,
             output_type="latent",
             return_dict=False,
-            callback_on_step_end=on_step_end,
         )
-        kwargs["num_videos_per_prompt" if family.video else "num_images_per_prompt"] = request.batch_size
+        kwargs.update(family.shape_kwargs(request))
+        kwargs.update(family.step_callback_kwargs(on_step_end))
         kwargs.update(family.call_kwargs(pipe, request))
         if request.images:
             sizes = ", ".join(f"{image.shape[2]}x{image.shape[1]}" for image in request.images)
