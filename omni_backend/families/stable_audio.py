@@ -11,8 +11,14 @@ Its scheduler (CosineDPMSolverMultistepScheduler) draws its noise with torchsde'
 from __future__ import annotations
 
 import math
+import warnings
 
 from .base import GuidanceStyle, ModelFamily
+
+# The scheduler asks torchsde's Brownian tree for noise at sigma_min computed in float32, a hair below
+# the tree's own float64 start; torchsde warns on every step ("Should have ta>=t0 but got ...") and
+# still returns the noise at the start. Nothing is wrong, so the warning would only bury the log.
+warnings.filterwarnings("ignore", message=r"Should have t[ab]", category=UserWarning, module=r"torchsde")
 
 
 class StableAudio(ModelFamily):
