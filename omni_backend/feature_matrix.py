@@ -141,7 +141,7 @@ def family_support(family) -> dict[str, bool]:
         "sequence_parallel": family.supports_sequence_parallel,
         "tensor_parallel": family.supports_tensor_parallel,
         "cfg_parallel": family.has_true_cfg({}),
-        "lora": bool(getattr(pipeline, "_lora_loadable_modules", None)),
+        "lora": bool(getattr(pipeline, "_lora_loadable_modules", None) or family.peft_lora_components),
         "offload": True,
         "fp8": True,
         "vae_patch_parallel": True,
