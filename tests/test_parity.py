@@ -9,8 +9,9 @@ import torch
 from omni_backend.families import FAMILIES
 from omni_backend.model_folder import inspect_model_folder
 
-# Families that need an input image run their own path: tests/test_image_models.py.
-TEXT_FAMILIES = [key for key, family in FAMILIES.items() if not family.requires_image]
+# Families that need an input image run their own path: tests/test_image_models.py; audio families
+# (a waveform, not pixels): tests/test_audio.py.
+TEXT_FAMILIES = [key for key, family in FAMILIES.items() if not family.requires_image and not family.audio]
 
 
 def diffusers_reference(folder, family, settings):

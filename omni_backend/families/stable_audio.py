@@ -127,12 +127,12 @@ class StableAudio(ModelFamily):
         from ..tiny.parts import t5_text_encoder
         from ..tiny.tokenizers import t5_tokenizer
 
-        # The real model's shape at a small scale: 4 heads (2 key/value heads) x 8, a window of 128
+        # The real model's shape at a small scale: 4 heads (2 key/value heads) x 16, a window of 128
         # latents x 32 samples at 800 Hz = 5.12 s, stereo.
         conditioning = 16
         transformer = StableAudioDiTModel(
-            sample_size=128, in_channels=8, num_layers=2, attention_head_dim=8, num_attention_heads=4,
-            num_key_value_attention_heads=2, out_channels=8, cross_attention_dim=32, time_proj_dim=16,
+            sample_size=128, in_channels=8, num_layers=2, attention_head_dim=16, num_attention_heads=4,
+            num_key_value_attention_heads=2, out_channels=8, cross_attention_dim=64, time_proj_dim=16,
             global_states_input_dim=2 * conditioning, cross_attention_input_dim=conditioning,
         )
         vae = AutoencoderOobleck(encoder_hidden_size=8, downsampling_ratios=[4, 8], channel_multiples=[1, 2],
