@@ -212,3 +212,12 @@ def test_lora_with_peft_strengths_stacking_and_file_layouts(engine, spec, models
     with pytest.raises(OmniInputError, match="has no keys for Stable-Audio-Open's transformer"):
         run(("foreign.safetensors", 1.0))
     assert torch.equal(run(), base), "a refused file leaves nothing behind"
+
+
+def test_omni_facade_returns_audio(headless, engine):
+    from omni_backend import Omni
+
+    omni = Omni(model=str(headless.models_dir / "diffusers" / FAMILY), engine=engine)
+    out = omni.generate(prompt="rain on a tin roof", num_inference_steps=2, audio_start_in_s=1.0, audio_end_in_s=2.5)
+    assert out.images == [] and out.audio["sample_rate"] == RATE
+    assert out.audio["waveform"].shape == (1, 2, 1200)

@@ -20,6 +20,8 @@ from __future__ import annotations
 import re
 
 _PEFT_PREFIX = "base_model.model."
+# First key parts of other parts or trainers' layouts (text encoders, ComfyUI, kohya), never module names.
+_OTHER_LAYOUTS = ("text_encoder", "diffusion_model", "model", "lora_unet", "lora_te")
 _KOHYA_PART = re.compile(r"\.(lora_down|lora_up)\.weight$")
 
 
@@ -53,14 +55,10 @@ class PeftLoraPipeline:
         converted, alphas = {}, {}
         for key, value in state_dict.items():
             name = key[len(_PEFT_PREFIX):] if key.startswith(_PEFT_PREFIX) else key
-            if not name.startswith(f"{component}."):
-                if name.split(".", 1)[0] in self._lora_loadable_modules:
-                    pass
-                elif any(name.startswith(f"{c}.") for c in ("text_encoder", "diffusion_model", "lora_unet")):
-                    converted[name] = value  # another part or layout: the key check names it
-                    continue
-                else:
-                    name = f"{component}.{name}"  # peft's own file: keys without a component
+            head = name.split(".", 1)[0]
+            if head not in self._lora_loadable_modules and not head.startswith(_OTHER_LAYOUTS):
+                name = f"{component}.{name}"  # peft's own file: module names without a component
+            # Other layouts keep their keys: the key check (matching.py) then says what they look like.
             if name.endswith(".alpha"):
                 alphas[name] = float(value.item() if hasattr(value, "item") else value)
                 continue
