@@ -221,3 +221,19 @@ def test_omni_facade_returns_audio(headless, engine):
     out = omni.generate(prompt="rain on a tin roof", num_inference_steps=2, audio_start_in_s=1.0, audio_end_in_s=2.5)
     assert out.images == [] and out.audio["sample_rate"] == RATE
     assert out.audio["waveform"].shape == (1, 2, 1200)
+
+
+def test_cfg_parallel_on_two_ranks_equals_one_process(engine, spec):
+    """Each rank runs one half of the pipeline's batched CFG call; the group also decodes the AUDIO."""
+    from omni_backend.decode import decode_to_audio
+    from omni_backend.runner import DecodeSettings
+
+    chosen = request(batch_size=1, steps=2)
+    single = engine.generate(spec, chosen)
+    split_spec = spec.replace(parallel=ParallelConfig(cfg_parallel=2))
+    split = engine.generate(split_spec, chosen)
+    assert torch.equal(split.latents, single.latents)
+    assert "2 ranks (cfg 2)" in split.report.text()
+    ours, _ = decode_to_audio(engine, split_spec, split.latent(split_spec), DecodeSettings())
+    theirs, _ = decode_to_audio(engine, spec, single.latent(spec), DecodeSettings())
+    assert torch.equal(ours["waveform"], theirs["waveform"]) and ours["waveform"].shape == (1, 2, 1600)

@@ -16,7 +16,7 @@ def run_graph(nodes, family_key, settings, tile_size=0):
     (spec,) = nodes["OmniLoadModel"]().load(family_key, "auto", "auto")
     out = nodes["OmniSample"]().sample(spec, **settings)
     latent = out["result"][0]
-    (images,) = nodes["OmniVAEDecode"]().decode(spec, latent, tile_size, 64)["result"]
+    images = nodes["OmniVAEDecode"]().decode(spec, latent, tile_size, 64)["result"][0]  # [1]: audio (blocked)
     return spec, latent, images, out["ui"]
 
 

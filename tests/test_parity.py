@@ -42,7 +42,7 @@ def test_sample_matches_plain_diffusers(headless, nodes, tiny_settings, family_k
     settings = tiny_settings(family_key)
     (spec,) = nodes["OmniLoadModel"]().load(family_key, "fp32", "cpu")
     latent = nodes["OmniSample"]().sample(spec, **settings)["result"][0]
-    (ours,) = nodes["OmniVAEDecode"]().decode(spec, latent, 0, 64)["result"]
+    ours = nodes["OmniVAEDecode"]().decode(spec, latent, 0, 64)["result"][0]
 
     reference = diffusers_reference(str(headless.models_dir / "diffusers" / family_key), family, settings)
     assert ours.shape == reference.shape
