@@ -99,6 +99,46 @@ class SaveAnimatedPNG:
         return {"ui": {"images": [{"filename": path.name, "subfolder": "", "type": "output"}], "animated": (True,)}}
 
 
+class SaveAudio:
+    """Core Save Audio: one FLAC file per batch entry in the output folder (audio/ComfyUI_00001_.flac)."""
+
+    OUTPUT_NODE = True
+    RETURN_TYPES = ()
+    FUNCTION = "save_flac"
+    CATEGORY = "audio"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"audio": ("AUDIO",), "filename_prefix": ("STRING", {"default": "audio/ComfyUI"})},
+                "hidden": {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"}}
+
+    check_inputs = SaveImage.check_inputs
+
+    def save_flac(self, audio, filename_prefix="audio/ComfyUI", prompt=None, extra_pnginfo=None):
+        from omni_backend.audio_files import save_flacs
+
+        folder, prefix = output_target(filename_prefix)
+        paths = save_flacs(audio, folder, prefix)
+        HOST.written.extend(paths)
+        return {"ui": {"audio": [{"filename": p.name, "subfolder": "", "type": "output"} for p in paths]}}
+
+
+class PreviewAudio(SaveAudio):
+    @classmethod
+    def check_inputs(cls, **_):
+        pass  # writes nothing
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"audio": ("AUDIO",)}, "hidden": {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"}}
+
+    def save_flac(self, audio, filename_prefix="audio/ComfyUI", prompt=None, extra_pnginfo=None):
+        from omni_backend.audio_files import check_audio
+
+        check_audio("audio", audio)  # ComfyUI writes previews to its temp folder; headless nothing shows them
+        return {"ui": {"audio": []}}
+
+
 class LoadImage:
     RETURN_TYPES = ("IMAGE", "MASK")
     FUNCTION = "load_image"
@@ -125,4 +165,6 @@ CORE_NODE_CLASSES = {
     "PreviewImage": PreviewImage,
     "SaveAnimatedPNG": SaveAnimatedPNG,
     "LoadImage": LoadImage,
+    "SaveAudio": SaveAudio,
+    "PreviewAudio": PreviewAudio,
 }

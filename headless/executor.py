@@ -11,6 +11,7 @@ import inspect
 
 from omni_backend.errors import OmniError, OmniInterrupted
 
+from ..nodes import comfy_bridge
 from .node_defs import node_inputs
 from .workflow_format import WorkflowError, WorkflowProblem, problem_from_error, unknown_node_problem, value_problem
 
@@ -219,6 +220,10 @@ def execute(prompt: dict, classes: dict, extra_pnginfo: dict | None = None) -> d
         kwargs = {}
         for name, value in node.get("inputs", {}).items():
             kwargs[name] = run(str(value[0]))[value[1]] if _is_link(value) else value
+        for name, value in kwargs.items():
+            if isinstance(value, comfy_bridge.ExecutionBlocker):  # as ComfyUI: the node does not run
+                raise NodeExecutionError(node_id, _title(prompt, node_id), node["class_type"],
+                                         RuntimeError(f"Execution Blocked: {value.message} (input {name})"))
         hidden = node_class.INPUT_TYPES().get("hidden", {})
         for name, kind in hidden.items():
             kwargs[name] = {"PROMPT": prompt, "EXTRA_PNGINFO": extra_pnginfo, "UNIQUE_ID": node_id}.get(kind)

@@ -41,6 +41,11 @@ def base_workflow(family: str, features=(), filename_prefix: str | None = None, 
         builder.connect(image, sample, "image")
     decode = builder.add("OmniVAEDecode")
     prefix = filename_prefix or f"omni-{family}"
+    if entry.audio:  # the decode's second output (AUDIO) to core Save Audio
+        save = builder.add("SaveAudio", filename_prefix=f"audio/{prefix}")
+        builder.chain((model, sample, "model"), (model, decode, "model"), (sample, decode, "samples"))
+        builder.connect(decode, save, "audio", output_slot=1)
+        return builder.to_json()
     if entry.video:
         save = builder.add("SaveAnimatedPNG", filename_prefix=prefix, fps=16.0)
     else:

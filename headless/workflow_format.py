@@ -166,6 +166,10 @@ def check_widgets(workflow: dict, classes: dict) -> list[WorkflowProblem]:
         expected = widget_inputs(node_class)
         saved_names = [i["widget"].get("name", i.get("name")) for i in node.get("inputs", [])
                        if isinstance(i, dict) and isinstance(i.get("widget"), dict)]
+        # A file saved before optional widgets were added at the end loads in ComfyUI with their
+        # defaults (the editor assigns the saved values in order): so does it here.
+        kept = _widgets_saved_before_optional_ones(expected, saved_names, node.get("widgets_values"))
+        expected = expected[:kept]
         if saved_names and saved_names != [w.name for w in expected]:
             problems.append(WorkflowProblem(
                 node_id, title, f"saved widgets {saved_names} but the node now has {[w.name for w in expected]}",
@@ -186,6 +190,20 @@ def check_widgets(workflow: dict, classes: dict) -> list[WorkflowProblem]:
                 problems.append(WorkflowProblem(node_id, title, f"{widget.name} = {value!r}: {problem}",
                                                 f"set {widget.name} to a valid value"))
     return problems
+
+
+def _widgets_saved_before_optional_ones(expected: list, saved_names: list, saved) -> int:
+    """How many of the node's widgets the file holds, when it lacks only optional widgets at the end;
+    else all of them (and the checks then say what does not match)."""
+    for kept in range(len(expected) - 1, -1, -1):
+        if expected[kept].required:
+            break
+        if saved_names and saved_names == [w.name for w in expected[:kept]]:
+            return kept
+        if not saved_names and isinstance(saved, list) and len(saved) == sum(1 + w.extra_values
+                                                                              for w in expected[:kept]):
+            return kept
+    return len(expected)
 
 
 def value_problem(widget: InputDef, value) -> str | None:

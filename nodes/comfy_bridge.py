@@ -25,6 +25,18 @@ except ImportError:
     _model_management = None
     _comfy_utils = None
 
+try:
+    from comfy_execution.graph_utils import ExecutionBlocker  # type: ignore
+except ImportError:  # outside ComfyUI (and before ComfyUI had it there)
+    try:
+        from comfy_execution.graph import ExecutionBlocker  # type: ignore
+    except ImportError:
+        class ExecutionBlocker:
+            """The headless stand-in of ComfyUI's: a node given one as input stops with its message."""
+
+            def __init__(self, message):
+                self.message = message
+
 IN_COMFYUI = _folder_paths is not None
 
 
@@ -192,3 +204,9 @@ def on_unload(callback) -> None:
 
     unload_all_models._omni_wrapped = True
     _model_management.unload_all_models = unload_all_models
+
+
+def blocked(message: str):
+    """An output value that stops whatever node consumes it, with `message` as the error (ComfyUI's way
+    for a node whose outputs depend on the model: the other output must not silently carry nothing)."""
+    return ExecutionBlocker(message)

@@ -65,13 +65,21 @@ class OmniSample:
                                                          "Qwen-Image, Z-Image, FLUX.2-klein and Wan2.2 take it."}),
                 "negative": ("CONDITIONING", {"tooltip": "The negative prompt encoded by ComfyUI; needed with "
                                                          "positive when guidance > 1."}),
+                "seconds": ("FLOAT", {"default": 0.0, "min": LIMITS["seconds"][0], "max": LIMITS["seconds"][1],
+                                      "step": 0.1, "tooltip": "Audio models only: seconds of audio to keep (0 = the "
+                                                              "model's whole window, 47.55 s for Stable Audio Open). "
+                                                              "Image and video models need 0."}),
+                "start": ("FLOAT", {"default": 0.0, "min": LIMITS["start"][0], "max": LIMITS["start"][1], "step": 0.1,
+                                    "tooltip": "Audio models only: where the kept seconds start in the model's "
+                                               "window. Image and video models need 0."}),
             },
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
 
     @classmethod
     def check_inputs(cls, model, prompt, negative_prompt, seed, steps, guidance, width, height, frames, batch_size,
-                     image=None, image2=None, image3=None, last_image=None, positive=None, negative=None, **_hidden):
+                     image=None, image2=None, image3=None, last_image=None, positive=None, negative=None,
+                     seconds=0.0, start=0.0, **_hidden):
         """The request this node would send, checked against the model's family (validators call this,
         with LINKED for images only a run will produce)."""
         if model is LINKED:
@@ -83,17 +91,19 @@ class OmniSample:
                                     batch_size=batch_size, images=tuple(v for v in given if v is not LINKED),
                                     last_image=None if last_image is LINKED else last_image,
                                     positive=None if positive is LINKED else positive,
-                                    negative=None if negative is LINKED else negative)
+                                    negative=None if negative is LINKED else negative,
+                                    seconds=seconds, start=start)
         check_image_slots(model.family, len(given), last_image is not None)
         folder = model.model_folder
         check_conditioning(model.family, folder.transformer_config, folder.model_index, request.guidance,
                            positive, negative)
-        return request.validate(model.family.pixel_multiple, model.family.video)
+        return request.validate_model_inputs(model.family, folder)
 
     def sample(self, model, prompt, negative_prompt, seed, steps, guidance, width, height, frames, batch_size,
-               image=None, image2=None, image3=None, last_image=None, positive=None, negative=None, unique_id=None):
+               image=None, image2=None, image3=None, last_image=None, positive=None, negative=None, seconds=0.0,
+               start=0.0, unique_id=None):
         request = self.check_inputs(model, prompt, negative_prompt, seed, steps, guidance, width, height, frames,
-                                    batch_size, image, image2, image3, last_image, positive, negative)
+                                    batch_size, image, image2, image3, last_image, positive, negative, seconds, start)
         control = RunControl(progress=comfy_bridge.Progress(steps, unique_id),
                              interrupted=comfy_bridge.interrupt_requested)
         with host_interrupts():
@@ -101,5 +111,5 @@ class OmniSample:
         report = result.report.text()
         if report:
             log.info("Omni Sample:\n%s", report)
-        latent = {"samples": result.latents, "omni_family": result.family}
+        latent = result.latent(model)
         return {"ui": {"text": [report or "plain run"]}, "result": (latent,)}

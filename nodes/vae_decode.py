@@ -1,19 +1,23 @@
-"""VAE Decode Patch-Parallel: LATENT -> IMAGE (video: one IMAGE per frame), optionally tiled."""
+"""VAE Decode Patch-Parallel: LATENT -> IMAGE (video: one IMAGE per frame), optionally tiled; or AUDIO
+for audio models. The output the model does not make is blocked: a node fed from it stops with a
+message saying which output to use (ComfyUI's ExecutionBlocker)."""
 
 from __future__ import annotations
 
-from omni_backend.decode import decode_to_images
+from omni_backend.decode import decode_to_audio, decode_to_images
 from omni_backend.engine import DecodeSettings, default_engine
 
+from . import comfy_bridge
 from .common import CATEGORY, OMNI_MODEL, host_interrupts
 
 
 class OmniVAEDecode:
     DESCRIPTION = ("Decode latents with the model's VAE. tile_size 0 decodes in one piece up to 1024 px and "
-                   "in 512 px tiles above that.")
+                   "in 512 px tiles above that. Audio models give audio (cut to Sample's seconds) on the audio "
+                   "output.")
     CATEGORY = CATEGORY
-    RETURN_TYPES = ("IMAGE",)
-    RETURN_NAMES = ("images",)
+    RETURN_TYPES = ("IMAGE", "AUDIO")
+    RETURN_NAMES = ("images", "audio")
     FUNCTION = "decode"
 
     @classmethod
@@ -23,13 +27,19 @@ class OmniVAEDecode:
                                               "(and its Parallel Config's vae_patch_parallel ranks)."}),
             "samples": ("LATENT", {"tooltip": "The latents from Sample."}),
             "tile_size": ("INT", {"default": 0, "min": 0, "max": 8192, "step": 16,
-                                  "tooltip": "Pixels per tile; 0 = automatic."}),
+                                  "tooltip": "Pixels per tile; 0 = automatic (images and video only)."}),
             "tile_overlap": ("INT", {"default": 64, "min": 0, "max": 1024, "step": 8,
                                      "tooltip": "Pixels shared by neighbouring tiles, blended to hide seams."}),
         }}
 
     def decode(self, model, samples, tile_size, tile_overlap):
+        title = model.family.title
         with host_interrupts():
-            images, report = decode_to_images(default_engine(), model, samples,
-                                              DecodeSettings(tile_size, tile_overlap))
-        return {"ui": {"text": [report.text()]}, "result": (images,)}
+            if model.family.audio:
+                audio, report = decode_to_audio(default_engine(), model, samples, DecodeSettings(tile_size, tile_overlap))
+                images = comfy_bridge.blocked(f"{title} makes audio: connect the decode's audio output (to Save Audio "
+                                              "or Preview Audio), not its images output")
+                return {"ui": {"text": [report.text()]}, "result": (images, audio)}
+            images, report = decode_to_images(default_engine(), model, samples, DecodeSettings(tile_size, tile_overlap))
+        audio = comfy_bridge.blocked(f"{title} makes images, not audio: connect the decode's images output")
+        return {"ui": {"text": [report.text()]}, "result": (images, audio)}

@@ -1,4 +1,4 @@
-"""LATENT dict -> ComfyUI IMAGE: checks the latent fits the model's VAE, picks tiling, converts layout."""
+"""LATENT dict -> ComfyUI IMAGE or AUDIO: checks the latent fits the model's VAE, picks tiling, converts layout."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ def check_latent(spec, latent: dict):
                              "(they decode to a black or garbage image)",
                              "sample again; if it repeats, use fp32 or bf16 instead of fp16 for this model")
     family = spec.family
-    expected_dims = 5 if family.video else 4
+    expected_dims = 3 if family.audio else 5 if family.video else 4
     channels = family.latent_channels(spec.model_folder.vae_config)
     source = latent.get("omni_family")
     if samples.ndim != expected_dims or samples.shape[1] != channels:
@@ -46,3 +46,16 @@ def to_comfy_images(pixels):
         batch, channels, frames, height, width = pixels.shape
         pixels = pixels.permute(0, 2, 1, 3, 4).reshape(batch * frames, channels, height, width)
     return pixels.permute(0, 2, 3, 1).contiguous().float()
+
+
+def decode_to_audio(engine, spec, latent: dict, settings):
+    """(AUDIO, RunReport): the waveform of an audio LATENT, cut to the samples Sample was asked for."""
+    samples = check_latent(spec, latent)
+    window = latent.get("audio_window")
+    if not (isinstance(window, (list, tuple)) and len(window) == 2 and all(isinstance(i, int) for i in window)
+            and 0 <= window[0] < window[1]):
+        raise OmniInputError("samples", "a LATENT without its audio window", "the decode needs the seconds Sample "
+                             "kept (its audio_window)", "connect the samples output of an Omni Sample node directly")
+    waveform, report = engine.decode_with_report(spec, samples, settings)
+    rate = spec.family.sample_rate(spec.model_folder.vae_config)
+    return {"waveform": waveform[:, :, window[0]:window[1]].contiguous(), "sample_rate": rate}, report

@@ -32,7 +32,7 @@ class Engine:
 
     # ---- public --------------------------------------------------------------------------
     def generate(self, spec, request: GenerationRequest, control: RunControl | None = None) -> Generation:
-        request = request.validate(spec.family.pixel_multiple, spec.family.video).validate_images(spec.family)
+        request = request.validate_images(spec.family).validate_model_inputs(spec.family, spec.model_folder)
         request = request.validate_conditioning(spec.model_folder)
         control = control or RunControl()
         with self._lock:

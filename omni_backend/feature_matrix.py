@@ -133,7 +133,8 @@ def verdict(first: str, second: str) -> Verdict:
 # ---- family x feature, from the registry ------------------------------------------------------
 def family_support(family) -> dict[str, bool]:
     """What a family supports, read from its registry entry. Cache-DiT, offload, FP8 and VAE patch
-    parallel work on any family's block lists, linears and VAE (each is tested on every family)."""
+    parallel work on any family's block lists, linears and VAE (each is tested on every family; VAE
+    patches on every image/video family)."""
     pipeline = getattr(importlib.import_module("diffusers"), family.pipeline_classes[0], None)
     return {
         "teacache": family.teacache_coefficients is not None,
@@ -141,10 +142,10 @@ def family_support(family) -> dict[str, bool]:
         "sequence_parallel": family.supports_sequence_parallel,
         "tensor_parallel": family.supports_tensor_parallel,
         "cfg_parallel": family.has_true_cfg({}),
-        "lora": bool(getattr(pipeline, "_lora_loadable_modules", None)),
+        "lora": bool(getattr(pipeline, "_lora_loadable_modules", None) or family.peft_lora_components),
         "offload": True,
         "fp8": True,
-        "vae_patch_parallel": True,
+        "vae_patch_parallel": not family.audio,  # a waveform latent has no height/width to split
     }
 
 

@@ -121,7 +121,7 @@ def _read_folder(folder: Path, input_name: str) -> ModelFolder:
         library, cls = entry
         if library is None or cls is None:
             continue  # optional component left empty (e.g. SD3's image_encoder)
-        if library not in TRUSTED_LIBRARIES:
+        if library not in TRUSTED_LIBRARIES and not is_diffusers_pipeline_module(library):
             raise UnusableFolderError(input_name, folder.name,
                                       f"component {name!r} comes from {library!r}, which would run code shipped "
                                       "with the model",
@@ -140,6 +140,20 @@ def _read_folder(folder: Path, input_name: str) -> ModelFolder:
         transformer_config=_read_json(folder / "transformer" / "config.json", input_name),
         vae_config=_read_json(folder / "vae" / "config.json", input_name), model_index=index,
     )
+
+
+def is_diffusers_pipeline_module(library) -> bool:
+    """diffusers saves a component defined inside a pipeline's own package under that package's name
+    (Stable Audio's projection model: ["stable_audio", "StableAudioProjectionModel"]) and loads it from
+    `diffusers.pipelines.<name>`: diffusers' code, not the model's."""
+    import importlib.util
+
+    if not isinstance(library, str) or not library.isidentifier():
+        return False
+    try:
+        return importlib.util.find_spec(f"diffusers.pipelines.{library}") is not None
+    except (ImportError, ValueError):
+        return False
 
 
 def _check_component(folder: Path, name: str, library: str, cls: str, input_name: str) -> None:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from .cache import CACHE_BACKENDS
-from .decode import to_comfy_images
+from .decode import decode_to_audio, to_comfy_images
 from .engine import DecodeSettings, Engine, default_engine
 from .errors import OmniInputError
 from .images import to_pil
@@ -25,9 +25,10 @@ from .spec import ModelSpec
 
 @dataclass
 class OmniOutput:
-    images: list  # PIL images (video: every frame, in order)
+    images: list  # PIL images (video: every frame, in order); empty for audio models
     latents: Any  # raw VAE latents, ComfyUI layout
     report: RunReport = field(default_factory=RunReport)
+    audio: Any = None  # audio models: ComfyUI AUDIO {"waveform": [B, C, T], "sample_rate": int}
 
 
 class Omni:
@@ -51,14 +52,19 @@ class Omni:
     def generate(self, prompt: str, negative_prompt: str = "", num_inference_steps: int | None = None,
                  guidance_scale: float | None = None, seed: int = 0, width: int = 1024, height: int = 1024,
                  num_frames: int = 1, num_images_per_prompt: int = 1, tile_size: int = 0,
-                 progress: Callable[[int, int], None] | None = None) -> OmniOutput:
+                 progress: Callable[[int, int], None] | None = None, audio_start_in_s: float = 0.0,
+                 audio_end_in_s: float | None = None) -> OmniOutput:
         family = self.spec.family
         request = GenerationRequest(
             prompt=prompt, negative_prompt=negative_prompt,
             steps=num_inference_steps if num_inference_steps is not None else family.default_steps,
             guidance=guidance_scale if guidance_scale is not None else family.default_guidance,
             seed=seed, width=width, height=height, frames=num_frames, batch_size=num_images_per_prompt,
+            start=audio_start_in_s, seconds=0.0 if audio_end_in_s is None else audio_end_in_s - audio_start_in_s,
         )
         result = self.engine.generate(self.spec, request, RunControl(progress=progress))
+        if family.audio:  # diffusers' audio_start_in_s/audio_end_in_s; the AUDIO cut to them
+            audio, _report = decode_to_audio(self.engine, self.spec, result.latent(self.spec), DecodeSettings())
+            return OmniOutput(images=[], latents=result.latents, report=result.report, audio=audio)
         pixels = self.engine.decode(self.spec, result.latents, DecodeSettings(tile_size=tile_size))
         return OmniOutput(images=to_pil(to_comfy_images(pixels)), latents=result.latents, report=result.report)

@@ -20,6 +20,8 @@ LIMITS = {
     "size": (16, 8192),  # width and height
     "frames": (1, 1025),
     "batch_size": (1, 64),
+    "seconds": (0.0, 1000.0),  # audio models only (0: the model's whole window)
+    "start": (0.0, 1000.0),
 }
 
 
@@ -42,6 +44,9 @@ class GenerationRequest:
     # `prompt` / `negative_prompt` by families whose embeddings match ComfyUI's.
     positive: Any = None
     negative: Any = None
+    # Audio models: how many seconds to keep and where they start in the model's window (0: all of it).
+    seconds: float = 0.0
+    start: float = 0.0
 
     def __post_init__(self):
         checked = {
@@ -55,6 +60,9 @@ class GenerationRequest:
             "height": whole_number("height", self.height, *LIMITS["size"]),
             "frames": whole_number("frames", self.frames, *LIMITS["frames"]),
             "batch_size": whole_number("batch_size", self.batch_size, *LIMITS["batch_size"]),
+            "seconds": real_number("seconds", self.seconds, *LIMITS["seconds"],
+                                   fix="use 0 (the model's whole window) or a length such as 10.0"),
+            "start": real_number("start", self.start, *LIMITS["start"], fix="use 0.0 or a few seconds"),
         }
         for name, value in checked.items():
             object.__setattr__(self, name, value)
@@ -84,6 +92,40 @@ class GenerationRequest:
                            self.guidance, self.positive, self.negative)
         return self
 
+    def validate_model_inputs(self, family, folder) -> "GenerationRequest":
+        """What depends on the model besides its input images: sizes and frames for image and video
+        models, the audio window for audio models (`folder`: the ModelFolder, for its configs)."""
+        if family.audio:
+            return self.validate_audio(family, folder)
+        for name, value in (("seconds", self.seconds), ("start", self.start)):
+            if value:
+                raise OmniInputError(name, value, f"{family.title} makes {'video' if family.video else 'images'}, "
+                                     "not audio", f"set {name} to 0 (only audio models such as Stable-Audio-Open "
+                                     "use it)")
+        return self.validate(family.pixel_multiple, family.video)
+
+    def validate_audio(self, family, folder) -> "GenerationRequest":
+        """The asked seconds must lie inside the window the model generates (the pipeline always makes
+        the whole window and cuts the asked part out: past its end there is nothing to cut)."""
+        if self.frames != 1:
+            raise OmniInputError("frames", self.frames, f"{family.title} makes audio, not video", "set frames to 1")
+        longest = family.max_seconds(folder.transformer_config, folder.vae_config)
+        rate = family.sample_rate(folder.vae_config)
+        if self.seconds > longest:
+            raise OmniInputError("seconds", self.seconds, f"{family.title} makes at most {longest:.2f} s of audio",
+                                 f"use at most {longest:.2f} (0 = the whole window)")
+        if self.seconds and self.start + self.seconds > longest:
+            raise OmniInputError("start", self.start, f"start + seconds = {self.start + self.seconds:g} s runs past "
+                                 f"the end of the model's {longest:.2f} s window",
+                                 f"use start at most {longest - self.seconds:.2f}, or fewer seconds")
+        if self.start >= longest:
+            raise OmniInputError("start", self.start, f"starts past the model's {longest:.2f} s window",
+                                 f"use start below {longest:.2f}")
+        if self.seconds and int((self.start + self.seconds) * rate) <= int(self.start * rate):
+            raise OmniInputError("seconds", self.seconds, f"is shorter than one sample at {rate} Hz",
+                                 "use a longer length, e.g. 1.0, or 0 for the whole window")
+        return self
+
     def validate(self, pixel_multiple: int, video: bool) -> "GenerationRequest":
         """What depends on the model: its size multiple, and frames for video models only."""
         for name, value in (("width", self.width), ("height", self.height)):
@@ -106,6 +148,12 @@ def check_image_slots(family, images: int, last_image: bool) -> None:
     `family.image_inputs`, a last frame only where the family has one. (Counts, so that a validator
     can check a graph whose images only a run will produce.)"""
     title = family.title
+    if images and family.audio:
+        raise OmniInputError("image", f"{images} image(s)", f"{title} makes audio from the prompt and takes no "
+                             "input image", "disconnect the image inputs")
+    if last_image and family.audio:
+        raise OmniInputError("last_image", "an image", f"{title} makes audio and takes no video frame",
+                             "disconnect last_image")
     if images and not family.image_inputs:
         raise OmniInputError("image", f"{images} image(s)", f"{title} takes no input image",
                              "disconnect the image, or load an edit / image-to-video model")

@@ -29,6 +29,11 @@ class Generation:
     request: GenerationRequest
     report: RunReport = field(default_factory=RunReport)
 
+    def latent(self, spec) -> dict:
+        """Sample's ComfyUI LATENT: the samples, and what the decode needs to read them."""
+        return {"samples": self.latents, "omni_family": self.family,
+                **spec.family.latent_fields(spec.model_folder, self.request)}
+
 
 @dataclass(frozen=True)
 class DecodeSettings:
@@ -69,6 +74,8 @@ class LocalRunner:
 
         entry = self.loaded(spec)
         vae = entry.pipe.vae
+        if spec.family.audio:
+            return decode_waveform(spec, vae, latents)
         scale = spec.family.vae_scale(entry.pipe)
         latents = latents.to(vae.device)
         tiles = plan_for(latents, scale, settings.tile_size, settings.tile_overlap)
@@ -96,3 +103,15 @@ class LocalRunner:
 
     def unload_all(self) -> None:
         self.pipelines.clear()
+
+
+def decode_waveform(spec, vae, latents):
+    """(the whole window's waveform [B, C, T], RunReport): one piece, since a 1-D latent has no spatial
+    tiles; every rank of a group decodes it (the group keeps rank 0's), as a one-rank image decode does."""
+    report = RunReport()
+    latents = latents.to(vae.device)
+    with torch.inference_mode(), PeakActivation(vae, latents.device) as peak:
+        waveform = spec.family.decode(vae, latents)
+    report.add("VAE", {"text": f"waveform {tuple(waveform.shape)} in one piece; peak decode activation "
+                               f"{peak.bytes / 2**20:.1f} MiB", "tiles": 1, "peak_bytes": [peak.bytes]})
+    return waveform.float().cpu(), report

@@ -106,14 +106,12 @@ def sample(ctx: RunContext):
         generator = torch.Generator(device="cpu").manual_seed(request.seed)
         kwargs = dict(
             num_inference_steps=request.steps,
-            height=request.height,
-            width=request.width,
             generator=generator,
             output_type="latent",
             return_dict=False,
-            callback_on_step_end=on_step_end,
         )
-        kwargs["num_videos_per_prompt" if family.video else "num_images_per_prompt"] = request.batch_size
+        kwargs.update(family.shape_kwargs(request))
+        kwargs.update(family.step_callback_kwargs(on_step_end))
         kwargs.update(family.call_kwargs(pipe, request))
         kwargs.update(family.prompt_kwargs(pipe, request))
         if request.positive is not None:

@@ -7,15 +7,16 @@ import torch
 
 from omni_backend.families import FAMILIES
 
-# Families that need an input image run their own path: tests/test_image_models.py.
-TEXT_FAMILIES = [key for key, family in FAMILIES.items() if not family.requires_image]
+# Families that need an input image run their own path: tests/test_image_models.py; audio families
+# (a waveform, not pixels): tests/test_audio.py.
+TEXT_FAMILIES = [key for key, family in FAMILIES.items() if not family.requires_image and not family.audio]
 
 
 def run_graph(nodes, family_key, settings, tile_size=0):
     (spec,) = nodes["OmniLoadModel"]().load(family_key, "auto", "auto")
     out = nodes["OmniSample"]().sample(spec, **settings)
     latent = out["result"][0]
-    (images,) = nodes["OmniVAEDecode"]().decode(spec, latent, tile_size, 64)["result"]
+    images = nodes["OmniVAEDecode"]().decode(spec, latent, tile_size, 64)["result"][0]  # [1]: audio (blocked)
     return spec, latent, images, out["ui"]
 
 

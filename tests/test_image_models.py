@@ -56,7 +56,7 @@ def test_nodes_edit_an_image_deterministically_and_follow_the_image(headless, no
     assert torch.equal(latents, again["result"][0]["samples"]), "same seed, same image: same latents"
     assert not torch.equal(latents, other["result"][0]["samples"]), "another image changes the edit"
     assert "image(s) 56x40 px" in first["ui"]["text"][0] and "output 64x48" in first["ui"]["text"][0]
-    (images,) = nodes["OmniVAEDecode"]().decode(model, first["result"][0], 0, 64)["result"]
+    images = nodes["OmniVAEDecode"]().decode(model, first["result"][0], 0, 64)["result"][0]
     assert images.shape == (1, 48, 64, 3)
 
 

@@ -265,6 +265,10 @@ FP8_EXPECTATIONS = {
     "wan2.2": (["blocks.0.attn1.to_q", "blocks.1.attn2.to_out.0", "blocks.0.ffn.net.0.proj"],
                ["condition_embedder.time_proj", "condition_embedder.text_embedder.linear_1", "proj_out"]),
 }
+FP8_EXPECTATIONS["stable-audio"] = (["transformer_blocks.0.attn1.to_q", "transformer_blocks.1.attn2.to_v",
+                                     "transformer_blocks.0.attn2.to_out.0", "transformer_blocks.1.ff.net.2"],
+                                    ["proj_in", "proj_out", "timestep_proj.0", "global_proj.2",
+                                     "cross_attention_proj.0"])
 # The edit families run Qwen-Image's transformer.
 FP8_EXPECTATIONS["qwen-image-edit"] = FP8_EXPECTATIONS["qwen-image-edit-2509"] = FP8_EXPECTATIONS["qwen-image"]
 FP8_EXPECTATIONS["wan2.2-i2v"] = FP8_EXPECTATIONS["wan2.2-ti2v"] = FP8_EXPECTATIONS["wan2.2"]  # same transformer

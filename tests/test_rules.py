@@ -59,6 +59,9 @@ TRIPS = {
                        "use ulysses_degree in [1, 2, 4]"),
     "parallel.cfg_branch": ("flux", dict(parallel=cpu_layout(cfg_parallel=2)),
                             "flux2-klein", dict(parallel=cpu_layout(cfg_parallel=2)), "distilled into one pass"),
+    "parallel.vae_patches_audio": ("stable-audio", dict(parallel=cpu_layout(cfg_parallel=2, vae_patch_parallel=2)),
+                                   "stable-audio", dict(parallel=cpu_layout(cfg_parallel=2)),
+                                   "no image patches to hand out"),
     "memory.layerwise_offload_multi_device": (
         "qwen-image", dict(parallel=cpu_layout(ulysses_degree=2), memory=MemoryConfig(offload="layerwise")),
         "qwen-image", dict(parallel=cpu_layout(ulysses_degree=2), memory=MemoryConfig(offload="model")),

@@ -67,7 +67,7 @@ def test_nodes_animate_an_image_deterministically_and_follow_it(headless, nodes,
         text_only = nodes["OmniSample"]().sample(model, **settings)["result"][0]["samples"]
         assert text_only.shape == latents.shape and not torch.equal(latents, text_only)
     assert "image(s) 56x40 px" in first["ui"]["text"][0]
-    (frames,) = nodes["OmniVAEDecode"]().decode(model, first["result"][0], 0, 64)["result"]
+    frames = nodes["OmniVAEDecode"]().decode(model, first["result"][0], 0, 64)["result"][0]
     assert frames.shape == (5, height, width, 3)
 
 

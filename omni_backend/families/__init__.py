@@ -11,13 +11,14 @@ from .flux2_klein import Flux2Klein
 from .qwen_image import QwenImage
 from .qwen_image_edit import QwenImageEdit, QwenImageEditPlus
 from .sd3 import StableDiffusion3
+from .stable_audio import StableAudio
 from .wan import Wan
 from .wan_image import WanI2V, WanTI2V
 from .z_image import ZImage
 
 FAMILIES: dict[str, ModelFamily] = {
     family.key: family for family in (QwenImage(), ZImage(), Flux(), Flux2Klein(), StableDiffusion3(), Wan(),
-                                      QwenImageEdit(), QwenImageEditPlus(), WanI2V(), WanTI2V())
+                                      QwenImageEdit(), QwenImageEditPlus(), WanI2V(), WanTI2V(), StableAudio())
 }
 
 

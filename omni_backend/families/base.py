@@ -41,6 +41,7 @@ class ModelFamily:
     pipeline_classes: tuple[str, ...] = ()  # model_index.json "_class_name" values we accept
     transformer_components: tuple[str, ...] = ("transformer",)
     video: bool = False
+    audio: bool = False  # makes a waveform (ComfyUI AUDIO); Sample takes seconds/start, not sizes or images
     guidance: GuidanceStyle = GuidanceStyle("cfg", "guidance_scale")
     pixel_multiple: int = 16  # VAE downsampling x transformer patch size
     cfg_in_separate_calls: bool = False  # cond and uncond are two transformer calls (not one batch)
@@ -140,6 +141,20 @@ class ModelFamily:
         caller prefixes `negative_` for the negative prompt."""
         return {"prompt_embeds": embedding.embeds.to(device, dtype)}
 
+    def shape_kwargs(self, request: GenerationRequest) -> dict:
+        """The pipeline's size and batch arguments."""
+        batch = "num_videos_per_prompt" if self.video else "num_images_per_prompt"
+        return {"height": request.height, "width": request.width, batch: request.batch_size}
+
+    def step_callback_kwargs(self, on_step_end) -> dict:
+        """How the pipeline calls back after each step: `on_step_end(pipe, step, timestep, tensors)`."""
+        return {"callback_on_step_end": on_step_end}
+
+    def latent_fields(self, folder, request: GenerationRequest) -> dict:
+        """Keys of Sample's LATENT besides `samples` that the decode needs (audio: its window), from the
+        model folder's configs (`folder` is a ModelFolder: no weights needed)."""
+        return {}
+
     def uses_negative_prompt(self, request: GenerationRequest) -> bool:
         return self.guidance.kind in ("true_cfg", "cfg") and request.guidance > 1.0
 
@@ -201,6 +216,10 @@ class ModelFamily:
     def teacache_modulated_input(self, block, args, kwargs):
         """The first block's modulated input for this call (what TeaCache compares across steps)."""
         raise NotImplementedError
+
+    # LoRA: diffusers' loader mixin on the pipeline; where a pipeline has none, the components the LoRA
+    # feature loads adapters into with peft itself.
+    peft_lora_components: tuple[str, ...] = ()
 
     def block_counts(self, transformer_config: dict) -> list[int]:
         """Blocks per block list, read from the config (no weights needed)."""

@@ -47,7 +47,10 @@ class _Active:
 
 class PipelineAdapters:
     def __init__(self, pipe, family, compute_dtype, max_loaded: int | None = None):
-        self.pipe = pipe
+        from .peft_pipeline import lora_api
+
+        self.source = pipe  # the loaded pipeline these adapters live in
+        self.pipe = lora_api(pipe, family)  # its LoRA loader calls (diffusers', or peft's where it has none)
         self.family = family
         self.compute_dtype = compute_dtype
         self.max_loaded = max(1, int(max_loaded or os.environ.get("OMNI_MAX_LOADED_LORAS", "8")))
@@ -61,7 +64,7 @@ class PipelineAdapters:
         from ..devices import torch_dtype
 
         adapters = ctx.state.get(STATE_KEY)
-        if adapters is None or adapters.pipe is not ctx.pipe:
+        if adapters is None or adapters.source is not ctx.pipe:
             adapters = ctx.state[STATE_KEY] = cls(ctx.pipe, ctx.family, torch_dtype(ctx.spec.dtype))
             ctx.state.setdefault("cleanups", []).append(adapters.release)  # run when the pipeline is evicted
         return adapters
@@ -70,7 +73,7 @@ class PipelineAdapters:
         """Drop the references to the pipeline and its adapters (the weights go with the pipeline)."""
         self._loaded.clear()
         self._active.clear()
-        self.pipe = None
+        self.pipe = self.source = None
 
     # ---- per run -------------------------------------------------------------------------
     def push(self, lora, stack_size: int = 1) -> tuple[object, LoadedAdapter]:

@@ -79,7 +79,9 @@ class LoraSpec:
 
 
 def lora_components(spec) -> list[str]:
-    """The components of this model that diffusers loads LoRA layers into."""
+    """The components of this model that diffusers loads LoRA layers into (or, for a pipeline diffusers
+    has no LoRA loader for, those the family names for peft: see peft_pipeline.py)."""
     folder = spec.model_folder
     pipeline_class = spec.family.pipeline_class(folder.pipeline_class)
-    return [c for c in getattr(pipeline_class, "_lora_loadable_modules", []) if c in folder.components]
+    loadable = getattr(pipeline_class, "_lora_loadable_modules", None) or spec.family.peft_lora_components
+    return [c for c in loadable if c in folder.components]

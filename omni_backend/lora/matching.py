@@ -35,7 +35,8 @@ _DOWN_PARTS = {"lora_A", "lora_down", "lora.down", "lora_linear_layer.down"}
 
 
 def loadable_components(pipe) -> list[str]:
-    return [name for name in getattr(type(pipe), "_lora_loadable_modules", [])
+    # Read from the instance: the peft stand-in (peft_pipeline.py) lists its components there.
+    return [name for name in getattr(pipe, "_lora_loadable_modules", [])
             if getattr(pipe, name, None) is not None]
 
 

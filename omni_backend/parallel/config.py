@@ -50,6 +50,13 @@ NO_NEGATIVE_BRANCH = define_rule(
            "to split",
     fix="set cfg_parallel to 1; use sequence parallelism to spread the work")
 
+NO_VAE_PATCHES = define_rule(
+    "parallel.vae_patches_audio", ("vae_patch_parallel", "family"),
+    "VAE patch parallel splits a picture's height and width; an audio latent is one line of time steps",
+    first="Parallel Config ({layout})", second="{family}",
+    reason="its VAE decodes a 1-D waveform latent: there are no image patches to hand out",
+    fix="set vae_patch_parallel to 1 (the waveform decodes in one piece)")
+
 
 def number_list(numbers) -> str:
     """[1, 2, 4], written the same way by the browser extension."""
@@ -70,7 +77,7 @@ class ParallelConfig:
     label = "Parallel"
     node_title = "Parallel Config"
     RULES = (NOT_ENOUGH_DEVICES, NO_SEQUENCE_PARALLEL_PLAN, NO_TENSOR_PARALLEL_PLAN, UNEVEN_TENSOR_PARALLEL,
-             UNEVEN_HEADS, NO_NEGATIVE_BRANCH)
+             UNEVEN_HEADS, NO_NEGATIVE_BRANCH, NO_VAE_PATCHES)
 
     def __post_init__(self):
         for name in ("ulysses_degree", "ring_degree", "cfg_parallel", "tensor_parallel", "vae_patch_parallel"):
@@ -159,6 +166,8 @@ class ParallelConfig:
             found.append(UNEVEN_HEADS.problem(**named, heads=heads, split=split, working=number_list(working)))
         if self.cfg_parallel > 1 and not family.has_true_cfg(info.model_index):
             found.append(NO_NEGATIVE_BRANCH.problem(**named))
+        if self.vae_patch_parallel > 1 and family.audio:
+            found.append(NO_VAE_PATCHES.problem(**named))
         return found
 
     # ---- the feature contract (these run inside the worker processes) --------------------------

@@ -73,8 +73,15 @@ def make_tiny_lora(model_folder, target_file, *, rank: int = 4, alpha: float | N
                                                   for k, v in get_peft_model_state_dict(encoder).items()}
             kwargs["text_encoder_lora_adapter_metadata"] = te_config.to_dict()
         pipeline_class = info.family.pipeline_class(info.pipeline_class)
-        pipeline_class.save_lora_weights(target_file.parent, weight_name=target_file.name,
-                                         safe_serialization=True, **kwargs)
+        if hasattr(pipeline_class, "save_lora_weights"):
+            pipeline_class.save_lora_weights(target_file.parent, weight_name=target_file.name,
+                                             safe_serialization=True, **kwargs)
+        else:  # no LoRA mixin (Stable Audio): the same file through diffusers' shared writer
+            from diffusers.loaders.lora_base import LoraBaseMixin
+
+            LoraBaseMixin._save_lora_weights(target_file.parent, lora_layers={"transformer": layers},
+                                             lora_metadata={"transformer": config.to_dict()},
+                                             weight_name=target_file.name, safe_serialization=True)
     else:
         _save_community_layout(layers, alpha, layout, target_file)
     return target_file
