@@ -11,8 +11,9 @@ Why not peft's `merge`/`unmerge`: unmerge subtracts the delta again, which in bf
 back the original weights (each round trip moves some weights by an ulp, and switches add up).
 Here the touched weights are copied first (to the CPU when the model is on a GPU, so the device
 holds nothing extra) and copied back bit for bit when the run ends, so a run without LoRA after a
-fused one is the base model exactly. A fused layer's adapters are switched off for the run, so its
-forward is `base_layer(x)` with the fused weight; `disable_lora()` at the run's end keeps it so.
+fused one is the base model exactly. For the run, a fused layer's peft wrapper is also taken out of
+the module tree (its parent holds the plain base layer again, put back at the end): even with its
+adapters off, the wrapper's Python forward costs more than a small layer's matmul.
 
 Left unfused (peft's adapter matmuls, as before): layers whose weights are stored in FP8 (adding a
 delta would round it to 3 mantissa bits), layers with DoRA or other peft variants, and every layer
@@ -49,6 +50,7 @@ class FusedRun:
 
     def __init__(self):
         self._saved: list[tuple[object, torch.Tensor]] = []  # (LoRA layer, original weight)
+        self._unwrapped: list[tuple[torch.nn.Module, str, object]] = []  # (parent, attribute, LoRA layer)
 
     @property
     def layers(self) -> int:
@@ -71,11 +73,20 @@ class FusedRun:
                 weight.add_(delta.to(weight.dtype))
                 self._saved.append((layer, original))
                 layer.enable_adapters(False)
+            fused = {id(layer) for layer, _ in self._saved}
+            for parent in list(model.modules()):
+                for attribute, child in list(parent.named_children()):
+                    if id(child) in fused:
+                        self._unwrapped.append((parent, attribute, child))
+                        setattr(parent, attribute, child.get_base_layer())
         return len(self._saved)
 
     @torch.no_grad()
     def restore(self) -> None:
         """Every fused weight gets its original bits back; the layers' adapters stay off (as after a run)."""
+        for parent, attribute, layer in self._unwrapped:
+            setattr(parent, attribute, layer)
+        self._unwrapped.clear()
         for layer, original in self._saved:
             layer.get_base_layer().weight.copy_(original)
         self._saved.clear()
