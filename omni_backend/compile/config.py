@@ -13,7 +13,7 @@ Why this composes:
 - LoRA: a run's adapters are fused into the weights (lora/fusing.py), and parameters are graph
   inputs (torch's default `inline_inbuilt_nn_modules`), so a strength change changes tensor
   values only: no recompile (tested with Dynamo's counters). Unfused adapters (FP8 layers) keep
-  their strength as a Python float on the layer, which Dynamo specialises on: those recompile.
+  their strength as a Python float on the layer, which Dynamo may specialise on (not measured).
 - TeaCache, Cache-DiT, offload and the parallel methods act around blocks (hooks on a block, or
   collectives inside attention): Dynamo traces through the hook code or breaks the graph at what it
   cannot trace (a cache decision, a collective), and runs those parts eagerly. Output equals the
