@@ -9,6 +9,7 @@ from .load_lora import OmniLoadLoRA
 from .cache_nodes import OmniApplyCacheDiT, OmniApplyTeaCache
 from .compile_node import OmniCompile
 from .load_model import OmniLoadModel
+from .load_model_files import OmniLoadModelFiles
 from .offload_fp8 import OmniOffloadFP8
 from .parallel_config import OmniParallelConfig
 from .sample import OmniSample
@@ -16,6 +17,7 @@ from .vae_decode import OmniVAEDecode
 
 NODE_CLASSES = {
     "OmniLoadModel": (OmniLoadModel, "Load Omni Model"),
+    "OmniLoadModelFiles": (OmniLoadModelFiles, "Load Omni Model (ComfyUI files)"),
     "OmniApplyTeaCache": (OmniApplyTeaCache, "Apply TeaCache"),
     "OmniApplyCacheDiT": (OmniApplyCacheDiT, "Apply Cache-DiT"),
     "OmniParallelConfig": (OmniParallelConfig, "Parallel Config"),
