@@ -16,7 +16,8 @@ the module tree (its parent holds the plain base layer again, put back at the en
 adapters off, the wrapper's Python forward costs more than a small layer's matmul.
 
 Left unfused (peft's adapter matmuls, as before): layers whose weights are stored in FP8 (adding a
-delta would round it to 3 mantissa bits), layers with DoRA or other peft variants, and every layer
+delta would round it to 3 mantissa bits), tensor-parallel shards (fusing them was measured wrong
+against one process: not yet worked out), layers with DoRA or other peft variants, and every layer
 while offload holds the weights (their master copies live apart from `param.data`).
 """
 
@@ -36,6 +37,8 @@ def fusable(layer) -> bool:
 
     if not isinstance(layer, LoraLayer) or layer.disable_adapters or layer.merged:
         return False
+    if type(layer.get_base_layer()) is not torch.nn.Linear:
+        return False  # FP8 layers and tensor-parallel shards (their adapters are summed across ranks) stay unfused
     weight = getattr(layer.get_base_layer(), "weight", None)
     if not isinstance(weight, torch.nn.Parameter) or type(weight.data) is not torch.Tensor:
         return False  # FP8 layers hold a tensor subclass or a float8 tensor
