@@ -9,7 +9,8 @@ node costs), over a full reload (base weights from disk plus the two adapter fil
 cost if LoRAs were part of the loaded weights). Both go through the same LoRA run sessions, without
 sampling; alternated, median of each.
 
-step_overhead_ratio: median denoising-step time with the two adapters active over the base model's,
+step_overhead_ratio: median denoising-step time with the two adapters active (fused into the weights for
+the run, see omni_backend/lora/fusing.py; OMNI_FUSE_LORA=0 measures them unfused) over the base model's,
 each on its own engine (the base one never saw a LoRA, so it has no peft wrappers at all); step
 times come from the progress callback, the first step (text encoding) left out; runs alternate.
 

@@ -7,7 +7,9 @@ Methods ulysses, ring, cfg, hybrid (ulysses 2 x ring 2) and tp time the denoisin
 `rank_weight_bytes_ratio` (the largest rank's DiT weight bytes over the whole model's). vae_patch
 rows time the decode of the same latent on 2 ranks against one device decoding it whole, with
 `rank_peak_bytes_ratio` (the largest rank's peak decode activation over the one-device peak) and
-`max_abs_diff` against that whole decode (pixels in 0..1; patches blend across their overlap).
+`max_abs_diff` against that whole decode (pixels in 0..1). `--families reference` gives vae_patch rows
+only, on the trained reference model's VAE (real images: rendered scenes encoded by it) at its size
+(64 px) and 4x it (256 px), with `psnr_db` against the whole decode.
 
 Each row times a warm run (workers up, weights loaded) against the warm single-process run; the
 single process may use every core, each rank gets cores / ranks threads. `--comm` prints the
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import tempfile
 import time
@@ -77,7 +80,41 @@ def dit_weight_bytes(engine, spec) -> int:
                for p in transformer.parameters())
 
 
+def psnr_db(image, reference) -> float:
+    mse = float(((image - reference) ** 2).mean())
+    return round(10 * math.log10(1 / mse), 2) if mse > 0 else float("inf")
+
+
+def vae_patch_row(engine, spec, latents, repeats, family, model) -> dict:
+    one_time, one_pixels, one_peak = timed_decodes(engine, spec, latents, repeats)
+    config = ParallelConfig(**VAE_PATCH)
+    patch_time, pixels, patch_peak = timed_decodes(engine, spec.replace(parallel=config), latents, repeats)
+    return {"method": "vae_patch", "degree": config.vae_patch_parallel, "family": family,
+            "speedup": round(one_time / patch_time, 3),
+            "max_abs_diff": float((pixels - one_pixels).abs().max()),
+            "psnr_db": psnr_db(pixels, one_pixels),
+            "rank_peak_bytes_ratio": round(patch_peak / one_peak, 3),
+            "seconds": {"single": round(one_time, 3), "parallel": round(patch_time, 3)}, "model": model}
+
+
+def measure_reference_vae(repeats: int) -> list[dict]:
+    """vae_patch rows on the trained reference model's VAE, at 64 px and 256 px."""
+    from omni_backend.reference import model_path
+    from omni_backend.reference.vae_training import scene_latents
+
+    spec = ModelSpec.from_folder(str(model_path()), dtype="fp32", device="cpu")
+    engine = Engine()
+    try:
+        vae = engine.loaded(spec).pipe.vae
+        return [vae_patch_row(engine, spec, scene_latents(vae, size, count=1, seed=size), repeats, "reference",
+                              f"reference model's VAE, {size}px (rendered scenes)") for size in (64, 256)]
+    finally:
+        engine.unload_all()
+
+
 def measure(family: str, methods: list[str], size: int, steps: int, repeats: int) -> list[dict]:
+    if family == "reference":
+        return measure_reference_vae(repeats) if "vae_patch" in methods else []
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         folder = str(FAMILIES[family].make_tiny(f"{tmp}/{family}"))
@@ -103,16 +140,7 @@ def measure(family: str, methods: list[str], size: int, steps: int, repeats: int
                     per_rank = generation.report.sections["Parallel"]["rank_weight_bytes"]
                     rows[-1]["rank_weight_bytes_ratio"] = round(max(per_rank) / dit_weight_bytes(engine, spec), 3)
             if "vae_patch" in methods:
-                one_time, one_pixels, one_peak = timed_decodes(engine, spec, single.latents, repeats)
-                config = ParallelConfig(**VAE_PATCH)
-                patch_time, pixels, patch_peak = timed_decodes(engine, spec.replace(parallel=config), single.latents,
-                                                               repeats)
-                rows.append({"method": "vae_patch", "degree": config.vae_patch_parallel, "family": family,
-                             "speedup": round(one_time / patch_time, 3),
-                             "max_abs_diff": float((pixels - one_pixels).abs().max()),
-                             "rank_peak_bytes_ratio": round(patch_peak / one_peak, 3),
-                             "seconds": {"single": round(one_time, 3), "parallel": round(patch_time, 3)},
-                             "model": f"tiny {family} VAE, {size}px"})
+                rows.append(vae_patch_row(engine, spec, single.latents, repeats, family, f"tiny {family} VAE, {size}px"))
         finally:
             engine.unload_all()
     return rows
@@ -145,7 +173,7 @@ def communication_table() -> list[dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--json", action="store_true", help="one JSON object per line")
-    parser.add_argument("--families", default="qwen-image,wan2.2")
+    parser.add_argument("--families", default="qwen-image,wan2.2,reference")
     parser.add_argument("--methods", default="ulysses,ring,cfg,hybrid,tp,vae_patch")
     parser.add_argument("--size", type=int, default=384)
     parser.add_argument("--steps", type=int, default=6)

@@ -7,6 +7,7 @@ from omni_backend.engine import default_engine
 from . import check_route, comfy_bridge
 from .load_lora import OmniLoadLoRA
 from .cache_nodes import OmniApplyCacheDiT, OmniApplyTeaCache
+from .compile_node import OmniCompile
 from .load_model import OmniLoadModel
 from .load_model_files import OmniLoadModelFiles
 from .offload_fp8 import OmniOffloadFP8
@@ -22,6 +23,7 @@ NODE_CLASSES = {
     "OmniParallelConfig": (OmniParallelConfig, "Parallel Config"),
     "OmniLoadLoRA": (OmniLoadLoRA, "Load LoRA"),
     "OmniOffloadFP8": (OmniOffloadFP8, "Offload/FP8"),
+    "OmniCompile": (OmniCompile, "Compile DiT Blocks"),
     "OmniSample": (OmniSample, "Sample"),
     "OmniVAEDecode": (OmniVAEDecode, "VAE Decode Patch-Parallel"),
 }

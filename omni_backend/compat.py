@@ -57,7 +57,7 @@ def define_rule(id: str, between: tuple[str, str], summary: str, first: str, sec
 def check_spec(spec) -> list[Problem]:
     """Every problem of the spec, feature by feature (memory, cache, parallel, then each LoRA)."""
     problems: list[Problem] = []
-    for feature in (spec.memory, spec.cache, spec.parallel, *spec.loras):
+    for feature in (spec.memory, spec.cache, spec.parallel, *spec.loras, getattr(spec, "compile", None)):
         if feature is not None:
             problems.extend(feature.problems(spec))
     return problems

@@ -15,7 +15,7 @@ import torch
 from .checks import whole_number
 from .loading import load_pipeline
 from .parallel.runtime import current_context
-from .parallel.vae_patch import PeakActivation, decode_on_ranks, patches_for_ranks
+from .parallel.vae_patch import PeakActivation, decode_on_ranks, plan_patches
 from .pipeline_cache import LoadedPipeline, PipelineCache
 from .request import GenerationRequest
 from .sampling import RunContext, RunReport, sample
@@ -84,12 +84,13 @@ class LocalRunner:
         ranks = spec.parallel.vae_patch_parallel if spec.parallel is not None else 1
         with torch.inference_mode():
             if context is not None and ranks > 1:
-                if len(tiles) == 1:
-                    tiles = patches_for_ranks(latents.shape[-2], latents.shape[-1], ranks,
-                                              settings.tile_overlap // scale)
+                if len(tiles) == 1:  # small enough to decode whole: patches with halos instead
+                    tiles = plan_patches(latents.shape[-2], latents.shape[-1], ranks)
                 if context.rank >= ranks:
                     return None, None  # not in the VAE group: nothing to decode
                 pixels, peaks = decode_on_ranks(spec.family, vae, latents, scale, tiles, context.group("vae"))
+            elif context is not None and context.rank != 0:
+                return None, None  # vae_patch_parallel 1: rank 0 decodes alone, the others wait for nothing
             else:
                 with PeakActivation(vae, latents.device) as peak:
                     pixels = decode_tiled(spec.family, vae, latents, scale, tiles)

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from .cache import CacheDiTConfig, TeaCacheConfig
 from .compat import RuleDef, validate_spec
+from .compile import CompileConfig
 from .devices import resolve_device, resolve_dtype
 from .families import FAMILIES, ModelFamily
 from .lora.config import LoraSpec
@@ -31,7 +32,7 @@ from .single_file.model_files import ModelFiles, inspect_model_files
 
 # The features a spec can hold (its fields below). Each declares the rules it can break as RULES and
 # checks them in problems(spec) (see compat.py).
-FEATURE_TYPES = (MemoryConfig, TeaCacheConfig, CacheDiTConfig, ParallelConfig, LoraSpec)
+FEATURE_TYPES = (MemoryConfig, TeaCacheConfig, CacheDiTConfig, ParallelConfig, LoraSpec, CompileConfig)
 
 
 def all_rules() -> dict[str, RuleDef]:
@@ -55,6 +56,7 @@ class ModelSpec:
     memory: MemoryConfig | None = None
     loras: tuple[LoraSpec, ...] = ()  # in the order the user chained them
     files: ModelFiles | None = None  # set when the model comes from ComfyUI's single files
+    compile: CompileConfig | None = None  # regional torch.compile of the DiT's blocks, per run
 
     @classmethod
     def from_folder(cls, folder: str, dtype: str = "auto", device: str = "auto") -> "ModelSpec":
@@ -85,12 +87,13 @@ class ModelSpec:
         """Feature configs in the order they prepare a loaded pipeline. Memory comes after parallel:
         offload must hook and hold the modules that really run (tensor-parallel shards replace the
         linears it would otherwise have captured)."""
-        return [f for f in (self.parallel, self.memory, *self.loras, self.cache) if f is not None]
+        return [f for f in (self.parallel, self.memory, *self.loras, self.cache, self.compile) if f is not None]
 
     def session_features(self) -> list:
         """Feature configs in the order their run sessions are entered. Parallel comes last so its
-        CFG wrapper is the transformer's outermost forward (caches inside see one call per step)."""
-        return [f for f in (self.memory, *self.loras, self.cache, self.parallel) if f is not None]
+        CFG wrapper is the transformer's outermost forward (caches inside see one call per step).
+        Compile comes after LoRA, so the blocks it compiles hold the run's fused weights."""
+        return [f for f in (self.memory, *self.loras, self.cache, self.compile, self.parallel) if f is not None]
 
     def replace(self, **changes) -> "ModelSpec":
         return validate_spec(dataclasses.replace(self, **changes))

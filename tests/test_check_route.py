@@ -42,6 +42,7 @@ SWEEP = {
     "cache-dit-fn1-bn1": [("OmniApplyCacheDiT", dict(Fn_compute_blocks=1, Bn_compute_blocks=1))],
     "cache-dit-scm-preset": [("OmniApplyCacheDiT", dict(preset="DBCache + TaylorSeer + SCM fast (Fn8 B0 W4)"))],
     "two-caches": [("OmniApplyCacheDiT", {}), ("OmniApplyTeaCache", {})],
+    "compile": [("OmniCompile", {})],
     "ulysses2": [layout(ulysses_degree=2)],
     "ulysses3": [layout(ulysses_degree=3, devices=cpus(3))],
     "ring2-vae2": [layout(ring_degree=2, vae_patch_parallel=2)],

@@ -73,10 +73,20 @@ def test_lora_offload_and_fp8_under_each_cache(models_dir, engine, lora, cache):
     assert cache_worked(with_lora, cache), "the cache skipped nothing with a LoRA on"
     assert not torch.allclose(with_lora.latents, cached.latents), "the LoRA changed nothing under the cache"
 
+    # Offload keeps the adapters unfused (lora/fusing.py): it is lossless against the same unfused run.
+    lora_spec = spec_for(models_dir, cache=config, loras=(lora,))
+    adapters = engine.loaded(lora_spec).state["lora"]
+    adapters.fuse = False
+    try:
+        unfused = engine.generate(lora_spec, request)
+    finally:
+        adapters.fuse = True
     layerwise = MemoryConfig(offload="layerwise", blocks_on_device=1)
     offloaded = engine.generate(spec_for(models_dir, cache=config, loras=(lora,), memory=layerwise), request)
     assert offloaded.report.sections["memory"]["offload"] == "layerwise"
-    assert torch.equal(offloaded.latents, with_lora.latents), "offload must stay lossless under a cache and a LoRA"
+    assert offloaded.report.sections["LoRA"]["fused_layers"] == 0
+    assert torch.equal(offloaded.latents, unfused.latents), "offload must stay lossless under a cache and a LoRA"
+    assert relative_error(with_lora.latents, unfused.latents) < 1e-5, "fused and unfused LoRA must agree"
 
     fp8 = engine.generate(spec_for(models_dir, cache=config, loras=(lora,), memory=MemoryConfig(fp8="weight_only")),
                           request)

@@ -260,6 +260,39 @@ def test_loaded_adapters_are_bounded_and_evicted_ones_come_back(headless, nodes,
         adapters.max_loaded = saved
 
 
+def base_weights(module):
+    return {name: p.detach().clone() for name, p in module.named_parameters() if "lora_" not in name}
+
+
+def test_fused_lora_equals_unfused_and_gives_the_weights_back_exactly(headless, nodes, lora_files):
+    a, b = lora_files("a.safetensors", seed=1), lora_files("b.safetensors", seed=2)
+    spec = base_spec(nodes)
+    stack = with_loras(nodes, spec, (a, 0.7), (b, -0.4))
+    latents(stack)  # loads both adapters (the parameter names now include peft's wrappers)
+    transformer = default_engine().loaded(spec).pipe.transformer
+    before = base_weights(transformer)
+    fused_run = run(stack)
+    assert fused_run.report.sections["LoRA"]["fused_layers"] == len(tuner_layers(transformer)) > 0
+    adapters = adapters_of(spec)
+    adapters.fuse = False
+    try:
+        unfused_run = run(stack)
+    finally:
+        adapters.fuse = True
+    assert unfused_run.report.sections["LoRA"]["fused_layers"] == 0
+    assert torch.allclose(fused_run.latents, unfused_run.latents, rtol=1e-4, atol=1e-5), \
+        (fused_run.latents - unfused_run.latents).abs().max()
+    after = base_weights(transformer)
+    assert all(torch.equal(before[name], after[name]) for name in before), "a fused weight was not put back"
+    # A strength change fuses afresh from the original weights (no drift from the previous run's fuse).
+    changed = latents(with_loras(nodes, spec, (a, 0.2), (b, 0.9)))
+    adapters.fuse = False
+    try:
+        assert torch.allclose(changed, latents(with_loras(nodes, spec, (a, 0.2), (b, 0.9))), rtol=1e-4, atol=1e-5)
+    finally:
+        adapters.fuse = True
+
+
 # ---- runs that end early leave nothing switched on ---------------------------------------------
 def test_interrupted_lora_run_leaves_the_base_model(headless, nodes, lora_files):
     a = lora_files("a.safetensors", seed=1)
@@ -427,8 +460,11 @@ def test_adapter_factors_stay_in_compute_dtype_on_float8_layers(headless, nodes,
             swapped.append(layer)
     request = GenerationRequest(prompt="a red circle", steps=2, width=64, height=48, guidance=1.0, seed=3)
     base = engine.generate(spec, request).latents
-    adapted = engine.generate(with_loras(nodes, spec, (a, 1.0)), request).latents  # fails if factors were fp8
+    generation = engine.generate(with_loras(nodes, spec, (a, 1.0)), request)  # fails if factors were fp8
+    adapted = generation.latents
     assert torch.isfinite(adapted).all() and not torch.allclose(adapted, base, atol=1e-3)
+    # Fused LoRA: the high-precision layers take the adapter into their weights, the FP8 ones stay unfused.
+    assert generation.report.sections["LoRA"]["fused_layers"] == len(tuner_layers(pipe.transformer)) - len(swapped)
     wrapped = pipe.transformer.transformer_blocks[0].attn.to_q
     (name,) = wrapped.lora_A.keys()
     assert wrapped.get_base_layer() is swapped[0] and swapped[0].weight.dtype == torch.float8_e4m3fn

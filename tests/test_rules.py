@@ -14,6 +14,7 @@ import pytest
 from diffusers import DiffusionPipeline
 
 from omni_backend.cache import CacheDiTConfig, TeaCacheConfig
+from omni_backend.compile import CompileConfig
 from omni_backend.compat import check_spec, collecting_problems, validate_spec
 from omni_backend.errors import OmniIncompatibleError, OmniInputError
 from omni_backend.families import FAMILIES
@@ -66,6 +67,8 @@ TRIPS = {
         "qwen-image", dict(parallel=cpu_layout(ulysses_degree=2), memory=MemoryConfig(offload="layerwise")),
         "qwen-image", dict(parallel=cpu_layout(ulysses_degree=2), memory=MemoryConfig(offload="model")),
         "Parallel Config (2 devices)"),
+    "compile.repeated_blocks": ("sd3", dict(compile=CompileConfig()), "qwen-image", dict(compile=CompileConfig()),
+                                "(SD3Transformer2DModel) does not name its repeated blocks"),
     "memory.fp8_tensor_parallel": (
         "qwen-image", dict(parallel=cpu_layout(tensor_parallel=2), memory=MemoryConfig(fp8="weight_only")),
         "qwen-image", dict(parallel=cpu_layout(ulysses_degree=2), memory=MemoryConfig(fp8="weight_only")),
@@ -161,7 +164,7 @@ def test_rules_are_about_known_things_and_name_their_values():
                     assert name.isidentifier() and not spec and conversion is None, (definition.id, template)
         assert set(definition.between) <= {"teacache", "cache_dit", "sequence_parallel", "tensor_parallel",
                                            "cfg_parallel", "lora", "offload", "fp8", "vae_patch_parallel",
-                                           "parallel", "family", "machine"}, definition.id
+                                           "compile", "parallel", "family", "machine"}, definition.id
 
 
 def test_faults_of_several_inputs_are_refused_once_when_the_node_runs(nodes, models_dir):

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 from ..errors import OmniInputError
 from . import files, loader
+from .fusing import FusedRun
 
 log = logging.getLogger("omni_diffusion")
 STATE_KEY = "lora"
@@ -57,6 +58,8 @@ class PipelineAdapters:
         self._loaded: OrderedDict[tuple, LoadedAdapter] = OrderedDict()  # (realpath, into) -> adapter, LRU order
         self._active: list[_Active] = []
         self._switched_on = False  # whether any LoRA layer may be active (then the run's end switches off)
+        self._fused = FusedRun()  # layers whose adapters are added into the weights for this run
+        self.fuse = os.environ.get("OMNI_FUSE_LORA", "1") != "0"  # 0: keep every adapter unfused (debugging)
         self.file_loads = 0  # adapter files read into the pipeline (tests and the benchmark count them)
 
     @classmethod
@@ -108,16 +111,33 @@ class PipelineAdapters:
         if not weights:
             self.switch_off()
             return
+        self._fused.restore()  # a stack switched on twice in one run fuses from the original weights
         with loader.quiet():
             self.pipe.enable_lora()
             self.pipe.set_adapters(list(weights), adapter_weights=list(weights.values()))
         self._switched_on = True
+        if self.fuse and not self._weights_held_by_offload():
+            components = {c for entry in self._active for c in entry.adapter.components}
+            self._fused.fuse([getattr(self.pipe, c) for c in sorted(components)])
 
     def switch_off(self) -> None:
+        self._fused.restore()
         if self._switched_on:
             with loader.quiet():
                 self.pipe.disable_lora()
             self._switched_on = False
+
+    @property
+    def fused_layers(self) -> int:
+        return self._fused.layers
+
+    def _weights_held_by_offload(self) -> bool:
+        # Offload keeps each weight's master copy apart from `param.data` (which may be a placeholder
+        # between turns), so a fuse would not reach the weights that run: such layers stay unfused.
+        from ..memory.apply import memory_state
+
+        state = memory_state(self.pipe)
+        return state is not None and state.offload not in (None, "none")
 
     def weights_by_adapter(self) -> dict[str, dict[str, float]]:
         """adapter name -> {component: strength} for the pushed entries; all-zero adapters left out."""
@@ -135,8 +155,10 @@ class PipelineAdapters:
                    for a in self._active]
         text = ", ".join(f"{e['file']} x{e['strength']:g}"
                          + ("" if e["component"] == "auto" else f" ({e['component']})") for e in entries)
+        if self._fused.layers:
+            text += f" (fused into {self._fused.layers} layers for this run)"
         return {"text": text, "adapters": entries, "loaded_in_pipeline": len(self._loaded),
-                "files_loaded": self.file_loads}
+                "files_loaded": self.file_loads, "fused_layers": self._fused.layers}
 
     # ---- loading and eviction ------------------------------------------------------------
     @property

@@ -279,3 +279,21 @@ def encode_means(vae, images: np.ndarray, batch: int = 64) -> torch.Tensor:
             mean, _ = encode_moments(vae, to_model_range(images[start:start + batch]))
             chunks.append(mean[:, :, 0])
     return torch.cat(chunks)
+
+
+def scene_latents(vae, size: int, count: int = 2, seed: int = 0) -> torch.Tensor:
+    """Latents [count, z, size/8, size/8] of rendered scenes, as decoders meet them (the posterior mean).
+
+    At sizes above the training size (64 px) each image is a mosaic of 64 px scenes, so a large
+    image has as many edges per area as a small one (a single scene scaled up would be mostly flat).
+    """
+    from . import dataset
+
+    rng = np.random.default_rng(seed)
+    per_side = max(1, size // dataset.IMAGE_SIZE)
+    images = []
+    for _ in range(count):
+        tiles = dataset.render_batch(dataset.random_scenes(rng, per_side * per_side), rng, size // per_side)
+        rows = [np.concatenate(list(tiles[r * per_side:(r + 1) * per_side]), axis=2) for r in range(per_side)]
+        images.append(np.concatenate(rows, axis=1))
+    return encode_means(vae, np.stack(images))

@@ -1,0 +1,3 @@
+from .config import CompileConfig
+
+__all__ = ["CompileConfig"]
