@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from omni_backend.engine import default_engine
-from omni_backend.request import LIMITS, GenerationRequest, check_image_slots
+from omni_backend.request import LIMITS, GenerationRequest, check_image_slots, check_model_options
 from omni_backend.sampling import RunControl
 
 from . import comfy_bridge
@@ -58,13 +58,24 @@ class OmniSample:
                 "image2": ("IMAGE", {"tooltip": "A second reference image (Qwen-Image-Edit-2509 takes up to three)."}),
                 "image3": ("IMAGE", {"tooltip": "A third reference image (Qwen-Image-Edit-2509)."}),
                 "last_image": ("IMAGE", {"tooltip": "Wan2.2 image-to-video: the frame the video should end on."}),
+                "prompt_rewrite": ("BOOLEAN", {"default": False,
+                                               "tooltip": "LongCat-Image: let its vision-language model rewrite the "
+                                                          "prompt first (a second model run; the prompt used is "
+                                                          "shown below the node). Other models refuse it."}),
+                "cfg_renorm": ("BOOLEAN", {"default": True,
+                                           "tooltip": "LongCat-Image: rescale the guided prediction to the norm of "
+                                                      "the conditional one (diffusers' default: on)."}),
+                "cfg_renorm_min": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.05,
+                                             "tooltip": "LongCat-Image: the lowest renorm scale (0 widest range, "
+                                                        "1 turns renorm off)."}),
             },
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
 
     @classmethod
     def check_inputs(cls, model, prompt, negative_prompt, seed, steps, guidance, width, height, frames, batch_size,
-                     image=None, image2=None, image3=None, last_image=None, **_hidden):
+                     image=None, image2=None, image3=None, last_image=None, prompt_rewrite=False, cfg_renorm=True,
+                     cfg_renorm_min=0.0, **_hidden):
         """The request this node would send, checked against the model's family (validators call this,
         with LINKED for images only a run will produce)."""
         if model is LINKED:
@@ -73,14 +84,19 @@ class OmniSample:
         request = GenerationRequest(prompt=prompt, negative_prompt=negative_prompt, steps=steps,
                                     guidance=guidance, seed=seed, width=width, height=height, frames=frames,
                                     batch_size=batch_size, images=tuple(v for v in given if v is not LINKED),
-                                    last_image=None if last_image is LINKED else last_image)
+                                    last_image=None if last_image is LINKED else last_image,
+                                    prompt_rewrite=prompt_rewrite, cfg_renorm=cfg_renorm,
+                                    cfg_renorm_min=cfg_renorm_min)
         check_image_slots(model.family, len(given), last_image is not None)
+        check_model_options(model.family, request)
         return request.validate(model.family.pixel_multiple, model.family.video)
 
     def sample(self, model, prompt, negative_prompt, seed, steps, guidance, width, height, frames, batch_size,
-               image=None, image2=None, image3=None, last_image=None, unique_id=None):
+               image=None, image2=None, image3=None, last_image=None, prompt_rewrite=False, cfg_renorm=True,
+               cfg_renorm_min=0.0, unique_id=None):
         request = self.check_inputs(model, prompt, negative_prompt, seed, steps, guidance, width, height, frames,
-                                    batch_size, image, image2, image3, last_image)
+                                    batch_size, image, image2, image3, last_image, prompt_rewrite, cfg_renorm,
+                                    cfg_renorm_min)
         control = RunControl(progress=comfy_bridge.Progress(steps, unique_id),
                              interrupted=comfy_bridge.interrupt_requested)
         with host_interrupts():

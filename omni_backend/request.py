@@ -37,6 +37,12 @@ class GenerationRequest:
     # the order of Sample's image inputs; `last_image` is image-to-video's optional last frame.
     images: tuple = ()
     last_image: Any = None
+    # LongCat-Image's own options (see MODEL_OPTIONS): rewriting the prompt with its vision-language
+    # model first is a second model run that changes the prompt, so it is off unless asked; CFG
+    # renormalisation keeps diffusers' defaults (on, scale clamped to [cfg_renorm_min, 1]).
+    prompt_rewrite: bool = False
+    cfg_renorm: bool = True
+    cfg_renorm_min: float = 0.0
 
     def __post_init__(self):
         checked = {
@@ -51,6 +57,11 @@ class GenerationRequest:
             "frames": whole_number("frames", self.frames, *LIMITS["frames"]),
             "batch_size": whole_number("batch_size", self.batch_size, *LIMITS["batch_size"]),
         }
+        for name in ("prompt_rewrite", "cfg_renorm"):
+            if not isinstance(getattr(self, name), bool):
+                raise OmniInputError(name, getattr(self, name), "must be true or false", f"set {name} to true or false")
+        checked["cfg_renorm_min"] = real_number("cfg_renorm_min", self.cfg_renorm_min, 0.0, 1.0,
+                                                fix="use 0.0 (widest renorm range) up to 1.0 (renorm off)")
         for name, value in checked.items():
             object.__setattr__(self, name, value)
         object.__setattr__(self, "images", tuple(self.images))
@@ -67,6 +78,7 @@ class GenerationRequest:
 
     def validate_images(self, family) -> "GenerationRequest":
         check_image_slots(family, len(self.images), self.last_image is not None)
+        check_model_options(family, self)
         return self
 
     def validate(self, pixel_multiple: int, video: bool) -> "GenerationRequest":
@@ -103,3 +115,17 @@ def check_image_slots(family, images: int, last_image: bool) -> None:
     if last_image and not family.takes_last_image:
         raise OmniInputError("last_image", "an image", f"{title} takes no last frame",
                              "disconnect last_image (only Wan2.2 image-to-video uses it)")
+
+
+# Options only some families take, with their defaults.
+MODEL_OPTIONS = {"prompt_rewrite": False, "cfg_renorm": True, "cfg_renorm_min": 0.0}
+
+
+def check_model_options(family, request) -> None:
+    """A model option set away from its default on a family that does not take it is refused (it
+    would silently do nothing)."""
+    for name, default in MODEL_OPTIONS.items():
+        value = getattr(request, name)
+        if value != default and name not in family.model_options:
+            raise OmniInputError(name, value, f"{family.title} has no such option (LongCat-Image only)",
+                                 f"set {name} back to {default}")
