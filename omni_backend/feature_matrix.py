@@ -14,7 +14,6 @@ exists and that every rule named here exists and is about that pair.
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
 
 from .families import FAMILIES
@@ -134,7 +133,7 @@ def verdict(first: str, second: str) -> Verdict:
 def family_support(family) -> dict[str, bool]:
     """What a family supports, read from its registry entry. Cache-DiT, offload, FP8 and VAE patch
     parallel work on any family's block lists, linears and VAE (each is tested on every family)."""
-    pipeline = getattr(importlib.import_module("diffusers"), family.pipeline_classes[0], None)
+    pipeline = family.pipeline_class(family.pipeline_classes[0])  # with the LoRA loader a family mixes in
     return {
         "teacache": family.teacache_coefficients is not None,
         "cache_dit": True,

@@ -10,7 +10,7 @@ from omni_backend.engine import DecodeSettings
 from omni_backend.errors import OmniIncompatibleError
 from omni_backend.parallel.tensor_parallel import module_glob
 
-TP_FAMILIES = ["qwen-image", "z-image", "flux", "flux2-klein", "wan2.2"]
+TP_FAMILIES = ["qwen-image", "z-image", "flux", "flux2-klein", "wan2.2", "longcat-image"]
 
 
 def expected_rank_bytes(transformer, plan, degree: int, sharded_norms=()) -> int:

@@ -114,8 +114,9 @@ class LongCatImage(ModelFamily):
             vision_start_token_id=token("<|vision_start|>"), image_token_id=token("<|image_pad|>"),
             video_token_id=token("<|video_pad|>"), hidden_size=32, vocab_size=len(tokenizer),
         )).eval()
-        # A short rewrite keeps the tiny model's generate quick (the real one writes up to 512 tokens).
-        text_encoder.generation_config.max_new_tokens = 16
+        # The pipeline's prompt rewrite generates up to 512 tokens and a random model never picks its end
+        # token: the tiny copy ends at its first token (any token ends it), so a rewrite costs one step.
+        text_encoder.generation_config.eos_token_id = list(range(len(tokenizer)))
         image_processor = Qwen2VLImageProcessor(min_pixels=56 * 56, max_pixels=28 * 28 * 64, patch_size=14,
                                                 merge_size=2, temporal_patch_size=2)
         processor = image_only_processor(image_processor, tokenizer, tokenizer.chat_template)
@@ -163,6 +164,21 @@ class LongCatImageEdit(LongCatImage):
         kwargs = ModelFamily.call_kwargs(self, pipe, request)
         kwargs["image"] = one_pil(request.images[0])
         return kwargs
+
+    def build_tiny(self):
+        """LongCat-Image's tiny parts with a VAE that downsamples 16x instead of 8x: the edit pipeline
+        always works at about 1 MP (plus as many tokens again for the input image), which an 8x VAE
+        would make a sequence of ~9000 tokens, seconds per transformer call even for a tiny model."""
+        from diffusers import AutoencoderKL
+
+        pipe = super().build_tiny()
+        vae = AutoencoderKL(
+            in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * 5,
+            up_block_types=["UpDecoderBlock2D"] * 5, block_out_channels=[8, 8, 16, 16, 16], layers_per_block=1,
+            latent_channels=16, norm_num_groups=8, scaling_factor=0.3611, shift_factor=0.1159,
+            use_quant_conv=False, use_post_quant_conv=False,
+        )
+        return type(pipe)(**{**pipe.components, "vae": vae})
 
     def output_size(self, request):
         """diffusers' calculate_dimensions(1024 * 1024, width / height) for the input image."""
