@@ -22,6 +22,7 @@ from omni_backend.engine import default_engine
 from omni_backend.errors import OmniInputError, OmniInterrupted
 from omni_backend.images import to_pil
 from omni_backend.lora.adapters import STATE_KEY
+from omni_backend.memory import MemoryConfig
 from omni_backend.request import GenerationRequest
 from omni_backend.sampling import RunControl
 from omni_backend.tiny.lora import make_tiny_lora
@@ -204,3 +205,14 @@ def test_edit_cache_dit_skips_work_and_lora_acts(headless, nodes, engine, models
     assert torch.equal(engine.generate(spec, request).latents, plain), "no state leaks"
     assert_lora_acts_and_switches_off(nodes, headless.models_dir / "loras", models_dir, EDIT,
                                       tiny_settings(EDIT, steps=1, guidance=1.0))
+
+
+def test_edit_layerwise_offload_is_lossless(models_dir, edited):
+    from omni_backend.engine import Engine
+
+    engine = Engine()  # offload holds the weights differently: a pipeline of its own
+    try:
+        spec = spec_for(models_dir, EDIT).replace(memory=MemoryConfig(offload="layerwise"))
+        assert torch.equal(engine.generate(spec, edit_request()).latents, edited.latents)
+    finally:
+        engine.unload_all()
