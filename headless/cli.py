@@ -81,6 +81,17 @@ def _cmd_make_tiny(args) -> int:
     if not args.directory:
         print("make-tiny needs a target DIR", file=sys.stderr)
         return 2
+    if args.layout == "comfy":
+        from omni_backend.single_file.comfy_layout import write_comfy_files
+
+        try:
+            written = write_comfy_files(args.family, args.directory, args.weights)
+        except ValueError as exc:
+            print(exc, file=sys.stderr)
+            return 2
+        for path in written.values():
+            print(path)
+        return 0
     print(FAMILIES[args.family].make_tiny(args.directory))
     return 0
 
@@ -136,6 +147,12 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("family", nargs="?")
     tiny.add_argument("directory", nargs="?")
     tiny.add_argument("--list", action="store_true", help="list the families")
+    tiny.add_argument("--layout", choices=("diffusers", "comfy"), default="diffusers",
+                      help="diffusers: a model folder (models/diffusers/NAME); comfy: single files in DIR/"
+                           "diffusion_models, DIR/text_encoders and DIR/vae under ComfyUI's template names")
+    tiny.add_argument("--weights", choices=("bf16", "fp32", "fp8_e4m3fn", "fp8_scaled"), default="bf16",
+                      help="weight format of the comfy layout's files (fp8 modes write the text encoder as "
+                           "fp8_scaled, as ComfyUI's templates do)")
     tiny.set_defaults(handler=_cmd_make_tiny)
 
     worker = sub.add_parser("worker", help="serve as a rank of a multi-machine worker group")

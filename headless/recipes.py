@@ -21,13 +21,16 @@ from .builder import WorkflowBuilder
 from .node_defs import all_node_classes
 
 
-def base_workflow(family: str, features=(), filename_prefix: str | None = None, sample: dict | None = None) -> dict:
+def base_workflow(family: str, features=(), filename_prefix: str | None = None, sample: dict | None = None,
+                  loader: tuple[str, dict] | None = None) -> dict:
     """Load -> [features...] -> Sample -> Decode -> Save. `features`: (node type, widgets) pairs;
-    `sample`: Sample settings that differ from the family's usual ones."""
+    `sample`: Sample settings that differ from the family's usual ones; `loader`: another loader
+    node than Load Omni Model on the family's diffusers folder."""
     entry = FAMILIES[family]
     settings = {**entry.example_sample, **(sample or {})}
     builder = WorkflowBuilder(all_node_classes())
-    model = builder.add("OmniLoadModel", model_name=entry.example_model)
+    loader_type, loader_widgets = loader or ("OmniLoadModel", dict(model_name=entry.example_model))
+    model = builder.add(loader_type, **loader_widgets)
     for node_type, widgets in features:
         node = builder.add(node_type, **widgets)
         builder.connect(model, node, "model")
@@ -81,7 +84,20 @@ def shipped_workflows() -> dict[str, dict]:
     workflows.update(cache_workflows())
     workflows.update(parallel_workflows())
     workflows.update(memory_workflows())
+    workflows.update(comfy_file_workflows())
     return workflows
+
+
+# The families whose workflows load ComfyUI's single files, in the weight formats of ComfyUI's templates.
+COMFY_FILE_FAMILIES = {"qwen-image": "fp8_e4m3fn"}
+
+
+def comfy_file_workflows() -> dict[str, dict]:
+    from omni_backend.single_file.comfy_layout import template_file_names
+
+    return {f"{family}-comfy-files.json": base_workflow(
+        family, loader=("OmniLoadModelFiles", template_file_names(family, weights)),
+        filename_prefix=f"omni-{family}-comfy-files") for family, weights in COMFY_FILE_FAMILIES.items()}
 
 
 def cache_workflows() -> dict[str, dict]:
@@ -124,6 +140,11 @@ def parallel_workflows() -> dict[str, dict]:
         "wan2.2-ulysses2-cfg2.json": base_workflow("wan2.2", [layout(ulysses_degree=2, cfg_parallel=2)],
                                                    "omni-wan2.2-ulysses2-cfg2",
                                                    sample=dict(width=480, height=272, frames=9)),
+        # Image-to-video on four GPUs: each CFG branch's sequence (video and image-latent channels)
+        # split across two ranks.
+        "wan2.2-i2v-ulysses2-cfg2.json": base_workflow("wan2.2-i2v", [layout(ulysses_degree=2, cfg_parallel=2)],
+                                                       "omni-wan2.2-i2v-ulysses2-cfg2",
+                                                       sample=dict(width=480, height=272, frames=9)),
         "z-image-tp2-vae-patch2.json": base_workflow("z-image", [layout(tensor_parallel=2, vae_patch_parallel=2)],
                                                      "omni-z-image-tp2-vae-patch2",
                                                      sample=dict(width=512, height=512)),

@@ -8,6 +8,7 @@ from . import check_route, comfy_bridge
 from .load_lora import OmniLoadLoRA
 from .cache_nodes import OmniApplyCacheDiT, OmniApplyTeaCache
 from .load_model import OmniLoadModel
+from .load_model_files import OmniLoadModelFiles
 from .offload_fp8 import OmniOffloadFP8
 from .parallel_config import OmniParallelConfig
 from .sample import OmniSample
@@ -15,6 +16,7 @@ from .vae_decode import OmniVAEDecode
 
 NODE_CLASSES = {
     "OmniLoadModel": (OmniLoadModel, "Load Omni Model"),
+    "OmniLoadModelFiles": (OmniLoadModelFiles, "Load Omni Model (ComfyUI files)"),
     "OmniApplyTeaCache": (OmniApplyTeaCache, "Apply TeaCache"),
     "OmniApplyCacheDiT": (OmniApplyCacheDiT, "Apply Cache-DiT"),
     "OmniParallelConfig": (OmniParallelConfig, "Parallel Config"),

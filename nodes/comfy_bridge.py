@@ -134,6 +134,18 @@ def resolve_in_roots(kind: str, name: str, input_name: str, must_exist: str | No
                          f"put it under models/{kind} (or an extra_model_paths entry) and refresh")
 
 
+def tokenizer_dirs() -> tuple[str, ...]:
+    """Where ComfyUI keeps its text encoders' tokenizer files (comfy/text_encoders/<name>_tokenizer):
+    the running ComfyUI's, or, headless, those of the ComfyUI install whose models/ folder we read."""
+    if IN_COMFYUI:
+        import comfy  # type: ignore
+
+        candidates = [Path(comfy.__file__).parent / "text_encoders"]
+    else:
+        candidates = [HEADLESS.models_dir.resolve().parent / "comfy" / "text_encoders"]
+    return tuple(str(c) for c in candidates if c.is_dir())
+
+
 # ---- progress and interrupt ----------------------------------------------------------------
 class Progress:
     """progress(step, total) for the backend, feeding ComfyUI's progress bar when present."""

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from .devices import torch_dtype
 from .errors import OmniInputError
+from .single_file.model_files import load_pipeline_from_files
 
 log = logging.getLogger("omni_diffusion")
 # diffusers and transformers build models under context managers that patch torch.nn.Module for the
@@ -27,14 +28,19 @@ def load_pipeline(spec):
     log.info("loading %s (%s, %s) on %s", info.name, family.title, spec.dtype, spec.device)
     try:
         with LOAD_LOCK:
-            pipe = pipeline_class.from_pretrained(
-                info.path,
-                dtype=torch_dtype(spec.dtype),
-                local_files_only=True,  # never reach for a hub: a missing file is an error, not a download
-                use_safetensors=True,
-                trust_remote_code=False,
-                **family.load_kwargs(info),
-            )
+            if spec.files is not None:
+                pipe = load_pipeline_from_files(spec.files, info, torch_dtype(spec.dtype))
+            else:
+                pipe = pipeline_class.from_pretrained(
+                    info.path,
+                    dtype=torch_dtype(spec.dtype),
+                    local_files_only=True,  # never reach for a hub: a missing file is an error, not a download
+                    use_safetensors=True,
+                    trust_remote_code=False,
+                    **family.load_kwargs(info),
+                )
+    except OmniInputError:
+        raise  # already names the input, the file and the fix
     except (OSError, ValueError) as exc:
         raise OmniInputError("model", info.name, f"diffusers could not load it ({exc})",
                              "check that the folder is a complete diffusers model") from exc

@@ -27,6 +27,7 @@ from .lora.config import LoraSpec
 from .memory.config import MemoryConfig
 from .model_folder import ModelFolder, inspect_model_folder
 from .parallel.config import ParallelConfig
+from .single_file.model_files import ModelFiles, inspect_model_files
 
 # The features a spec can hold (its fields below). Each declares the rules it can break as RULES and
 # checks them in problems(spec) (see compat.py).
@@ -45,7 +46,7 @@ def all_rules() -> dict[str, RuleDef]:
 
 @dataclass(frozen=True)
 class ModelSpec:
-    folder: str  # absolute path of a diffusers model folder
+    folder: str  # absolute path of a diffusers model folder (for single files: the DiT's file)
     family_key: str
     dtype: str  # torch dtype name, already resolved for the device
     device: str  # "cpu" or "cuda:N", already resolved
@@ -53,6 +54,7 @@ class ModelSpec:
     parallel: ParallelConfig | None = None
     memory: MemoryConfig | None = None
     loras: tuple[LoraSpec, ...] = ()  # in the order the user chained them
+    files: ModelFiles | None = None  # set when the model comes from ComfyUI's single files
 
     @classmethod
     def from_folder(cls, folder: str, dtype: str = "auto", device: str = "auto") -> "ModelSpec":
@@ -60,13 +62,20 @@ class ModelSpec:
         device = resolve_device(device)
         return cls(folder=info.path, family_key=info.family_key, dtype=resolve_dtype(dtype, device), device=device)
 
+    @classmethod
+    def from_files(cls, files: ModelFiles, dtype: str = "auto", device: str = "auto") -> "ModelSpec":
+        info = inspect_model_files(files)
+        device = resolve_device(device)
+        return cls(folder=info.path, family_key=info.family_key, dtype=resolve_dtype(dtype, device), device=device,
+                   files=files)
+
     @property
     def family(self) -> ModelFamily:
         return FAMILIES[self.family_key]
 
     @property
     def model_folder(self) -> ModelFolder:
-        return inspect_model_folder(self.folder)
+        return inspect_model_files(self.files) if self.files is not None else inspect_model_folder(self.folder)
 
     @property
     def name(self) -> str:
@@ -90,7 +99,7 @@ class ModelSpec:
         """What decides the loaded weights: two specs with equal keys share one loaded pipeline."""
         memory = self.memory.weights_key() if self.memory is not None else None
         parallel = self.parallel.layout_key() if self.parallel is not None else None
-        return (self.folder, self.dtype, self.device, memory, parallel)
+        return (self.folder, self.files, self.dtype, self.device, memory, parallel)
 
     def world_size(self) -> int:
         return self.parallel.world_size if self.parallel is not None else 1

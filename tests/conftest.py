@@ -43,6 +43,7 @@ from omni_diffusion_nodes.nodes import comfy_bridge  # noqa: E402
 
 from omni_backend.families import FAMILIES  # noqa: E402
 from omni_backend.loading import quiet_libraries  # noqa: E402
+from omni_backend.single_file.comfy_layout import write_comfy_files  # noqa: E402
 from omni_backend.tiny.lora import make_tiny_lora  # noqa: E402
 
 quiet_libraries()
@@ -56,6 +57,8 @@ def models_dir(tmp_path_factory) -> Path:
     for key, family in FAMILIES.items():
         family.make_tiny(diffusers_dir / key)
         (diffusers_dir / family.example_model).symlink_to(diffusers_dir / key, target_is_directory=True)
+    for key, weights in recipes.COMFY_FILE_FAMILIES.items():  # single files under ComfyUI's template names
+        write_comfy_files(key, root, weights)
     (root / "loras").mkdir()
     for index, name in enumerate(recipes.LORA_FILES):  # tiny stand-ins for the LoRA workflow's files
         make_tiny_lora(diffusers_dir / "qwen-image", root / "loras" / name, seed=index,

@@ -83,7 +83,7 @@ class QwenImage(ModelFamily):
             hidden_size=32, vocab_size=1024,
         ))
         pipe = QwenImagePipeline(
-            scheduler=flow_match_scheduler(dynamic=True, max_shift=0.9, max_seq_len=8192),
+            scheduler=flow_match_scheduler(dynamic=True, max_shift=0.9, max_seq_len=8192, shift_terminal=0.02),
             vae=vae, text_encoder=text_encoder.eval(), tokenizer=qwen_tokenizer(), transformer=transformer,
         )
         return pipe

@@ -24,13 +24,14 @@ from safetensors.torch import save as save_tensors
 from ..request import GenerationRequest
 from ..runner import DecodeSettings, Generation
 from ..sampling import RunReport
+from ..single_file.model_files import ModelFiles
 from ..spec import FEATURE_TYPES, ModelSpec
 
 MAGIC = b"OMW1"
 
 # The only classes a message can rebuild: what a spec, a request and a result are made of.
 WIRE_TYPES = {cls.__name__: cls for cls in (
-    ModelSpec, *FEATURE_TYPES, GenerationRequest, DecodeSettings, Generation, RunReport)}
+    ModelSpec, ModelFiles, *FEATURE_TYPES, GenerationRequest, DecodeSettings, Generation, RunReport)}
 
 
 class WireError(ValueError):

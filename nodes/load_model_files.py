@@ -1,0 +1,74 @@
+"""Load Omni Model (ComfyUI files): the DiT, text encoder and VAE as the single files ComfyUI users hold."""
+
+from __future__ import annotations
+
+from omni_backend.devices import DTYPE_CHOICES
+from omni_backend.single_file.model_files import ModelFiles, detect_family, inspect_model_files
+from omni_backend.single_file.weights_file import inspect_weights_file
+from omni_backend.spec import ModelSpec
+
+from . import comfy_bridge
+from .common import CATEGORY, OMNI_MODEL, as_verdict
+from .load_model import device_choices
+
+SUFFIXES = (".safetensors", ".sft")
+# The model folders each input reads, as ComfyUI names them (folder_paths keys).
+FOLDERS = {"diffusion_model": "diffusion_models", "text_encoder": "text_encoders", "vae": "vae"}
+
+
+def file_choices(input_name: str) -> list[str]:
+    return comfy_bridge.list_files(FOLDERS[input_name], SUFFIXES)
+
+
+class OmniLoadModelFiles:
+    DESCRIPTION = ("Build an Omni model from the single files ComfyUI's templates download: the diffusion model "
+                   "from models/diffusion_models, its text encoder from models/text_encoders and its VAE from "
+                   "models/vae. The family and its config are read from the files; weights load when Sample "
+                   "first needs them. bf16, fp16, fp8_e4m3fn and ComfyUI's fp8_scaled files are read.")
+    CATEGORY = CATEGORY
+    RETURN_TYPES = (OMNI_MODEL,)
+    RETURN_NAMES = ("model",)
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "diffusion_model": (file_choices("diffusion_model"), {
+                "tooltip": "The DiT, e.g. qwen_image_fp8_e4m3fn.safetensors (models/diffusion_models). Its "
+                           "family is detected from its tensors."}),
+            "text_encoder": (file_choices("text_encoder"), {
+                "tooltip": "The family's text encoder, e.g. qwen_2.5_vl_7b_fp8_scaled.safetensors "
+                           "(models/text_encoders); its tokenizer comes from ComfyUI's comfy/text_encoders."}),
+            "vae": (file_choices("vae"), {"tooltip": "The family's VAE, e.g. qwen_image_vae.safetensors (models/vae)."}),
+            "dtype": (list(DTYPE_CHOICES), {"default": "auto",
+                                           "tooltip": "Compute dtype: auto = bf16 on GPUs that support it, fp32 on "
+                                                      "the CPU. FP8 files are upcast to it (Offload/FP8 keeps "
+                                                      "FP8 weights on the device)."}),
+            "device": (device_choices(), {"default": "auto",
+                                          "tooltip": "Where the model runs: auto = the first GPU (cuda:0), else the "
+                                                     "CPU. Parallel Config spreads it over several."}),
+        }}
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, diffusion_model=None):
+        # One input only: ComfyUI repeats a failing verdict for every input named here.
+        return as_verdict(cls.queue_check, diffusion_model=diffusion_model)
+
+    @classmethod
+    def queue_check(cls, diffusion_model=None, text_encoder=None, vae=None, **_ignored):
+        """The files exist inside their folders, are safetensors, fit together and name a family we run
+        (headers only). ComfyUI's own check passes the diffusion model alone: that file is checked."""
+        if None not in (diffusion_model, text_encoder, vae):
+            inspect_model_files(resolve_files(diffusion_model, text_encoder, vae))
+        elif diffusion_model is not None:
+            path = comfy_bridge.resolve_in_roots(FOLDERS["diffusion_model"], diffusion_model, "diffusion_model")
+            detect_family(inspect_weights_file(path, "diffusion_model"))
+
+    def load(self, diffusion_model, text_encoder, vae, dtype, device):
+        return (ModelSpec.from_files(resolve_files(diffusion_model, text_encoder, vae), dtype=dtype, device=device),)
+
+
+def resolve_files(diffusion_model: str, text_encoder: str, vae: str) -> ModelFiles:
+    paths = {name: str(comfy_bridge.resolve_in_roots(FOLDERS[name], value, name))
+             for name, value in (("diffusion_model", diffusion_model), ("text_encoder", text_encoder), ("vae", vae))}
+    return ModelFiles(**paths, tokenizer_dirs=comfy_bridge.tokenizer_dirs())

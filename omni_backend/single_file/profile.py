@@ -1,0 +1,66 @@
+"""What loading one family from single files needs: how to recognise its DiT, its components' configs
+and key maps, the tokenizer folder and the scheduler a diffusers folder would have brought.
+
+Configs: a profile starts from the released model's config, takes every value the tensors' shapes
+decide (block counts, widths, channels), and lets a `config` entry in the file's safetensors metadata
+override the rest (the convention ComfyUI itself reads for LTX-Video files; the tiny twins of
+`make-tiny --layout comfy` carry their configs that way, since shapes cannot tell e.g. rotary axes).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Callable
+
+from ..errors import OmniInputError
+from .weights_file import WeightsFile
+
+
+@dataclass(frozen=True)
+class Component:
+    """One model component read from a single file."""
+
+    library: str  # "diffusers" or "transformers"
+    class_name: str
+    config: Callable[[WeightsFile], dict]  # the component's config, from the released one + the file
+    keys: Callable[[dict, dict], dict] = lambda state_dict, config: state_dict  # file keys -> class keys
+    to_file_keys: Callable[[dict, dict], dict] = lambda state_dict, config: state_dict  # the inverse
+    # Parameters a file may leave out, and the parameter of the same shape that stands in for them
+    # (an output head the pipeline never calls shares the input embedding's storage).
+    stand_ins: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class FilesProfile:
+    family_key: str
+    pipeline_class: str
+    identifying_keys: tuple[str, ...]  # DiT keys (prefix-free) that tell this family's DiT apart
+    transformer: Component
+    vae: Component
+    text_encoder: Component
+    tokenizer_folder: str  # the folder name ComfyUI ships it under, comfy/text_encoders/<name>
+    tokenizer_class: str
+    scheduler_class: str
+    scheduler_config: dict = field(hash=False)
+    # ComfyUI's template file names, by weights format (what make-tiny writes and workflows name).
+    file_names: dict = field(hash=False, default_factory=dict)
+
+
+def with_file_config(file: WeightsFile, config: dict, input_name: str) -> dict:
+    """`config` updated by the file's own `config` metadata, when it carries one."""
+    text = file.metadata.get("config")
+    if not text:
+        return config
+    try:
+        carried = json.loads(text)
+    except json.JSONDecodeError:
+        raise OmniInputError(input_name, file.name, "its metadata holds a `config` that is not valid JSON",
+                             "download the file again, or use the release's original file") from None
+    return {**config, **{key: value for key, value in carried.items() if not key.startswith("_")}}
+
+
+def require_keys(file: WeightsFile, keys: tuple[str, ...], input_name: str, what: str, fix: str) -> None:
+    missing = [key for key in keys if key not in file.tensors]
+    if missing:
+        raise OmniInputError(input_name, file.name, f"this is not {what} (no tensor {missing[0]!r})", fix)
