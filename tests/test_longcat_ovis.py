@@ -16,7 +16,7 @@ import torch
 from image_support import assert_lora_acts_and_switches_off, picture
 from parallel_support import assert_same, request_for, spec_for
 
-from omni_backend.cache import CacheDiTConfig
+from omni_backend.cache import CacheDiTConfig, TeaCacheConfig
 from omni_backend.diagnostics import count_block_work
 from omni_backend.engine import default_engine
 from omni_backend.errors import OmniInputError, OmniInterrupted
@@ -192,16 +192,17 @@ def test_edit_ulysses_equals_one_process(engine, models_dir, edited):
                 edited.latents)
 
 
-def test_edit_cache_dit_skips_work_and_lora_acts(headless, nodes, engine, models_dir, tiny_settings):
+def test_edit_caches_skip_work_and_lora_acts(headless, nodes, engine, models_dir, tiny_settings):
     spec = spec_for(models_dir, EDIT)
     pipe = engine.loaded(spec).pipe
     request = edit_request(steps=4, guidance=1.0)
-    cache = CacheDiTConfig(residual_diff_threshold=1.0, max_warmup_steps=1)
     with count_block_work(pipe, spec.family) as plain_work:
         plain = engine.generate(spec, request).latents
-    with count_block_work(pipe, spec.family) as cached_work:
-        engine.generate(spec.replace(cache=cache), request)
-    assert cached_work.executed < plain_work.executed
+    for cache in (CacheDiTConfig(residual_diff_threshold=1.0, max_warmup_steps=1),
+                  TeaCacheConfig(rel_l1_thresh=50.0)):
+        with count_block_work(pipe, spec.family) as cached_work:
+            engine.generate(spec.replace(cache=cache), request)
+        assert cached_work.executed < plain_work.executed, cache.label
     assert torch.equal(engine.generate(spec, request).latents, plain), "no state leaks"
     assert_lora_acts_and_switches_off(nodes, headless.models_dir / "loras", models_dir, EDIT,
                                       tiny_settings(EDIT, steps=1, guidance=1.0))
