@@ -6,7 +6,7 @@ import logging
 
 from omni_backend.conditioning import check_conditioning
 from omni_backend.engine import default_engine
-from omni_backend.request import LIMITS, GenerationRequest, check_image_slots
+from omni_backend.request import LIMITS, GenerationRequest, check_image_slots, check_model_options
 from omni_backend.sampling import RunControl
 
 from . import comfy_bridge
@@ -72,6 +72,16 @@ class OmniSample:
                 "start": ("FLOAT", {"default": 0.0, "min": LIMITS["start"][0], "max": LIMITS["start"][1], "step": 0.1,
                                     "tooltip": "Audio models only: where the kept seconds start in the model's "
                                                "window. Image and video models need 0."}),
+                "prompt_rewrite": ("BOOLEAN", {"default": False,
+                                               "tooltip": "LongCat-Image: let its vision-language model rewrite the "
+                                                          "prompt first (a second model run; the prompt used is "
+                                                          "shown below the node). Other models refuse it."}),
+                "cfg_renorm": ("BOOLEAN", {"default": True,
+                                           "tooltip": "LongCat-Image: rescale the guided prediction to the norm of "
+                                                      "the conditional one (diffusers' default: on)."}),
+                "cfg_renorm_min": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.05,
+                                             "tooltip": "LongCat-Image: the lowest renorm scale (0 widest range, "
+                                                        "1 turns renorm off)."}),
             },
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
@@ -79,7 +89,8 @@ class OmniSample:
     @classmethod
     def check_inputs(cls, model, prompt, negative_prompt, seed, steps, guidance, width, height, frames, batch_size,
                      image=None, image2=None, image3=None, last_image=None, positive=None, negative=None,
-                     seconds=0.0, start=0.0, **_hidden):
+                     seconds=0.0, start=0.0, prompt_rewrite=False, cfg_renorm=True, cfg_renorm_min=0.0,
+                     **_hidden):
         """The request this node would send, checked against the model's family (validators call this,
         with LINKED for images only a run will produce)."""
         if model is LINKED:
@@ -92,8 +103,10 @@ class OmniSample:
                                     last_image=None if last_image is LINKED else last_image,
                                     positive=None if positive is LINKED else positive,
                                     negative=None if negative is LINKED else negative,
-                                    seconds=seconds, start=start)
+                                    seconds=seconds, start=start, prompt_rewrite=prompt_rewrite, cfg_renorm=cfg_renorm,
+                                    cfg_renorm_min=cfg_renorm_min)
         check_image_slots(model.family, len(given), last_image is not None)
+        check_model_options(model.family, request)
         folder = model.model_folder
         check_conditioning(model.family, folder.transformer_config, folder.model_index, request.guidance,
                            positive, negative)
@@ -101,9 +114,10 @@ class OmniSample:
 
     def sample(self, model, prompt, negative_prompt, seed, steps, guidance, width, height, frames, batch_size,
                image=None, image2=None, image3=None, last_image=None, positive=None, negative=None, seconds=0.0,
-               start=0.0, unique_id=None):
+               start=0.0, prompt_rewrite=False, cfg_renorm=True, cfg_renorm_min=0.0, unique_id=None):
         request = self.check_inputs(model, prompt, negative_prompt, seed, steps, guidance, width, height, frames,
-                                    batch_size, image, image2, image3, last_image, positive, negative, seconds, start)
+                                    batch_size, image, image2, image3, last_image, positive, negative, seconds, start,
+                                    prompt_rewrite, cfg_renorm, cfg_renorm_min)
         control = RunControl(progress=comfy_bridge.Progress(steps, unique_id),
                              interrupted=comfy_bridge.interrupt_requested)
         with host_interrupts():

@@ -14,7 +14,6 @@ exists and that every rule named here exists and is about that pair.
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
 
 from .families import FAMILIES
@@ -135,7 +134,7 @@ def family_support(family) -> dict[str, bool]:
     """What a family supports, read from its registry entry. Cache-DiT, offload, FP8 and VAE patch
     parallel work on any family's block lists, linears and VAE (each is tested on every family; VAE
     patches on every image/video family)."""
-    pipeline = getattr(importlib.import_module("diffusers"), family.pipeline_classes[0], None)
+    pipeline = family.pipeline_class(family.pipeline_classes[0])  # with the LoRA loader a family mixes in
     return {
         "teacache": family.teacache_coefficients is not None,
         "cache_dit": True,

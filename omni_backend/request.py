@@ -47,6 +47,12 @@ class GenerationRequest:
     # Audio models: how many seconds to keep and where they start in the model's window (0: all of it).
     seconds: float = 0.0
     start: float = 0.0
+    # LongCat-Image's own options (see MODEL_OPTIONS): rewriting the prompt with its vision-language
+    # model first is a second model run that changes the prompt, so it is off unless asked; CFG
+    # renormalisation keeps diffusers' defaults (on, scale clamped to [cfg_renorm_min, 1]).
+    prompt_rewrite: bool = False
+    cfg_renorm: bool = True
+    cfg_renorm_min: float = 0.0
 
     def __post_init__(self):
         checked = {
@@ -64,6 +70,11 @@ class GenerationRequest:
                                    fix="use 0 (the model's whole window) or a length such as 10.0"),
             "start": real_number("start", self.start, *LIMITS["start"], fix="use 0.0 or a few seconds"),
         }
+        for name in ("prompt_rewrite", "cfg_renorm"):
+            if not isinstance(getattr(self, name), bool):
+                raise OmniInputError(name, getattr(self, name), "must be true or false", f"set {name} to true or false")
+        checked["cfg_renorm_min"] = real_number("cfg_renorm_min", self.cfg_renorm_min, 0.0, 1.0,
+                                                fix="use 0.0 (widest renorm range) up to 1.0 (renorm off)")
         for name, value in checked.items():
             object.__setattr__(self, name, value)
         object.__setattr__(self, "images", tuple(self.images))
@@ -85,6 +96,7 @@ class GenerationRequest:
 
     def validate_images(self, family) -> "GenerationRequest":
         check_image_slots(family, len(self.images), self.last_image is not None)
+        check_model_options(family, self)
         return self
 
     def validate_conditioning(self, model_folder) -> "GenerationRequest":
@@ -166,3 +178,17 @@ def check_image_slots(family, images: int, last_image: bool) -> None:
     if last_image and not family.takes_last_image:
         raise OmniInputError("last_image", "an image", f"{title} takes no last frame",
                              "disconnect last_image (only Wan2.2 image-to-video uses it)")
+
+
+# Options only some families take, with their defaults.
+MODEL_OPTIONS = {"prompt_rewrite": False, "cfg_renorm": True, "cfg_renorm_min": 0.0}
+
+
+def check_model_options(family, request) -> None:
+    """A model option set away from its default on a family that does not take it is refused (it
+    would silently do nothing)."""
+    for name, default in MODEL_OPTIONS.items():
+        value = getattr(request, name)
+        if value != default and name not in family.model_options:
+            raise OmniInputError(name, value, f"{family.title} has no such option (LongCat-Image only)",
+                                 f"set {name} back to {default}")

@@ -111,22 +111,55 @@ def sample(ctx: RunContext):
             return_dict=False,
         )
         kwargs.update(family.shape_kwargs(request))
-        kwargs.update(family.step_callback_kwargs(on_step_end))
-        kwargs.update(family.call_kwargs(pipe, request))
+        if family.takes_step_callback:
+            kwargs.update(family.step_callback_kwargs(on_step_end))
+        else:
+            stack.enter_context(_step_ends_from_transformer(ctx, on_step_end))
         kwargs.update(family.prompt_kwargs(pipe, request))
+        kwargs.update(family.call_kwargs(pipe, request))
         if request.positive is not None:
             ctx.report.add("Text", {"text": f"prompt embeddings from CONDITIONING ({request.positive.tokens} tokens); "
                                             "the prompt text is not used", "tokens": request.positive.tokens})
+        elif kwargs.get("prompt") != request.prompt:  # the family rewrote it (LongCat's prompt rewrite)
+            ctx.report.add("Prompt", {"text": f"rewritten by the model to: {kwargs['prompt']!r}",
+                                      "prompt": kwargs["prompt"]})
         if request.images:
             sizes = ", ".join(f"{image.shape[2]}x{image.shape[1]}" for image in request.images)
+            width, height = family.output_size(request)
             ctx.report.add("Input", {"text": f"image(s) {sizes} px, resized by the pipeline's own rules; output "
-                                             f"{request.width}x{request.height} px",
-                                     "image_sizes": [[int(i.shape[2]), int(i.shape[1])] for i in request.images]})
+                                             f"{width}x{height} px",
+                                     "image_sizes": [[int(i.shape[2]), int(i.shape[1])] for i in request.images],
+                                     "output_size": [width, height]})
         ctx.control.report_progress(0, request.steps)
         with torch.inference_mode():
             latents = pipe(**kwargs)[0]
             latents = family.to_comfy_latent(pipe, latents, request)
     return latents.detach().to("cpu", torch.float32)
+
+
+@contextlib.contextmanager
+def _step_ends_from_transformer(ctx: RunContext, on_step_end):
+    """Step ends for a pipeline without `callback_on_step_end` (LongCat): its loop calls the
+    transformer once per branch per step (twice with CFG, else once, under cache_context "cond" /
+    "uncond"), so the last call of each step ends it. A forward hook counts the calls: the pipeline's
+    own loop runs unchanged, and what runs at a step end (progress, Cancel, the ranks' stop vote) is
+    the same as with the callback. CFG-parallel and the caches replace `forward`, never `__call__`,
+    so every call still passes the hook."""
+    calls_per_step = 2 if ctx.family.runs_two_branches(ctx.pipe, ctx.request) else 1
+    calls = [0]
+
+    def after_call(_module, _args, _output):
+        calls[0] += 1
+        if calls[0] % calls_per_step == 0:
+            on_step_end(ctx.pipe, calls[0] // calls_per_step - 1, None, {})
+
+    handles = [transformer.register_forward_hook(after_call)
+               for _name, transformer in ctx.family.transformers(ctx.pipe)]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 @contextlib.contextmanager

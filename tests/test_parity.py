@@ -18,7 +18,8 @@ def diffusers_reference(folder, family, settings):
     """The plain diffusers call a user would write, decoded by diffusers itself."""
     info = inspect_model_folder(folder)
     pipe = family.pipeline_class(info.pipeline_class).from_pretrained(folder, dtype=torch.float32,
-                                                                      local_files_only=True)
+                                                                      local_files_only=True,
+                                                                      **family.load_kwargs(info))
     pipe.set_progress_bar_config(disable=True)
     kwargs = dict(prompt=settings["prompt"], num_inference_steps=settings["steps"], height=settings["height"],
                   width=settings["width"], generator=torch.Generator().manual_seed(settings["seed"]),
@@ -30,6 +31,8 @@ def diffusers_reference(folder, family, settings):
         kwargs["num_frames"] = settings["frames"]
     if family.key == "flux2-klein":
         kwargs["text_encoder_out_layers"] = (1, 2, 3)
+    if family.key == "longcat-image":
+        kwargs["enable_prompt_rewrite"] = False  # diffusers' default is on; Sample's is off
     with torch.no_grad():
         output = pipe(**kwargs)
     images = output.frames if family.video else output.images

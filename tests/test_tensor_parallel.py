@@ -10,7 +10,7 @@ from omni_backend.engine import DecodeSettings
 from omni_backend.errors import OmniIncompatibleError
 from omni_backend.parallel.tensor_parallel import module_glob
 
-TP_FAMILIES = ["qwen-image", "z-image", "flux", "flux2-klein", "wan2.2"]
+TP_FAMILIES = ["qwen-image", "z-image", "flux", "flux2-klein", "wan2.2", "longcat-image"]
 
 
 def expected_rank_bytes(transformer, plan, degree: int, sharded_norms=()) -> int:
@@ -68,7 +68,7 @@ def test_impossible_tensor_parallel_is_refused(models_dir, layout, family, fragm
 
 
 @pytest.mark.parametrize("family, width, height", [("z-image", 208, 144), ("qwen-image", 176, 112),
-                                                    ("wan2.2", 144, 96)])
+                                                    ("wan2.2", 144, 96), ("longcat-image", 208, 144)])
 def test_patch_parallel_decode_equals_one_device_tiled_decode(models_dir, engine, family, width, height):
     """Odd latent sizes (26x18, 22x14, 18x12) whose tiles do not split evenly between the ranks."""
     single_spec = spec_for(models_dir, family)

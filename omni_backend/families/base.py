@@ -52,6 +52,14 @@ class ModelFamily:
     image_inputs: int = 0
     requires_image: bool = False
     takes_last_image: bool = False
+    # Per-run options of one model beyond the common ones (GenerationRequest.MODEL_OPTIONS): those the
+    # family's pipeline takes. Another family refuses them unless they keep their defaults.
+    model_options: tuple[str, ...] = ()
+    # Whether the pipeline takes `callback_on_step_end`. Where it does not (LongCat), progress, Cancel
+    # and the per-step hooks come from the transformer's calls instead (sampling.py says how).
+    takes_step_callback: bool = True
+    # Whether the pipeline takes width and height (LongCat-Image-Edit decides them from its image).
+    takes_output_size: bool = True
     # The shipped workflow of the family (workflows/<key>.json, written by headless/recipes.py): the
     # real checkpoint's folder name under models/diffusers, and Sample settings that differ from the
     # recipe's defaults (a single-GPU size, the usual steps and guidance).
@@ -142,9 +150,10 @@ class ModelFamily:
         return {"prompt_embeds": embedding.embeds.to(device, dtype)}
 
     def shape_kwargs(self, request: GenerationRequest) -> dict:
-        """The pipeline's size and batch arguments."""
+        """The pipeline's size and batch arguments (no size where the family decides it itself)."""
         batch = "num_videos_per_prompt" if self.video else "num_images_per_prompt"
-        return {"height": request.height, "width": request.width, batch: request.batch_size}
+        size = {"height": request.height, "width": request.width} if self.takes_output_size else {}
+        return {**size, batch: request.batch_size}
 
     def step_callback_kwargs(self, on_step_end) -> dict:
         """How the pipeline calls back after each step: `on_step_end(pipe, step, timestep, tensors)`."""
@@ -154,6 +163,11 @@ class ModelFamily:
         """Keys of Sample's LATENT besides `samples` that the decode needs (audio: its window), from the
         model folder's configs (`folder` is a ModelFolder: no weights needed)."""
         return {}
+
+    def output_size(self, request: GenerationRequest) -> tuple[int, int]:
+        """(width, height) of the image the pipeline makes: Sample's, unless the family decides it from
+        the input image (LongCat-Image-Edit)."""
+        return request.width, request.height
 
     def uses_negative_prompt(self, request: GenerationRequest) -> bool:
         return self.guidance.kind in ("true_cfg", "cfg") and request.guidance > 1.0

@@ -9,9 +9,10 @@ LoRA files:
 - "kohya": `lora_unet_<module_with_underscores>.lora_down/.lora_up/.alpha` (kohya sd-scripts,
   musubi-tuner, ai-toolkit);
 - "comfyui": `diffusion_model.<module>.lora_A/.lora_B/.alpha` (ComfyUI's own trainer).
-The two community layouts are written only for families whose diffusers loader converts them
-(`lora_conversion_utils`), today Qwen-Image; both hold the same A, B and alpha as the diffusers file
-made with the same seed, so the three load to the same adapter.
+The community layouts are written only for families whose loader converts them: diffusers'
+(`lora_conversion_utils`) for Qwen-Image, ours (families/peft_lora.py) for the ComfyUI layout of
+LongCat and Ovis; each holds the same A, B and alpha as the diffusers file made with the same seed,
+so they load to the same adapter.
 """
 
 from __future__ import annotations
@@ -23,8 +24,9 @@ from pathlib import Path
 from ..model_folder import inspect_model_folder
 
 LAYOUTS = ("diffusers", "kohya", "comfyui")
-# Families whose diffusers LoRA loader converts the community layouts written here.
-COMMUNITY_LAYOUT_FAMILIES = ("qwen-image",)
+# Families whose LoRA loader converts each community layout written here.
+COMMUNITY_LAYOUT_FAMILIES = {"kohya": ("qwen-image",),
+                             "comfyui": ("qwen-image", "longcat-image", "longcat-image-edit", "ovis-image")}
 
 # Attention projections, by the names the six families' diffusers transformers use.
 TRANSFORMER_TARGETS = r".*\.(to_q|to_k|to_v|to_out\.0|add_q_proj|add_k_proj|add_v_proj|to_add_out|to_qkv_mlp_proj)"
@@ -47,8 +49,8 @@ def make_tiny_lora(model_folder, target_file, *, rank: int = 4, alpha: float | N
     if layout not in LAYOUTS:
         raise ValueError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
     info = inspect_model_folder(model_folder)
-    if layout != "diffusers" and info.family_key not in COMMUNITY_LAYOUT_FAMILIES:
-        raise ValueError(f"the {layout} layout is written only for {', '.join(COMMUNITY_LAYOUT_FAMILIES)}")
+    if layout != "diffusers" and info.family_key not in COMMUNITY_LAYOUT_FAMILIES[layout]:
+        raise ValueError(f"the {layout} layout is written only for {', '.join(COMMUNITY_LAYOUT_FAMILIES[layout])}")
     if text_encoder and layout != "diffusers":
         raise ValueError("text-encoder LoRAs are written in the diffusers layout only")
     target_file = Path(target_file)
