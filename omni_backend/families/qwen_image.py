@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..block_io import block_arguments
-from .base import GuidanceStyle, ModelFamily
+from .base import GATHERED_COLWISE, GuidanceStyle, ModelFamily, embedding_mlp
 
 # vLLM-Omni's fitted TeaCache polynomial for QwenImageTransformer2DModel.
 QWEN_TEACACHE_COEFFICIENTS = (-450.0, 280.0, -45.0, 3.2, -0.02)
@@ -30,6 +30,12 @@ class QwenImage(ModelFamily):
     example_sample = dict(steps=20, guidance=4.0, width=768, height=768, negative_prompt=" ")
 
     teacache_coefficients = QWEN_TEACACHE_COEFFICIENTS
+
+    # img_mod/txt_mod (dim -> 6 dim each) are a third of a block's weights.
+    tensor_parallel_extras = (("transformer_blocks.*.img_mod.1", GATHERED_COLWISE),
+                              ("transformer_blocks.*.txt_mod.1", GATHERED_COLWISE),
+                              ("norm_out.linear", GATHERED_COLWISE),
+                              *embedding_mlp("time_text_embed.timestep_embedder"))
 
     def block_lists(self, transformer):
         return [("transformer_blocks", transformer.transformer_blocks)]
