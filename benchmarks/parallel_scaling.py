@@ -65,6 +65,13 @@ def timed_decodes(engine, spec, latents, repeats):
     return statistics.median(times), pixels, max(report.sections["VAE"]["peak_bytes"])
 
 
+def input_images(family, size: int) -> tuple:
+    """A seeded picture for the image-conditioned families (edit, image-to-video), none otherwise."""
+    if not family.image_inputs:
+        return ()
+    return (torch.rand(1, size, size, 3, generator=torch.Generator().manual_seed(0)),)
+
+
 def dit_weight_bytes(engine, spec) -> int:
     pipe = engine.loaded(spec).pipe
     return sum(p.numel() * p.element_size() for _name, transformer in spec.family.transformers(pipe)
@@ -78,7 +85,8 @@ def measure(family: str, methods: list[str], size: int, steps: int, repeats: int
         spec = ModelSpec.from_folder(folder, dtype="fp32", device="cpu")
         request = GenerationRequest(prompt="a red fox in the snow", negative_prompt="blurry", steps=steps,
                                     guidance=4.0, width=size, height=size,
-                                    frames=9 if FAMILIES[family].video else 1)
+                                    frames=9 if FAMILIES[family].video else 1,
+                                    images=input_images(FAMILIES[family], size))
         engine = Engine()
         try:
             single_time, single = timed_runs(engine, spec, request, repeats)

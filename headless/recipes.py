@@ -124,6 +124,11 @@ def parallel_workflows() -> dict[str, dict]:
         "wan2.2-ulysses2-cfg2.json": base_workflow("wan2.2", [layout(ulysses_degree=2, cfg_parallel=2)],
                                                    "omni-wan2.2-ulysses2-cfg2",
                                                    sample=dict(width=480, height=272, frames=9)),
+        # Image-to-video on four GPUs: each CFG branch's sequence (video and image-latent channels)
+        # split across two ranks.
+        "wan2.2-i2v-ulysses2-cfg2.json": base_workflow("wan2.2-i2v", [layout(ulysses_degree=2, cfg_parallel=2)],
+                                                       "omni-wan2.2-i2v-ulysses2-cfg2",
+                                                       sample=dict(width=480, height=272, frames=9)),
         "z-image-tp2-vae-patch2.json": base_workflow("z-image", [layout(tensor_parallel=2, vae_patch_parallel=2)],
                                                      "omni-z-image-tp2-vae-patch2",
                                                      sample=dict(width=512, height=512)),

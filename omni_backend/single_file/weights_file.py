@@ -1,0 +1,147 @@
+"""One single-file checkpoint as ComfyUI users keep them: its header, its format, its tensors.
+
+The header is read without touching a weight (it is JSON at the front of a .safetensors file), so a
+loader can list, detect and refuse files in milliseconds. Reading the tensors then strips the key
+prefix ComfyUI's checkpoints carry (`model.diffusion_model.`) and turns ComfyUI's "fp8_scaled"
+format back into real weights: FP8 values times their `.scale_weight`. diffusers' `from_single_file`
+accepts such a file without an error and drops the scales (the weights come out wrong by the scale,
+often by orders of magnitude), which is why this module reads the tensors itself.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import OmniInputError
+
+PICKLE_SUFFIXES = {".ckpt", ".pt", ".pth", ".bin", ".pkl"}
+# Prefixes ComfyUI strips before detecting a model (comfy/model_detection.unet_prefix_from_state_dict),
+# plus the one diffusers' own exports of a lone transformer sometimes carry.
+KEY_PREFIXES = ("model.diffusion_model.", "model.model.", "net.", "diffusion_model.")
+SCALE_SUFFIXES = (".scale_weight", ".scale_input", ".weight_scale", ".input_scale")
+FP8_DTYPES = {"F8_E4M3": "fp8_e4m3fn", "F8_E5M2": "fp8_e5m2"}
+HEADER_LIMIT = 100 * 1024 * 1024  # safetensors' own limit for the JSON header
+
+
+@dataclass(frozen=True)
+class WeightsFile:
+    """What the header of a .safetensors file says (no weights read)."""
+
+    path: str
+    tensors: dict = field(hash=False, compare=False)  # key without prefix -> (safetensors dtype, shape)
+    metadata: dict = field(hash=False, compare=False)
+    prefix: str = ""
+
+    @property
+    def name(self) -> str:
+        return Path(self.path).name
+
+    @property
+    def scaled_fp8(self) -> bool:
+        """ComfyUI's fp8_scaled layout: FP8 weights with a `.scale_weight` beside them."""
+        return any(key.endswith(".scale_weight") or key == "scaled_fp8" for key in self.tensors)
+
+    @property
+    def weight_format(self) -> str:
+        """bf16, fp16, fp32, fp8_e4m3fn, fp8_e5m2 or fp8_scaled: the dtype most weights are stored in."""
+        if self.scaled_fp8:
+            return "fp8_scaled"
+        counts: dict[str, int] = {}
+        for dtype, shape in self.tensors.values():
+            if len(shape) >= 2:
+                counts[dtype] = counts.get(dtype, 0) + 1
+        stored = max(counts, key=counts.get) if counts else "F32"
+        return FP8_DTYPES.get(stored, {"BF16": "bf16", "F16": "fp16", "F32": "fp32"}.get(stored, stored.lower()))
+
+    def shape(self, key: str) -> tuple[int, ...] | None:
+        entry = self.tensors.get(key)
+        return tuple(entry[1]) if entry else None
+
+    def has(self, *keys: str) -> bool:
+        return all(key in self.tensors for key in keys)
+
+    def count(self, prefix: str, suffix: str) -> int:
+        """How many numbered children `prefix.N.suffix` exist (e.g. transformer blocks)."""
+        numbers = set()
+        for key in self.tensors:
+            if key.startswith(prefix) and key.endswith(suffix):
+                middle = key[len(prefix):len(key) - len(suffix)].strip(".")
+                if middle.isdigit():
+                    numbers.add(int(middle))
+        return len(numbers)
+
+
+def inspect_weights_file(path: str | Path, input_name: str) -> WeightsFile:
+    """Read and check a single file's header; refuse pickles, truncated files and non-safetensors."""
+    path = Path(path)
+    if path.suffix.lower() in PICKLE_SUFFIXES:
+        raise OmniInputError(input_name, path.name, f"{path.suffix} files are Python pickles, which can run code "
+                             "when loaded; this pack loads weights only from .safetensors",
+                             "download the .safetensors release of this model (ComfyUI's templates link them)")
+    if path.suffix.lower() != ".safetensors":
+        raise OmniInputError(input_name, path.name, "not a .safetensors file",
+                             "choose a .safetensors file (GGUF and other formats are not read by this pack)")
+    size = os.path.getsize(path)
+    with open(path, "rb") as handle:
+        head = handle.read(8)
+        if len(head) < 8:
+            raise _truncated(input_name, path, size, "it is too short to hold a header")
+        (header_length,) = struct.unpack("<Q", head)
+        if header_length > HEADER_LIMIT or 8 + header_length > size:
+            raise _truncated(input_name, path, size, "its header runs past the end of the file")
+        try:
+            header = json.loads(handle.read(header_length))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise _truncated(input_name, path, size, "its header is not readable") from None
+    metadata = header.pop("__metadata__", None) or {}
+    data_end = max((entry["data_offsets"][1] for entry in header.values()), default=0)
+    if 8 + header_length + data_end > size:
+        raise _truncated(input_name, path, size, f"its tensors need {8 + header_length + data_end} bytes")
+    prefix = _common_prefix(header)
+    tensors = {key[len(prefix):]: (entry["dtype"], tuple(entry["shape"])) for key, entry in header.items()
+               if key.startswith(prefix)}
+    return WeightsFile(path=str(path), tensors=tensors, metadata=metadata, prefix=prefix)
+
+
+def _truncated(input_name: str, path: Path, size: int, why: str) -> OmniInputError:
+    return OmniInputError(input_name, path.name, f"the file is incomplete or not a safetensors file ({size} bytes; "
+                          f"{why})", "download it again (an interrupted download leaves a file like this)")
+
+
+def _common_prefix(header: dict) -> str:
+    """The prefix (of KEY_PREFIXES) most keys carry, as ComfyUI decides it; "" when none does."""
+    counts = {prefix: sum(key.startswith(prefix) for key in header) for prefix in KEY_PREFIXES}
+    best = max(counts, key=counts.get)
+    return best if counts[best] > len(header) // 2 else ""
+
+
+def read_tensors(file: WeightsFile, dtype, *, keep_fp8: bool = False) -> dict:
+    """The file's tensors under their prefix-free keys, as `dtype`.
+
+    Scaled FP8 weights are multiplied by their scale (their `.scale_*` keys and the `scaled_fp8`
+    marker are dropped). With `keep_fp8`, plain FP8 weights stay FP8 (the FP8 feature then keeps them
+    as they are); scaled ones are always dequantized here, so no caller can forget the scale.
+    """
+    import torch
+    from safetensors import safe_open
+
+    out = {}
+    with safe_open(file.path, framework="pt", device="cpu") as handle:
+        keys = [file.prefix + key for key in file.tensors]
+        scales = {key[:-len(".scale_weight")]: handle.get_tensor(key) for key in keys if key.endswith(".scale_weight")}
+        for full_key in keys:
+            key = full_key[len(file.prefix):]
+            if key == "scaled_fp8" or key.endswith(SCALE_SUFFIXES):
+                continue
+            tensor = handle.get_tensor(full_key)
+            scale = scales.get(full_key[:-len(".weight")]) if full_key.endswith(".weight") else None
+            if scale is not None:
+                tensor = (tensor.to(torch.float32) * scale.to(torch.float32)).to(dtype)
+            elif not (keep_fp8 and tensor.dtype in (torch.float8_e4m3fn, torch.float8_e5m2)):
+                tensor = tensor.to(dtype)
+            out[key] = tensor
+    return out
