@@ -57,8 +57,8 @@ def _additive_mask(mask, dtype):
 
 # CUDA only. NOT RUN HERE: this project has no GPU. What was checked without one: the ops' argument
 # order and output layout against torch's meta kernels (the shapes the CUDA kernels return, e.g. the
-# memory-efficient kernel pads its log-sum-exp to a multiple of 32 queries), and the mask layout against
-# what torch's SDPA front end hands the memory-efficient kernel (tests/test_sp_attention.py). Not
+# memory-efficient kernel pads its log-sum-exp to a multiple of 32 queries), and the bias against the
+# alignment rule torch's SDPA front end applies before that kernel (tests/test_sp_attention.py). Not
 # checked: that the kernels' log-sum-exp (natural log, of the scaled scores) merges to the exact result,
 # which the CPU path proves for its own kernel only, and the kernels' eligibility rules on real GPUs.
 def fused_kernel_for(q, k, v, mask) -> str | None:
@@ -250,6 +250,7 @@ def whole_attention(query, key, value, mask, scale, backend=None):
     heads): diffusers' dispatcher on `backend`, exactly as a single process would call it."""
     from diffusers.models.attention_dispatch import dispatch_attention_fn
 
-    # [B, 1, 1, K]: what diffusers' processors pass (e.g. Qwen-Image's joint mask); every backend takes it.
+    # [B, 1, 1, K]: the shape diffusers' processors pass (e.g. Qwen-Image's joint mask); a backend that takes
+    # no mask refuses it here as it would in one process.
     attn_mask = None if mask is None else mask[:, None, None, :]
     return dispatch_attention_fn(query, key, value, attn_mask=attn_mask, scale=scale, backend=backend)
