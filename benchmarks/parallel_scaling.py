@@ -14,7 +14,8 @@ only, on the trained reference model's VAE (real images: rendered scenes encoded
 Each row times a warm run (workers up, weights loaded) against the warm single-process run; the
 single process may use every core, each rank gets cores / ranks threads. `--comm` prints the
 communication volume per denoising step that Ulysses and Ring need for the real Qwen-Image at
-1024 and 2048 px on 2-8 GPUs, computed from the model's shapes.
+1024 and 2048 px on 2-8 GPUs, computed from the model's shapes, and what one TP-2 rank holds of the
+real Qwen-Image and FLUX.1-dev DiTs (built on the meta device, no weights).
 """
 
 from __future__ import annotations
@@ -170,6 +171,34 @@ def communication_table() -> list[dict]:
     return rows
 
 
+def real_model_tp_shares(degree: int = 2) -> list[dict]:
+    """What one TP rank holds of the real Qwen-Image and FLUX.1-dev DiTs (diffusers' default configs are
+    theirs), built on the meta device, so no weights: with diffusers' attention/MLP plan alone, and with
+    the family's extras (modulation, final AdaLN, embedding MLPs)."""
+    from diffusers import FluxTransformer2DModel, QwenImageTransformer2DModel
+
+    from omni_backend.parallel.tensor_parallel import module_glob
+
+    rows = []
+    for family, model_class in (("qwen-image", QwenImageTransformer2DModel), ("flux", FluxTransformer2DModel)):
+        with torch.device("meta"):
+            transformer = model_class()
+        full = sum(p.numel() for p in transformer.parameters())
+        extras = FAMILIES[family].tensor_parallel_plan(transformer)
+        shares = {}
+        for name, plan in (("attention_mlp_only", transformer._tp_plan), ("with_extras", extras)):
+            patterns = [(module_glob(glob), style) for glob, style in plan.items()]
+            held = 0
+            for parameter_name, parameter in transformer.named_parameters():
+                module_name, _, kind = parameter_name.rpartition(".")
+                style = next((style for pattern, style in patterns if pattern.match(module_name)), None)
+                whole = style is None or (kind == "bias" and "row" in str(style).lower())  # row-parallel bias
+                held += parameter.numel() if whole else parameter.numel() // degree
+            shares[name] = round(held / full, 3)
+        rows.append({"tp_share_of_real_dit": family, "degree": degree, "parameters": full, **shares})
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--json", action="store_true", help="one JSON object per line")
@@ -185,6 +214,7 @@ def main() -> None:
         rows += measure(family, args.methods.split(","), args.size, args.steps, args.repeats)
     if args.comm:
         rows += [{"communication": row} for row in communication_table()]
+        rows += real_model_tp_shares()
     for row in rows:
         print(json.dumps(row) if args.json else row)
 

@@ -29,8 +29,8 @@ class OmniOffloadFP8(ModelFeatureNode):
                 "default": "off",
                 "tooltip": "weight_only: FP8 weights with per-channel scales, computed in the model's dtype (any "
                            "device). w8a8: FP8 activations too, on GPUs with FP8 tensor cores (sm89+); elsewhere it "
-                           "runs weight-only and says so. Only attention/MLP linears; modulation, embeddings and "
-                           "norms stay in full precision."}),
+                           "runs weight-only and says so. Attention/MLP and modulation linears (the latter always "
+                           "weight-only); embeddings, input/output projections and norms stay in full precision."}),
             "fp8_text_encoder": ("BOOLEAN", {
                 "default": False, "tooltip": "Also store the text encoder's layer weights in FP8 (weight-only)."}),
         }}

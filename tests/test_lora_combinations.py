@@ -44,3 +44,39 @@ def test_every_rank_applies_the_same_adapter(engine, lora_spec, layout):
     assert (single - engine.generate(base, REQUEST).latents).abs().max() > 1e-3, "the LoRA changes the output"
     parallel = engine.generate(with_lora.replace(parallel=ParallelConfig(**layout)), REQUEST).latents
     assert (parallel - single).abs().max() <= 1e-5 * single.abs().max()
+
+
+# Every kind of shard tensor parallelism makes: column (to_q, the timestep MLP's first layer), row (to_out,
+# img_mlp.net.2, its second layer) and gathered column (img_mod/txt_mod, norm_out's AdaLN).
+SHARD_KINDS = (r".*(to_q|to_out\.0|img_mlp\.net\.2|img_mod\.1|txt_mod\.1|timestep_embedder\.linear_1|"
+               r"timestep_embedder\.linear_2|norm_out\.linear)")
+
+
+def test_tensor_parallel_adapter_on_every_shard_kind_and_a_reloaded_file(engine, models_dir, tmp_path):
+    """The file changes on disk between the runs: its old adapter, the only one, is deleted (peft puts the
+    plain layers back, whose row-parallel reduction must be whole again) and the new one loaded."""
+    folder = models_dir / "diffusers" / "qwen-image"
+    path = tmp_path / "every-shard.safetensors"
+    base = ModelSpec.from_folder(str(folder), dtype="fp32", device="cpu")
+    spec = base.replace(loras=(LoraSpec(str(path), 1.0),))
+    plain = engine.generate(base, REQUEST).latents
+    for seed in (11, 12):
+        make_tiny_lora(folder, path, seed=seed, rank=4, target_modules=SHARD_KINDS)
+        single = engine.generate(spec, REQUEST).latents
+        assert (single - plain).abs().max() > 1e-3, "the LoRA changes the output"
+        parallel = engine.generate(spec.replace(parallel=ParallelConfig(tensor_parallel=2)), REQUEST).latents
+        assert (parallel - single).abs().max() <= 1e-5 * single.abs().max(), f"LoRA seed {seed}"
+
+
+def test_tensor_parallel_adapter_into_wan_second_expert(engine, models_dir, tmp_path):
+    """A LoRA for transformer_2 is cut by transformer_2's shards (its keys say `transformer.`)."""
+    folder = models_dir / "diffusers" / "wan2.2"
+    path = make_tiny_lora(folder, tmp_path / "second.safetensors", seed=7, rank=4, component="transformer_2")
+    request = GenerationRequest(prompt="a red circle", negative_prompt="blurry", steps=3, guidance=4.0, width=64,
+                                height=48, frames=5)
+    base = ModelSpec.from_folder(str(folder), dtype="fp32", device="cpu")
+    spec = base.replace(loras=(LoraSpec(str(path), 1.0, component="transformer_2"),))
+    single = engine.generate(spec, request).latents
+    assert (single - engine.generate(base, request).latents).abs().max() > 1e-3, "the LoRA changes the output"
+    parallel = engine.generate(spec.replace(parallel=ParallelConfig(tensor_parallel=2)), request).latents
+    assert (parallel - single).abs().max() <= 1e-5 * single.abs().max()

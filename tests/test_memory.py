@@ -239,31 +239,38 @@ def test_layerwise_offload_under_a_cache_that_skips_blocks(qwen_six_blocks):
 
 
 # ---- FP8 ------------------------------------------------------------------------------------------------
-# (name of a quantized linear, names that must stay nn.Linear in full precision) per family.
+# (attention/MLP linears quantized, modulation linears quantized weight-only, linears that must stay
+# nn.Linear in full precision) per family.
 FP8_EXPECTATIONS = {
     "qwen-image": (["transformer_blocks.0.attn.to_q", "transformer_blocks.1.attn.add_v_proj",
                     "transformer_blocks.0.attn.to_add_out", "transformer_blocks.0.img_mlp.net.2",
                     "transformer_blocks.0.txt_mlp.net.0.proj"],
-                   ["transformer_blocks.0.img_mod.1", "transformer_blocks.0.txt_mod.1", "img_in", "txt_in",
-                    "proj_out", "norm_out.linear", "time_text_embed.timestep_embedder.linear_1"]),
+                   ["transformer_blocks.0.img_mod.1", "transformer_blocks.1.txt_mod.1"],
+                   ["img_in", "txt_in", "proj_out", "norm_out.linear", "time_text_embed.timestep_embedder.linear_1"]),
     "z-image": (["layers.0.attention.to_q", "layers.1.feed_forward.w2"],
-                ["layers.0.adaLN_modulation.0", "t_embedder.mlp.0", "cap_embedder.1", "all_x_embedder.2-1",
-                 "all_final_layer.2-1.linear", "noise_refiner.0.attention.to_q"]),
+                ["layers.0.adaLN_modulation.0", "layers.1.adaLN_modulation.0"],
+                ["t_embedder.mlp.0", "cap_embedder.1", "all_x_embedder.2-1", "all_final_layer.2-1.linear",
+                 "all_final_layer.2-1.adaLN_modulation.1", "noise_refiner.0.attention.to_q"]),
     "flux": (["transformer_blocks.0.attn.to_q", "transformer_blocks.0.ff_context.net.2",
               "single_transformer_blocks.0.proj_mlp", "single_transformer_blocks.1.proj_out",
               "single_transformer_blocks.0.attn.to_k"],
              ["transformer_blocks.0.norm1.linear", "transformer_blocks.0.norm1_context.linear",
-              "single_transformer_blocks.0.norm.linear", "x_embedder", "context_embedder", "proj_out",
-              "norm_out.linear", "time_text_embed.guidance_embedder.linear_1"]),
+              "single_transformer_blocks.0.norm.linear"],
+             ["x_embedder", "context_embedder", "proj_out", "norm_out.linear",
+              "time_text_embed.guidance_embedder.linear_1"]),
     "flux2-klein": (["transformer_blocks.0.ff.linear_in", "single_transformer_blocks.0.attn.to_qkv_mlp_proj",
                      "single_transformer_blocks.1.attn.to_out"],
-                    ["double_stream_modulation_img.linear", "single_stream_modulation.linear", "x_embedder",
-                     "context_embedder", "proj_out", "norm_out.linear"]),
+                    ["double_stream_modulation_img.linear", "double_stream_modulation_txt.linear",
+                     "single_stream_modulation.linear"],
+                    ["x_embedder", "context_embedder", "proj_out", "norm_out.linear",
+                     "time_guidance_embed.timestep_embedder.linear_1"]),
     "sd3": (["transformer_blocks.0.attn2.to_q", "transformer_blocks.1.ff.net.0.proj"],
-            ["transformer_blocks.0.norm1.linear", "transformer_blocks.0.norm1_context.linear", "context_embedder",
-             "proj_out", "norm_out.linear", "time_text_embed.text_embedder.linear_1"]),
+            ["transformer_blocks.0.norm1.linear", "transformer_blocks.0.norm1_context.linear"],
+            ["context_embedder", "proj_out", "norm_out.linear", "time_text_embed.text_embedder.linear_1"]),
     "wan2.2": (["blocks.0.attn1.to_q", "blocks.1.attn2.to_out.0", "blocks.0.ffn.net.0.proj"],
-               ["condition_embedder.time_proj", "condition_embedder.text_embedder.linear_1", "proj_out"]),
+               ["condition_embedder.time_proj"],
+               ["condition_embedder.time_embedder.linear_1", "condition_embedder.text_embedder.linear_1",
+                "proj_out"]),
 }
 FP8_EXPECTATIONS["stable-audio"] = (["transformer_blocks.0.attn1.to_q", "transformer_blocks.1.attn2.to_v",
                                      "transformer_blocks.0.attn2.to_out.0", "transformer_blocks.1.ff.net.2"],
@@ -280,19 +287,20 @@ FP8_EXPECTATIONS["ovis-image"] = (_FLUX_LIKE_QUANTIZED, _FLUX_LIKE_KEPT + ["time
 
 
 @pytest.mark.parametrize("family_key", list(FAMILIES))
-def test_fp8_quantizes_attention_and_mlp_only_and_halves_their_bytes(models_dir, family_key):
+def test_fp8_quantizes_attention_mlp_and_modulation_and_halves_their_bytes(models_dir, family_key):
     engine = Engine()
     folder = folder_of(models_dir, family_key)
     pipe = engine.loaded(spec_for(folder, MemoryConfig(fp8="weight_only"))).pipe
-    quantized, kept = FP8_EXPECTATIONS[family_key]
+    quantized, modulation, kept = FP8_EXPECTATIONS[family_key]
     for _component, transformer in FAMILIES[family_key].transformers(pipe):
         modules = dict(transformer.named_modules())
-        for name in quantized:
+        for name in quantized + modulation:
             assert isinstance(modules[name], FP8Linear) and modules[name].weight.dtype == torch.float8_e4m3fn, name
         for name in kept:
             assert type(modules[name]) is torch.nn.Linear and modules[name].weight.dtype == torch.float32, name
         for name, module in modules.items():
-            if any(marker in name.lower() for marker in ("mod", "norm", "emb")) and isinstance(module, torch.nn.Linear):
+            if any(marker in name.lower() for marker in ("emb", "norm_out")) and isinstance(module, torch.nn.Linear) \
+                    and name not in modulation:  # Wan's time_proj sits in its condition_embedder
                 assert type(module) is torch.nn.Linear, f"{name} must stay in full precision"
         fp8_layers = [m for m in modules.values() if isinstance(m, FP8Linear)]
         fp8_bytes = sum(layer.weight_nbytes() for layer in fp8_layers)

@@ -35,6 +35,16 @@ class GuidanceStyle:
     takes_negative_prompt: bool = True
 
 
+# Tensor-parallel plan style of our own, beside diffusers' "colwise"/"rowwise": column-parallel with
+# the output all-gathered, for layers whose whole output every rank uses (modulation vectors).
+GATHERED_COLWISE = "colwise_gather"
+
+
+def embedding_mlp(path: str, first: str = "linear_1", second: str = "linear_2") -> tuple[tuple[str, str], ...]:
+    """An embedding MLP (linear, activation, linear) sharded like any MLP: colwise, then rowwise."""
+    return ((f"{path}.{first}", "colwise"), (f"{path}.{second}", "rowwise"))
+
+
 class ModelFamily:
     key: str = ""  # stable id used in specs, workflows and the support matrix
     title: str = ""  # what users call it
@@ -89,10 +99,16 @@ class ModelFamily:
         """(attribute, nn.ModuleList) of the transformer's repeated blocks, in execution order."""
         raise NotImplementedError
 
-    # Children of a block whose linears FP8 may quantize: attention and MLP only. Modulation/AdaLN,
-    # norms and everything outside the blocks stay in high precision (memory/fp8_layers.py says why).
+    # Children of a block whose linears FP8 quantizes (w8a8 where chosen): attention and MLP.
     fp8_block_parts: tuple[str, ...] = ("attn", "attn1", "attn2", "attention", "ff", "ff_context", "img_mlp",
                                         "txt_mlp", "ffn", "feed_forward")
+    # Children of a block that compute its modulation (AdaLN shift/scale/gate from the timestep), and
+    # modulation linears outside the blocks that all blocks share (FLUX.2, Wan): FP8 weight-only. Norms,
+    # embeddings, input/output projections and the final AdaLN stay in high precision
+    # (memory/fp8_layers.py says why).
+    fp8_modulation_parts: tuple[str, ...] = ("img_mod", "txt_mod", "norm1", "norm1_context", "norm",
+                                             "adaLN_modulation")
+    fp8_shared_modulation: tuple[str, ...] = ()
 
     def attention_heads(self, transformer_config: dict) -> int:
         return int(transformer_config["num_attention_heads"])
@@ -204,8 +220,16 @@ class ModelFamily:
         return getattr(transformer, "_cp_plan", None)
 
     def tensor_parallel_plan(self, transformer) -> dict | None:
-        """diffusers `_tp_plan` format: which linears are column/row sharded (None: no TP)."""
-        return getattr(transformer, "_tp_plan", None)
+        """diffusers `_tp_plan` format: which linears are column/row sharded (None: no TP), with the
+        family's `tensor_parallel_extras` added."""
+        plan = getattr(transformer, "_tp_plan", None)
+        return None if plan is None else {**plan, **dict(self.tensor_parallel_extras)}
+
+    # What TP shards beyond diffusers' attention/MLP plan, so that no large layer sits whole on every
+    # rank: the blocks' modulation linears and the final AdaLN's, column-parallel with the output
+    # gathered (GATHERED_COLWISE: the modulation vector is one row per sample, so gathering it costs next
+    # to nothing), and the timestep/text embedding MLPs as a colwise + rowwise pair. (module glob, style)
+    tensor_parallel_extras: tuple[tuple[str, object], ...] = ()
 
     # Fix-ups once the linears hold shards: RMSNorms over sharded features (module globs) become
     # sharded norms; attention modules whose processors reshape by `attn.heads` get the local head

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..block_io import block_arguments
-from .base import GuidanceStyle, ModelFamily
+from .base import GATHERED_COLWISE, GuidanceStyle, ModelFamily, embedding_mlp
 
 # vLLM-Omni's fitted TeaCache polynomial for FluxTransformer2DModel (also used for FLUX.2-klein).
 FLUX_TEACACHE_COEFFICIENTS = (498.651651, -283.781631, 55.8554382, -3.82021401, 0.264230861)
@@ -27,6 +27,15 @@ class Flux(ModelFamily):
     # pipeline to 512; FLUX attends to the padding without a mask, so every embedding differs.
     conditioning_refusal = ("ComfyUI pads the T5 prompt to 256 tokens and the pipeline to 512; FLUX attends to "
                             "the padding without a mask, so the embeddings differ")
+
+    # The AdaLN-Zero linears (dim -> 6 dim, single blocks dim -> 3 dim) and the embedding MLPs.
+    tensor_parallel_extras = (("transformer_blocks.*.norm1.linear", GATHERED_COLWISE),
+                              ("transformer_blocks.*.norm1_context.linear", GATHERED_COLWISE),
+                              ("single_transformer_blocks.*.norm.linear", GATHERED_COLWISE),
+                              ("norm_out.linear", GATHERED_COLWISE),
+                              *embedding_mlp("time_text_embed.timestep_embedder"),
+                              *embedding_mlp("time_text_embed.guidance_embedder"),
+                              *embedding_mlp("time_text_embed.text_embedder"))
 
     def block_lists(self, transformer):
         return [("transformer_blocks", transformer.transformer_blocks),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..block_io import block_arguments
-from .base import GuidanceStyle, ModelFamily
+from .base import GATHERED_COLWISE, GuidanceStyle, ModelFamily, embedding_mlp
 from .flux import FLUX_TEACACHE_COEFFICIENTS
 
 
@@ -36,6 +36,16 @@ class Flux2Klein(ModelFamily):
 
     def embedding_kwargs(self, embedding, device, dtype):
         return {"prompt_embeds": embedding.embeds[:, :512].to(device, dtype)}
+
+    # FLUX.2 computes its modulation once per call for all blocks (outside the block lists).
+    fp8_shared_modulation = ("double_stream_modulation_img.linear", "double_stream_modulation_txt.linear",
+                             "single_stream_modulation.linear")
+    tensor_parallel_extras = (("double_stream_modulation_img.linear", GATHERED_COLWISE),
+                              ("double_stream_modulation_txt.linear", GATHERED_COLWISE),
+                              ("single_stream_modulation.linear", GATHERED_COLWISE),
+                              ("norm_out.linear", GATHERED_COLWISE),
+                              *embedding_mlp("time_guidance_embed.timestep_embedder"),
+                              *embedding_mlp("time_guidance_embed.guidance_embedder"))
 
     def block_lists(self, transformer):
         return [("transformer_blocks", transformer.transformer_blocks),

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ..images import one_pil
 from . import flux_like
-from .base import GuidanceStyle, ModelFamily
+from .base import GATHERED_COLWISE, GuidanceStyle, ModelFamily, embedding_mlp
 from .peft_lora import with_lora_loader
 from .qwen_vl_processor import image_only_processor, load_processor, torchvision_available
 
@@ -75,8 +75,15 @@ class LongCatImage(ModelFamily):
     def sequence_parallel_plan(self, transformer):
         return flux_like.sequence_parallel_plan()
 
+    # As FLUX.1's (same module names): the AdaLN-Zero linears, the final AdaLN and the timestep MLP.
+    tensor_parallel_extras = (("transformer_blocks.*.norm1.linear", GATHERED_COLWISE),
+                              ("transformer_blocks.*.norm1_context.linear", GATHERED_COLWISE),
+                              ("single_transformer_blocks.*.norm.linear", GATHERED_COLWISE),
+                              ("norm_out.linear", GATHERED_COLWISE),
+                              *embedding_mlp("time_embed.timestep_embedder"))
+
     def tensor_parallel_plan(self, transformer):
-        return flux_like.tensor_parallel_plan(MLP_RATIO)
+        return {**flux_like.tensor_parallel_plan(MLP_RATIO), **dict(self.tensor_parallel_extras)}
 
     def tensor_parallel_widths(self, transformer_config):
         return flux_like.tensor_parallel_widths(transformer_config, MLP_RATIO)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..block_io import block_arguments
-from .base import GuidanceStyle, ModelFamily
+from .base import GATHERED_COLWISE, GuidanceStyle, ModelFamily, embedding_mlp
 
 # vLLM-Omni's fitted TeaCache polynomial for QwenImageTransformer2DModel.
 QWEN_TEACACHE_COEFFICIENTS = (-450.0, 280.0, -45.0, 3.2, -0.02)
@@ -41,6 +41,12 @@ class QwenImage(ModelFamily):
 
         mask = embedding.mask if embedding.mask is not None else torch.ones(embedding.embeds.shape[:2])
         return {"prompt_embeds": embedding.embeds.to(device, dtype), "prompt_embeds_mask": mask.to(device, torch.long)}
+
+    # img_mod/txt_mod (dim -> 6 dim each) are a third of a block's weights.
+    tensor_parallel_extras = (("transformer_blocks.*.img_mod.1", GATHERED_COLWISE),
+                              ("transformer_blocks.*.txt_mod.1", GATHERED_COLWISE),
+                              ("norm_out.linear", GATHERED_COLWISE),
+                              *embedding_mlp("time_text_embed.timestep_embedder"))
 
     def block_lists(self, transformer):
         return [("transformer_blocks", transformer.transformer_blocks)]

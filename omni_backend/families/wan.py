@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .base import GuidanceStyle, ModelFamily
+from .base import GATHERED_COLWISE, GuidanceStyle, ModelFamily, embedding_mlp
 
 
 class Wan(ModelFamily):
@@ -43,6 +43,8 @@ class Wan(ModelFamily):
     def block_lists(self, transformer):
         return [("blocks", transformer.blocks)]
 
+    fp8_shared_modulation = ("condition_embedder.time_proj",)  # every block's shift/scale/gate (dim -> 6 dim)
+
     def tensor_parallel_plan(self, transformer):
         plan = {}
         for attention in ("attn1", "attn2"):  # self- and cross-attention
@@ -51,6 +53,14 @@ class Wan(ModelFamily):
             plan[f"blocks.*.{attention}.to_out.0"] = "rowwise"
         plan["blocks.*.ffn.net.0.proj"] = "colwise"
         plan["blocks.*.ffn.net.2"] = "rowwise"
+        # Wan modulates every block from one projection (dim -> 6 dim, per token in TI2V 5B); the blocks
+        # add their own small scale_shift_table.
+        plan["condition_embedder.time_proj"] = GATHERED_COLWISE
+        plan.update(embedding_mlp("condition_embedder.time_embedder"))
+        plan.update(embedding_mlp("condition_embedder.text_embedder"))
+        plan.update(embedding_mlp("condition_embedder.image_embedder.ff", "net.0.proj", "net.2"))  # I2V A14B
+        # Its output is narrow (latent channels x patch, 64 vs a 5120 hidden size): cheap to gather.
+        plan["proj_out"] = GATHERED_COLWISE
         return plan
 
     # Besides the planned linears, tensor parallelism shards these norms: Wan normalises Q and K across

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..block_io import block_arguments
-from .base import GuidanceStyle, ModelFamily
+from .base import GATHERED_COLWISE, GuidanceStyle, ModelFamily, embedding_mlp
 from .qwen_image import QWEN_TEACACHE_COEFFICIENTS
 
 
@@ -66,6 +66,10 @@ class ZImage(ModelFamily):
             plan[f"{stack}.*.feed_forward.w1"] = "colwise"  # SwiGLU: w2(silu(w1 x) * w3 x)
             plan[f"{stack}.*.feed_forward.w3"] = "colwise"
             plan[f"{stack}.*.feed_forward.w2"] = "rowwise"
+            plan[f"{stack}.*.adaLN_modulation.0"] = GATHERED_COLWISE  # context_refiner has none
+        plan["all_final_layer.*.adaLN_modulation.1"] = GATHERED_COLWISE
+        # The timestep MLP (256 -> 1024 -> dim) is most of a small Z-Image's weights.
+        plan.update(embedding_mlp("t_embedder.mlp", "0", "2"))
         return plan
 
     def tensor_parallel_widths(self, transformer_config):

@@ -60,7 +60,7 @@ def load_adapter(pipe, family, lora: LoraFile, adapter_name: str, into: str, com
     models = [getattr(pipe, c) for c in targets]
     sharded = any(is_tensor_parallel(model) for model in models)
     if sharded:  # on tensor-parallel ranks every layer holds a shard: cut the factors to match
-        state_dict = shard_lora_factors(pipe, state_dict)
+        state_dict = shard_lora_factors({prefix: getattr(pipe, c) for c, prefix in targets.items()}, state_dict)
     try:
         with adapters_in_compute_dtype(models, compute_dtype), quiet():
             for component, prefix in targets.items():

@@ -21,7 +21,7 @@ import torch
 from ..devices import torch_dtype
 from .auto_offload import choose_for_device
 from .fp8 import w8a8_supported
-from .fp8_layers import dit_targets, quantize_linears, text_encoder_targets, text_encoders
+from .fp8_layers import dit_modulation_targets, dit_targets, quantize_linears, text_encoder_targets, text_encoders
 from .layerwise_offload import install_layerwise_offload
 from .model_offload import install_model_offload
 
@@ -83,6 +83,8 @@ def apply_memory(pipe, spec, config) -> MemoryState:
         for name, transformer in family.transformers(pipe):
             fp8_layers[name] = quantize_linears(dit_targets(family, transformer), device, store_device,
                                                 use_scaled_mm)
+            # Modulation: weight-only in every mode (memory/fp8_layers.py says why).
+            fp8_layers[name] += quantize_linears(dit_modulation_targets(family, transformer), device, store_device)
         if config.fp8_text_encoder:
             for name, encoder in text_encoders(pipe):
                 fp8_layers[name] = quantize_linears(text_encoder_targets(encoder), device, store_device)

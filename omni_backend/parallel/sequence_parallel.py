@@ -4,8 +4,8 @@ sequence-parallel attention, gather the output.
 The plans are diffusers' own (`Model._cp_plan`, or one a family supplies); the hooks are
 diffusers' ContextParallelSplitHook/GatherHook with the sharding swapped for uneven shards that
 gloo can gather (diffusers' "anything" gather hands gloo unequal tensors, which it refuses).
-Attention goes through diffusers' dispatcher: processors pass their `_parallel_config` to the
-native backend, which we route to `sp_attention` when that config is ours.
+Attention goes through diffusers' dispatcher: processors pass their `_parallel_config` to whatever
+backend they dispatch to, which we route to `sp_attention` when that config is ours.
 """
 
 from __future__ import annotations
@@ -38,9 +38,14 @@ class SequenceParallelAttention:
     ring_group: object
     sp_group: object
 
-    def __call__(self, query, key, value, attn_mask=None, scale=None):
+    def attend(self, backend, query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
+               enable_gqa=False, return_lse=False):
+        """A marked call to diffusers' attention `backend` (its keyword arguments, already filtered by the
+        dispatcher to what that backend takes)."""
+        if is_causal or dropout_p or enable_gqa or return_lse:
+            raise ValueError("sequence parallel attention supports plain bidirectional attention only")
         return sequence_parallel_attention(query, key, value, attn_mask, scale, ulysses_group=self.ulysses_group,
-                                           ring_group=self.ring_group)
+                                           ring_group=self.ring_group, backend=backend)
 
 
 class _SplitHook(ContextParallelSplitHook):
@@ -86,38 +91,34 @@ def apply_sequence_parallel(transformer, plan: dict, attention: SequenceParallel
         processor = getattr(module, "processor", None)
         if processor is not None and hasattr(processor, "_parallel_config"):
             processor._parallel_config = attention
-    route_native_attention()
+    route_attention_backends()
 
 
 _ROUTED = False
 
 
-def route_native_attention() -> None:
-    """Send diffusers' native attention calls that carry our marker to sp_attention.
+def route_attention_backends() -> None:
+    """Send diffusers' attention calls that carry our marker to sp_attention, whatever backend they
+    were dispatched to (the active one, e.g. DIFFUSERS_ATTN_BACKEND=flash, or one set on the model).
 
-    diffusers' backend names are an Enum, so a new backend cannot be registered; we wrap the native
-    one instead. Only worker processes ever call this, and calls without our marker are untouched.
+    diffusers' backend names are an Enum, so a new backend cannot be registered; we wrap every registered
+    one instead, and tell sp_attention which backend was asked for (Ulysses runs its local attention on
+    it). Only worker processes ever call this, and calls without our marker are untouched.
     """
     global _ROUTED
     if _ROUTED:
         return
-    from diffusers.models.attention_dispatch import (
-        AttentionBackendName,
-        _AttentionBackendRegistry,
-    )
+    from diffusers.models.attention_dispatch import _AttentionBackendRegistry
 
-    native = _AttentionBackendRegistry._backends[AttentionBackendName.NATIVE]
-
-    def native_or_sequence_parallel(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False,
-                                    scale=None, enable_gqa=False, return_lse=False, _parallel_config=None):
-        if isinstance(_parallel_config, SequenceParallelAttention):
-            if is_causal or dropout_p or enable_gqa or return_lse:
-                raise ValueError("sequence parallel attention supports plain bidirectional attention only")
-            return _parallel_config(query, key, value, attn_mask, scale)
-        return native(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal,
-                      scale=scale, enable_gqa=enable_gqa, return_lse=return_lse, _parallel_config=_parallel_config)
-
-    _AttentionBackendRegistry._backends[AttentionBackendName.NATIVE] = native_or_sequence_parallel
+    for name, backend_fn in list(_AttentionBackendRegistry._backends.items()):
+        _AttentionBackendRegistry._backends[name] = _routed(name, backend_fn)
     _ROUTED = True
 
 
+def _routed(name, backend_fn):
+    def backend_or_sequence_parallel(*args, _parallel_config=None, **kwargs):
+        if isinstance(_parallel_config, SequenceParallelAttention):
+            return _parallel_config.attend(name, *args, **kwargs)
+        return backend_fn(*args, _parallel_config=_parallel_config, **kwargs)
+
+    return backend_or_sequence_parallel

@@ -7,6 +7,12 @@ the log-sum-exp on CPU, and it needs equal shards (Qwen-Image's text length is w
 prompt tokenises to). We keep diffusers' `_cp_plan` hooks for splitting and gathering the
 sequence; only the attention op is ours.
 
+Kernels: Ulysses alone needs no log-sum-exp, so after its all-to-all each rank calls diffusers'
+dispatcher on the backend the model asked for (flash, sage, ... or torch SDPA), like one process would.
+Ring (and Ring inside Ulysses) merges partial results by their log-sum-exp: on CUDA torch's fused flash
+or memory-efficient kernels return it without building the score matrix; on the CPU, torch's CPU flash
+kernel (exact).
+
 Tensors are in diffusers' dispatch layout: (batch, sequence, heads, head_dim). Masks are key
 padding masks: (batch, keys) or (batch, 1, 1, keys), boolean (True = attend).
 """
@@ -19,22 +25,79 @@ import torch.distributed as dist
 
 # ---- local attention that also returns the log-sum-exp ------------------------------------------
 def local_attention(query, key, value, mask=None, scale=None):
-    """(out [B,S,H,D], lse [B,H,S] float32) for one block of keys."""
+    """(out [B,S,H,D], lse [B,H,S] float32) for one block of keys.
+
+    CPU: torch's flash kernel for the CPU (exact, what SDPA itself runs there). CUDA: torch's fused
+    flash or memory-efficient kernel, which return the log-sum-exp without building the score matrix
+    (`fused_attention_with_lse`). Other devices: the same math written out.
+    """
     q, k, v = (x.transpose(1, 2) for x in (query, key, value))  # B, H, S, D
-    additive = None
-    if mask is not None:
-        additive = torch.zeros(mask.shape, dtype=q.dtype, device=q.device).masked_fill(~mask, float("-inf"))
-        additive = additive[:, None, None, :]
     if q.device.type == "cpu":
         out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
-            q, k, v, 0.0, False, attn_mask=additive, scale=scale)
+            q, k, v, 0.0, False, attn_mask=_additive_mask(mask, q.dtype), scale=scale)
+    elif q.device.type == "cuda" and (kernel := fused_kernel_for(q, k, v, mask)) is not None:
+        out, lse = fused_attention_with_lse(q, k, v, mask, scale, kernel)
     else:
-        out, lse = _math_attention(q, k, v, additive, scale)
-    return out.transpose(1, 2), lse.float()
+        out, lse = _math_attention(q, k, v, _additive_mask(mask, q.dtype), scale)
+    lse = lse.float()
+    if mask is not None:
+        # A sample with no key to attend to in this block must weigh nothing in the merge: the CPU
+        # kernel returns out = 0 with lse = 0 there (not -inf), which would scale the other blocks down.
+        lse = lse.masked_fill(~mask.any(dim=-1)[:, None, None], float("-inf"))
+    return out.transpose(1, 2), lse
+
+
+def _additive_mask(mask, dtype):
+    """Key padding mask [B, K] (True = attend) -> additive [B, 1, 1, K] (0 or -inf)."""
+    if mask is None:
+        return None
+    additive = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, float("-inf"))
+    return additive[:, None, None, :]
+
+
+# CUDA only. NOT RUN HERE: this project has no GPU. What was checked without one: the ops' argument
+# order and output layout against torch's meta kernels (the shapes the CUDA kernels return, e.g. the
+# memory-efficient kernel pads its log-sum-exp to a multiple of 32 queries), and the bias against the
+# alignment rule torch's SDPA front end applies before that kernel (tests/test_sp_attention.py). Not
+# checked: that the kernels' log-sum-exp (natural log, of the scaled scores) merges to the exact result,
+# which the CPU path proves for its own kernel only, and the kernels' eligibility rules on real GPUs.
+def fused_kernel_for(q, k, v, mask) -> str | None:
+    """"flash" (no mask, fp16/bf16), "efficient" (masks, fp32) or None, by torch's own eligibility checks."""
+    from torch.backends.cuda import can_use_efficient_attention, can_use_flash_attention
+    from torch.nn.attention import SDPAParams
+
+    if mask is None and can_use_flash_attention(SDPAParams(q, k, v, None, 0.0, False, False)):
+        return "flash"
+    bias = None if mask is None else _aligned_bias(mask, q, k)
+    if can_use_efficient_attention(SDPAParams(q, k, v, bias, 0.0, False, False)):
+        return "efficient"
+    return None
+
+
+def fused_attention_with_lse(q, k, v, mask, scale, kernel: str):
+    """q, k, v [B, H, S, D] -> (out [B, H, Sq, D], lse [B, H, Sq] float32) from torch's fused kernels."""
+    if kernel == "flash":
+        out, lse = torch.ops.aten._scaled_dot_product_flash_attention(q, k, v, 0.0, False, False, scale=scale)[:2]
+    else:
+        bias = None if mask is None else _aligned_bias(mask, q, k)
+        out, lse = torch.ops.aten._scaled_dot_product_efficient_attention(q, k, v, bias, True, 0.0, False,
+                                                                          scale=scale)[:2]
+    return out, lse[..., :q.shape[2]]  # the memory-efficient kernel pads lse to a multiple of 32 queries
+
+
+def _aligned_bias(mask, q, k):
+    """The key padding mask as the additive bias the memory-efficient kernel reads: [B, H, Sq, K]
+    broadcast (no copy per head or query) from rows whose stride is a multiple of 16 elements, which
+    torch's SDPA front end also ensures (`preprocess_mask`) and the kernel requires."""
+    batch, keys = mask.shape
+    padded = -(-keys // 16) * 16
+    bias = torch.zeros(batch, 1, 1, padded, dtype=q.dtype, device=q.device)
+    bias[..., :keys].masked_fill_(~mask[:, None, None, :], float("-inf"))
+    return bias[..., :keys].expand(batch, q.shape[1], q.shape[2], keys)
 
 
 def _math_attention(q, k, v, additive, scale):
-    # Portable fallback (any device): the same math as SDPA, keeping the log-sum-exp.
+    # Portable fallback (devices with neither kernel): the same math as SDPA, keeping the log-sum-exp.
     scale = scale if scale is not None else q.shape[-1] ** -0.5
     scores = (q.float() @ k.float().transpose(-1, -2)) * scale
     if additive is not None:
@@ -155,7 +218,10 @@ def ring_attention(query, key, value, mask, scale, group):
 
 # ---- the entry point -----------------------------------------------------------------------------
 def sequence_parallel_attention(query, key, value, attn_mask=None, scale=None, *, ulysses_group=None,
-                                ring_group=None):
+                                ring_group=None, backend=None):
+    """`backend`: the diffusers attention backend the model's processor called (None: the active one).
+    Attention that needs no log-sum-exp merge (Ulysses alone) runs on it, so users keep their flash/sage
+    backend; Ring's blocks run on torch's kernels that return the log-sum-exp."""
     batch = query.shape[0]
     mask = key_padding_mask(attn_mask, batch, key.shape[1])
     if ulysses_group is not None and dist.get_world_size(ulysses_group) > 1:
@@ -168,12 +234,23 @@ def sequence_parallel_attention(query, key, value, attn_mask=None, scale=None, *
         value = ulysses_scatter_heads(value, kv_sizes, group)
         if mask is not None:
             mask = all_gather_uneven(mask.to(torch.uint8), kv_sizes, 1, group).bool()
-        out = _inner(query, key, value, mask, scale, ring_group)
+        out = _inner(query, key, value, mask, scale, ring_group, backend)
         return ulysses_gather_heads(out, q_sizes, rank, group)
-    return _inner(query, key, value, mask, scale, ring_group)
+    return _inner(query, key, value, mask, scale, ring_group, backend)
 
 
-def _inner(query, key, value, mask, scale, ring_group):
+def _inner(query, key, value, mask, scale, ring_group, backend):
     if ring_group is not None and dist.get_world_size(ring_group) > 1:
         return ring_attention(query, key, value, mask, scale, ring_group)
-    return local_attention(query, key, value, mask, scale)[0]
+    return whole_attention(query, key, value, mask, scale, backend)
+
+
+def whole_attention(query, key, value, mask, scale, backend=None):
+    """Attention over all keys at once (after Ulysses' all-to-all every rank holds whole sequences of its
+    heads): diffusers' dispatcher on `backend`, exactly as a single process would call it."""
+    from diffusers.models.attention_dispatch import dispatch_attention_fn
+
+    # [B, 1, 1, K]: the shape diffusers' processors pass (e.g. Qwen-Image's joint mask); a backend that takes
+    # no mask refuses it here as it would in one process.
+    attn_mask = None if mask is None else mask[:, None, None, :]
+    return dispatch_attention_fn(query, key, value, attn_mask=attn_mask, scale=scale, backend=backend)

@@ -4,13 +4,23 @@ The plans are diffusers' own `_tp_plan` (Qwen-Image, FLUX.1, FLUX.2) or the fami
 Wan), in the same format: module-path globs -> "colwise" | "rowwise" | Packed*Parallel. diffusers
 applies them with DTensor and refuses CPU devices; we apply the same plans with two small
 Linear subclasses that hold only their shard and talk through plain torch.distributed, so the
-CPU (gloo) path tests exactly the plan a GPU runs. Modulation/AdaLN, embeddings, norms and the
-output projection are not in the plans and stay replicated.
+CPU (gloo) path tests exactly the plan a GPU runs.
+
+Beyond diffusers' plans (attention and MLP linears), each family's `tensor_parallel_extras` shard
+what else is large and would otherwise sit whole on every rank: the modulation linears (Qwen-Image's
+img_mod/txt_mod, 3072 -> 18432, are a third of a block's weights; FLUX's AdaLN `norm1.linear`,
+Z-Image's `adaLN_modulation`, Wan's `time_proj`) column-parallel with the output gathered
+(GATHERED_COLWISE): the modulation vector is one row per sample, so the gather costs next to nothing.
+The timestep/text embedding MLPs are a colwise + rowwise pair like any MLP. Norms, the patch embedding
+and the token-wise input projections stay replicated (small, and sharding them would gather
+activations of the whole sequence at the model's width).
 
 - ColumnParallelLinear keeps a block of output rows (a subset of heads / MLP features) and needs
   no communication; its output feeds a row-parallel layer or the attention of its heads.
 - RowParallelLinear keeps the matching block of input columns; the partial products are summed
   with an all-reduce and the (replicated) bias is added once.
+- GatheredColumnLinear keeps a block of output rows like ColumnParallelLinear and all-gathers its
+  output, so what follows sees the whole vector (torch's ColwiseParallel(output_layouts=Replicate())).
 Packed layers (SwiGLU gate+up, FLUX.2's fused QKV+MLP) shard each packed block separately.
 """
 
@@ -22,6 +32,8 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from diffusers.hooks.tensor_parallel import PackedColwiseParallel, PackedRowwiseParallel
+
+from ..families.base import GATHERED_COLWISE
 
 
 def _block_sizes(total: int, blocks) -> list[int]:
@@ -72,14 +84,42 @@ class ColumnParallelLinear(torch.nn.Linear, _Shard):
         return shard
 
 
+class GatheredColumnLinear(torch.nn.Linear, _Shard):
+    """y = all_gather(x W_local^T + b_local): the rank computes its rows of the output and every rank
+    receives the whole output. `out_features` is the whole width (what the layer returns), so a LoRA
+    wrapping it gets whole factors and adds its delta to the gathered output (nothing to cut)."""
+
+    @classmethod
+    def from_linear(cls, linear: torch.nn.Linear, group) -> GatheredColumnLinear:
+        rank, world = dist.get_rank(group), dist.get_world_size(group)
+        sizes = [linear.out_features]
+        weight = _local_blocks(linear.weight.data, 0, sizes, rank, world)
+        shard = cls(linear.in_features, weight.shape[0], bias=linear.bias is not None, device="meta")
+        shard.weight = torch.nn.Parameter(weight, requires_grad=False)
+        if linear.bias is not None:
+            shard.bias = torch.nn.Parameter(_local_blocks(linear.bias.data, 0, sizes, rank, world),
+                                            requires_grad=False)
+        shard.out_features = shard.full_out_features = linear.out_features
+        shard.full_in_features = linear.in_features
+        shard._record(group, sizes)
+        return shard
+
+    def forward(self, x):
+        local = F.linear(x, self.weight, self.bias).contiguous()
+        parts = [torch.empty_like(local) for _ in range(self.shard_world)]
+        dist.all_gather(parts, local, group=self.group)
+        return torch.cat(parts, dim=-1)
+
+
 class RowParallelLinear(torch.nn.Linear, _Shard):
     """y = all_reduce(x_local W_local^T) + b: the input features arrive sharded.
 
     When a LoRA wraps this layer, the wrapper adds its own partial product (lora_A is cut by
-    input columns too), so the reduction moves to the wrapper's output: see `reduce_after_lora`.
+    input columns too), so during the wrapper's call the reduction moves to the wrapper's output:
+    see `reduce_after_lora`.
     """
 
-    reduce_output = True
+    reduce_output = True  # False only while a LoRA wrapper around this layer is running
 
     @classmethod
     def from_linear(cls, linear: torch.nn.Linear, group, blocks=None) -> RowParallelLinear:
@@ -147,6 +187,8 @@ def apply_tensor_parallel(model: torch.nn.Module, plan: dict, group) -> int:
 
 
 def _shard(linear, style, group):
+    if style == GATHERED_COLWISE:
+        return GatheredColumnLinear.from_linear(linear, group)
     if style == "colwise":
         return ColumnParallelLinear.from_linear(linear, group)
     if style == "rowwise":
@@ -171,25 +213,29 @@ def is_tensor_parallel(model: torch.nn.Module) -> bool:
     return any(isinstance(m, _Shard) for m in model.modules())
 
 
-def shard_lora_factors(pipe, state_dict: dict) -> dict:
+def shard_lora_factors(models_by_prefix: dict, state_dict: dict) -> dict:
     """Cut a LoRA's factors like the layers they adapt: lora_B by output rows on column-parallel
-    layers, lora_A by input columns on row-parallel ones (packed blocks cut per block)."""
+    layers, lora_A by input columns on row-parallel ones (packed blocks cut per block).
+
+    `models_by_prefix` maps the file's key prefix to the model its keys load into: Wan2.2's second
+    expert (`transformer_2`) is filled from the file's `transformer.` keys, so the prefix alone does
+    not say which model's layers to cut by."""
     sharded = {}
     for key, tensor in state_dict.items():
-        layer, part = _sharded_layer_for(pipe, key)
+        layer, part = _sharded_layer_for(models_by_prefix, key)
         if isinstance(layer, ColumnParallelLinear) and part == "B":
             tensor = layer.cut(tensor, 0)
         elif isinstance(layer, RowParallelLinear) and part == "A":
             tensor = layer.cut(tensor, 1)
-        sharded[key] = tensor
+        sharded[key] = tensor  # GatheredColumnLinear returns whole outputs: its factors stay whole
     return sharded
 
 
-def _sharded_layer_for(pipe, key: str):
-    match = re.match(r"^(?P<component>[^.]+)\.(?P<module>.+)\.lora_(?P<part>[AB])\.weight$", key)
+def _sharded_layer_for(models_by_prefix: dict, key: str):
+    match = re.match(r"^(?P<prefix>[^.]+)\.(?P<module>.+)\.lora_(?P<part>[AB])\.weight$", key)
     if match is None:
         return None, None
-    model = getattr(pipe, match["component"], None)
+    model = models_by_prefix.get(match["prefix"])
     if model is None:
         return None, None
     try:
@@ -200,13 +246,28 @@ def _sharded_layer_for(pipe, key: str):
     return layer, match["part"]
 
 
+_REDUCES_ROW_SHARD = "_omni_reduces_row_shard"
+
+
 def reduce_after_lora(model: torch.nn.Module) -> None:
-    """Move each LoRA-wrapped row-parallel layer's reduction to the wrapper's output."""
+    """Move each LoRA-wrapped row-parallel layer's reduction to the wrapper's output, for the span of
+    the wrapper's call only: outside it the layer reduces by itself. So when the last adapter is
+    deleted and peft puts the plain layer back, that layer is whole again with nothing to undo, and a
+    wrapper that survives one adapter's deletion keeps its hooks (registered once per wrapper)."""
     for module in model.modules():
         base = module.get_base_layer() if hasattr(module, "get_base_layer") else None
-        if isinstance(base, RowParallelLinear) and base.reduce_output:
-            base.reduce_output = False
-            module.register_forward_hook(lambda _m, _inputs, output, base=base: base.finish(output))
+        if isinstance(base, RowParallelLinear) and not getattr(module, _REDUCES_ROW_SHARD, False):
+            module.register_forward_pre_hook(lambda _m, _inputs, base=base: setattr(base, "reduce_output", False))
+            # No always_call: reducing while an exception unwinds would start a collective the other
+            # ranks may never join. Nothing raises inside a block on purpose (several ranks stop only
+            # at step boundaries), and any other failure ends the worker with its sharded model.
+            module.register_forward_hook(lambda _m, _inputs, output, base=base: _reduce_wrapped(base, output))
+            setattr(module, _REDUCES_ROW_SHARD, True)
+
+
+def _reduce_wrapped(base: RowParallelLinear, output):
+    base.reduce_output = True
+    return base.finish(output)
 
 
 def divide_attention_heads(model: torch.nn.Module, world: int) -> None:
