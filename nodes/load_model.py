@@ -15,6 +15,13 @@ def device_choices() -> list[str]:
     return ["auto", *available_devices()]
 
 
+def device_input() -> tuple:
+    """The loaders' device input."""
+    return (device_choices(), {"default": "auto",
+                               "tooltip": "Where the model runs: auto = the first GPU (cuda:0), else the CPU. "
+                                          "Parallel Config spreads it over several."})
+
+
 def model_choices() -> list[str]:
     """The diffusers folders; one that cannot load is listed as "name (broken: weights missing)"."""
     return [with_mark(name, _unusable_because(name)) for name in comfy_bridge.list_model_folders()]
@@ -48,9 +55,7 @@ class OmniLoadModel:
                            "marked (broken: ...) or (unsupported) cannot load; pick it to see why and the fix."}),
             "dtype": (list(DTYPE_CHOICES), {"default": "auto",
                                            "tooltip": "auto: bf16 on GPUs that support it, fp32 on the CPU."}),
-            "device": (device_choices(), {"default": "auto",
-                                          "tooltip": "Where the model runs: auto = the first GPU (cuda:0), "
-                                                     "else the CPU. Parallel Config spreads it over several."}),
+            "device": device_input(),
         }}
 
     @classmethod

@@ -9,7 +9,7 @@ from omni_backend.spec import ModelSpec
 
 from . import comfy_bridge
 from .common import CATEGORY, OMNI_MODEL, as_verdict
-from .load_model import device_choices
+from .load_model import device_input
 
 SUFFIXES = (".safetensors", ".sft")
 # The model folders each input reads, as ComfyUI names them (folder_paths keys).
@@ -42,11 +42,9 @@ class OmniLoadModelFiles:
             "vae": (file_choices("vae"), {"tooltip": "The family's VAE, e.g. qwen_image_vae.safetensors (models/vae)."}),
             "dtype": (list(DTYPE_CHOICES), {"default": "auto",
                                            "tooltip": "Compute dtype: auto = bf16 on GPUs that support it, fp32 on "
-                                                      "the CPU. FP8 files are upcast to it (Offload/FP8 keeps "
-                                                      "FP8 weights on the device)."}),
-            "device": (device_choices(), {"default": "auto",
-                                          "tooltip": "Where the model runs: auto = the first GPU (cuda:0), else the "
-                                                     "CPU. Parallel Config spreads it over several."}),
+                                                      "the CPU. FP8 files are upcast to it (Offload/FP8's fp8 "
+                                                      "stores the DiT in FP8 again)."}),
+            "device": device_input(),
         }}
 
     @classmethod
