@@ -165,7 +165,7 @@ def test_edit_decides_its_size_from_the_image_and_reports_it(headless, nodes, ti
     assert "image(s) 56x40 px" in first["ui"]["text"][0] and "output 1216x880 px" in first["ui"]["text"][0]
     other = nodes["OmniSample"]().sample(model, **settings, image=picture(2))
     assert not torch.equal(first["result"][0]["samples"], other["result"][0]["samples"])
-    (pixels,) = nodes["OmniVAEDecode"]().decode(model, first["result"][0], 0, 64)["result"]
+    pixels = nodes["OmniVAEDecode"]().decode(model, first["result"][0], 0, 64)["result"][0]
     assert pixels.shape == (1, 880 - 880 % 32, 1216, 3), "the tiny copy's 16x VAE floors to its multiple of 32"
     with pytest.raises(OmniInputError, match="needs an input image"):
         nodes["OmniSample"]().sample(model, **settings)

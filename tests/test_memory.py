@@ -272,18 +272,21 @@ FP8_EXPECTATIONS = {
                ["condition_embedder.time_embedder.linear_1", "condition_embedder.text_embedder.linear_1",
                 "proj_out"]),
 }
+# Stable Audio's blocks have no AdaLN modulation (the timestep is prepended to the sequence).
 FP8_EXPECTATIONS["stable-audio"] = (["transformer_blocks.0.attn1.to_q", "transformer_blocks.1.attn2.to_v",
-                                     "transformer_blocks.0.attn2.to_out.0", "transformer_blocks.1.ff.net.2"],
+                                     "transformer_blocks.0.attn2.to_out.0", "transformer_blocks.1.ff.net.2"], [],
                                     ["proj_in", "proj_out", "timestep_proj.0", "global_proj.2",
                                      "cross_attention_proj.0"])
 # The edit families run Qwen-Image's transformer.
 FP8_EXPECTATIONS["qwen-image-edit"] = FP8_EXPECTATIONS["qwen-image-edit-2509"] = FP8_EXPECTATIONS["qwen-image"]
 FP8_EXPECTATIONS["wan2.2-i2v"] = FP8_EXPECTATIONS["wan2.2-ti2v"] = FP8_EXPECTATIONS["wan2.2"]  # same transformer
 # LongCat and Ovis have FLUX.1's block layout; their timestep embedders sit elsewhere.
-_FLUX_LIKE_QUANTIZED, _FLUX_LIKE_KEPT = FP8_EXPECTATIONS["flux"][0], FP8_EXPECTATIONS["flux"][1][:-1]
+_FLUX_LIKE_QUANTIZED, _FLUX_LIKE_MODULATION, _FLUX_LIKE_KEPT = (FP8_EXPECTATIONS["flux"][0], FP8_EXPECTATIONS["flux"][1],
+                                                                FP8_EXPECTATIONS["flux"][2][:-1])
 FP8_EXPECTATIONS["longcat-image"] = FP8_EXPECTATIONS["longcat-image-edit"] = (
-    _FLUX_LIKE_QUANTIZED, _FLUX_LIKE_KEPT + ["time_embed.timestep_embedder.linear_1"])
-FP8_EXPECTATIONS["ovis-image"] = (_FLUX_LIKE_QUANTIZED, _FLUX_LIKE_KEPT + ["timestep_embedder.linear_1"])
+    _FLUX_LIKE_QUANTIZED, _FLUX_LIKE_MODULATION, _FLUX_LIKE_KEPT + ["time_embed.timestep_embedder.linear_1"])
+FP8_EXPECTATIONS["ovis-image"] = (_FLUX_LIKE_QUANTIZED, _FLUX_LIKE_MODULATION,
+                                  _FLUX_LIKE_KEPT + ["timestep_embedder.linear_1"])
 
 
 @pytest.mark.parametrize("family_key", list(FAMILIES))

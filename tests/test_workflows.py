@@ -90,7 +90,9 @@ def test_shifted_values_are_caught_without_widget_names(headless):
     node["inputs"] = [i for i in node["inputs"] if not i.get("widget")]
     del node["widgets_values"][2]  # the seed
     problems = check_widgets(broken, all_node_classes())
-    assert problems and "widget values" in problems[0].problem
+    # One value short may also read as "saved before the last optional widget": then the shifted values
+    # land on inputs whose types they do not fit (seed control text where a number goes, ...).
+    assert problems and any("widget values" in p.problem or "expected" in p.problem for p in problems)
 
 
 def test_out_of_range_value_is_caught(headless):
