@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..block_io import block_arguments
+from . import flux_like
 from .base import GATHERED_COLWISE, GuidanceStyle, ModelFamily, embedding_mlp
 
 # vLLM-Omni's fitted TeaCache polynomial for FluxTransformer2DModel (also used for FLUX.2-klein).
@@ -50,9 +51,7 @@ class Flux(ModelFamily):
         return modulated
 
     def to_comfy_latent(self, pipe, latents, request):
-        unpacked = pipe._unpack_latents(latents, request.height, request.width, pipe.vae_scale_factor)
-        config = pipe.vae.config
-        return unpacked / config.scaling_factor + config.shift_factor
+        return flux_like.raw_vae_latents(pipe, latents, request.width, request.height)
 
     def build_tiny(self):
         from diffusers import FluxPipeline, FluxTransformer2DModel

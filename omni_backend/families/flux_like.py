@@ -91,3 +91,10 @@ def teacache_modulated_input(block, args, kwargs):
     arguments = block_arguments(block, args, kwargs)
     modulated, *_gates = block.norm1(arguments["hidden_states"], emb=arguments["temb"])
     return modulated
+
+
+def raw_vae_latents(pipe, latents, width: int, height: int):
+    """FLUX.1-style packed, scaled-and-shifted latents -> raw VAE latents (ComfyUI's layout)."""
+    unpacked = pipe._unpack_latents(latents, height, width, pipe.vae_scale_factor)
+    config = pipe.vae.config
+    return unpacked / config.scaling_factor + config.shift_factor

@@ -89,10 +89,7 @@ class LongCatImage(ModelFamily):
         return flux_like.tensor_parallel_widths(transformer_config, MLP_RATIO)
 
     def to_comfy_latent(self, pipe, latents, request):
-        width, height = self.output_size(request)
-        unpacked = pipe._unpack_latents(latents, height, width, pipe.vae_scale_factor)
-        config = pipe.vae.config
-        return unpacked / config.scaling_factor + config.shift_factor
+        return flux_like.raw_vae_latents(pipe, latents, *self.output_size(request))
 
     # ---- tiny copies -----------------------------------------------------------------------------
     def build_tiny(self):

@@ -43,9 +43,7 @@ class OvisImage(ModelFamily):
         return flux_like.sequence_parallel_plan()
 
     def to_comfy_latent(self, pipe, latents, request):
-        unpacked = pipe._unpack_latents(latents, request.height, request.width, pipe.vae_scale_factor)
-        config = pipe.vae.config
-        return unpacked / config.scaling_factor + config.shift_factor
+        return flux_like.raw_vae_latents(pipe, latents, request.width, request.height)
 
     def build_tiny(self):
         from diffusers import OvisImagePipeline, OvisImageTransformer2DModel

@@ -66,22 +66,25 @@ class _Shard:
         return _local_blocks(tensor, dim, self.shard_sizes, self.shard_rank, self.shard_world)
 
 
+def _rows_of(cls, linear: torch.nn.Linear, group, sizes: list[int]):
+    """A `cls` shard holding this rank's rows (output features) of `linear`, cut block by block."""
+    rank, world = dist.get_rank(group), dist.get_world_size(group)
+    weight = _local_blocks(linear.weight.data, 0, sizes, rank, world)
+    shard = cls(linear.in_features, weight.shape[0], bias=linear.bias is not None, device="meta")
+    shard.weight = torch.nn.Parameter(weight, requires_grad=False)
+    if linear.bias is not None:
+        shard.bias = torch.nn.Parameter(_local_blocks(linear.bias.data, 0, sizes, rank, world), requires_grad=False)
+    shard.full_in_features, shard.full_out_features = linear.in_features, linear.out_features
+    shard._record(group, sizes)
+    return shard
+
+
 class ColumnParallelLinear(torch.nn.Linear, _Shard):
     """y_local = x W_local^T + b_local: this rank's rows of the output features."""
 
     @classmethod
     def from_linear(cls, linear: torch.nn.Linear, group, blocks=None) -> ColumnParallelLinear:
-        rank, world = dist.get_rank(group), dist.get_world_size(group)
-        sizes = _block_sizes(linear.out_features, blocks)
-        weight = _local_blocks(linear.weight.data, 0, sizes, rank, world)
-        shard = cls(linear.in_features, weight.shape[0], bias=linear.bias is not None, device="meta")
-        shard.weight = torch.nn.Parameter(weight, requires_grad=False)
-        if linear.bias is not None:
-            shard.bias = torch.nn.Parameter(_local_blocks(linear.bias.data, 0, sizes, rank, world),
-                                            requires_grad=False)
-        shard.full_in_features, shard.full_out_features = linear.in_features, linear.out_features
-        shard._record(group, sizes)
-        return shard
+        return _rows_of(cls, linear, group, _block_sizes(linear.out_features, blocks))
 
 
 class GatheredColumnLinear(torch.nn.Linear, _Shard):
@@ -91,17 +94,8 @@ class GatheredColumnLinear(torch.nn.Linear, _Shard):
 
     @classmethod
     def from_linear(cls, linear: torch.nn.Linear, group) -> GatheredColumnLinear:
-        rank, world = dist.get_rank(group), dist.get_world_size(group)
-        sizes = [linear.out_features]
-        weight = _local_blocks(linear.weight.data, 0, sizes, rank, world)
-        shard = cls(linear.in_features, weight.shape[0], bias=linear.bias is not None, device="meta")
-        shard.weight = torch.nn.Parameter(weight, requires_grad=False)
-        if linear.bias is not None:
-            shard.bias = torch.nn.Parameter(_local_blocks(linear.bias.data, 0, sizes, rank, world),
-                                            requires_grad=False)
-        shard.out_features = shard.full_out_features = linear.out_features
-        shard.full_in_features = linear.in_features
-        shard._record(group, sizes)
+        shard = _rows_of(cls, linear, group, [linear.out_features])
+        shard.out_features = linear.out_features
         return shard
 
     def forward(self, x):
