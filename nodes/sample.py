@@ -30,7 +30,10 @@ class OmniSample:
                 "model": (OMNI_MODEL, {"tooltip": "The Omni model with every feature applied upstream "
                                                   "(caches, parallel, LoRAs, offload)."}),
                 "prompt": ("STRING", {"multiline": True, "default": "",
-                                      "tooltip": "What the image or video should show, in plain words."}),
+                                      "tooltip": "What the image or video should show, in plain words. "
+                                                 "Qwen-Image-Layered: the image's caption; left empty, the "
+                                                 "pipeline captions the image with its own text encoder "
+                                                 "(a second model run)."}),
                 "negative_prompt": ("STRING", {"multiline": True, "default": "",
                                                "tooltip": "Used when the model runs true CFG (guidance > 1)."}),
                 "seed": ("INT", {"default": 0, "min": LIMITS["seed"][0], "max": LIMITS["seed"][1],
@@ -45,9 +48,11 @@ class OmniSample:
                                                   "<= 1 turns CFG off."}),
                 "width": ("INT", {"default": 1024, "min": LIMITS["size"][0], "max": LIMITS["size"][1], "step": 16,
                                   "tooltip": "Output width in pixels (multiple of 16; the model's native size, "
-                                             "often 1024, works best)."}),
+                                             "often 1024, works best). Not used by LongCat-Image-Edit and "
+                                             "Qwen-Image-Layered: they size the output from the input image."}),
                 "height": ("INT", {"default": 1024, "min": LIMITS["size"][0], "max": LIMITS["size"][1], "step": 16,
-                                   "tooltip": "Output height in pixels (multiple of 16)."}),
+                                   "tooltip": "Output height in pixels (multiple of 16). Not used by "
+                                              "LongCat-Image-Edit and Qwen-Image-Layered."}),
                 "frames": ("INT", {"default": 1, "min": LIMITS["frames"][0], "max": LIMITS["frames"][1], "step": 4,
                                    "tooltip": "Video models only (4*k+1); images use 1."}),
                 "batch_size": ("INT", {"default": 1, "min": LIMITS["batch_size"][0], "max": LIMITS["batch_size"][1],
@@ -55,8 +60,9 @@ class OmniSample:
                                                   "noise; memory grows with it."}),
             },
             "optional": {
-                "image": ("IMAGE", {"tooltip": "The image to edit (edit models) or to start the video from "
-                                               "(image-to-video). Text-only models refuse it."}),
+                "image": ("IMAGE", {"tooltip": "The image to edit (edit models), to start the video from "
+                                               "(image-to-video) or to split into layers (Qwen-Image-Layered: "
+                                               "RGB or RGBA). Text-only models refuse it."}),
                 "image2": ("IMAGE", {"tooltip": "A second reference image (Qwen-Image-Edit-2509 takes up to three)."}),
                 "image3": ("IMAGE", {"tooltip": "A third reference image (Qwen-Image-Edit-2509)."}),
                 "last_image": ("IMAGE", {"tooltip": "Wan2.2 image-to-video: the frame the video should end on."}),
@@ -82,6 +88,18 @@ class OmniSample:
                 "cfg_renorm_min": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.05,
                                              "tooltip": "LongCat-Image: the lowest renorm scale (0 widest range, "
                                                         "1 turns renorm off)."}),
+                "mask": ("MASK", {"tooltip": "Qwen-Image-Layered: the image's transparency (connect Load Image's "
+                                             "MASK: 1 - alpha). Without it, a 4-channel image's alpha is used, "
+                                             "else the image is opaque. Other models refuse it."}),
+                "layers": ("INT", {"default": 4, "min": LIMITS["layers"][0], "max": LIMITS["layers"][1],
+                                   "tooltip": "Qwen-Image-Layered: how many RGBA layers to split the image into "
+                                              "(the decode gives them as an image batch plus their masks). "
+                                              "Other models need the default."}),
+                "resolution": (["640", "1024"], {"default": "640",
+                                             "tooltip": "Qwen-Image-Layered: the size bucket (about 640x640 or "
+                                                        "1024x1024 px at the image's aspect; 640 recommended). It "
+                                                        "decides the output size: width/height are not used. "
+                                                        "Other models need the default."}),
             },
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
@@ -90,7 +108,7 @@ class OmniSample:
     def check_inputs(cls, model, prompt, negative_prompt, seed, steps, guidance, width, height, frames, batch_size,
                      image=None, image2=None, image3=None, last_image=None, positive=None, negative=None,
                      seconds=0.0, start=0.0, prompt_rewrite=False, cfg_renorm=True, cfg_renorm_min=0.0,
-                     **_hidden):
+                     mask=None, layers=4, resolution="640", **_hidden):
         """The request this node would send, checked against the model's family (validators call this,
         with LINKED for images only a run will produce)."""
         if model is LINKED:
@@ -104,8 +122,10 @@ class OmniSample:
                                     positive=None if positive is LINKED else positive,
                                     negative=None if negative is LINKED else negative,
                                     seconds=seconds, start=start, prompt_rewrite=prompt_rewrite, cfg_renorm=cfg_renorm,
-                                    cfg_renorm_min=cfg_renorm_min)
-        check_image_slots(model.family, len(given), last_image is not None)
+                                    cfg_renorm_min=cfg_renorm_min,
+                                    mask=None if mask is LINKED or LINKED in given[:1] else mask,
+                                    layers=layers, resolution=_resolution(resolution))
+        check_image_slots(model.family, len(given), last_image is not None, mask is not None)
         check_model_options(model.family, request)
         folder = model.model_folder
         check_conditioning(model.family, folder.transformer_config, folder.model_index, request.guidance,
@@ -114,10 +134,11 @@ class OmniSample:
 
     def sample(self, model, prompt, negative_prompt, seed, steps, guidance, width, height, frames, batch_size,
                image=None, image2=None, image3=None, last_image=None, positive=None, negative=None, seconds=0.0,
-               start=0.0, prompt_rewrite=False, cfg_renorm=True, cfg_renorm_min=0.0, unique_id=None):
+               start=0.0, prompt_rewrite=False, cfg_renorm=True, cfg_renorm_min=0.0, mask=None, layers=4,
+               resolution="640", unique_id=None):
         request = self.check_inputs(model, prompt, negative_prompt, seed, steps, guidance, width, height, frames,
                                     batch_size, image, image2, image3, last_image, positive, negative, seconds, start,
-                                    prompt_rewrite, cfg_renorm, cfg_renorm_min)
+                                    prompt_rewrite, cfg_renorm, cfg_renorm_min, mask, layers, resolution)
         control = RunControl(progress=comfy_bridge.Progress(steps, unique_id),
                              interrupted=comfy_bridge.interrupt_requested)
         with host_interrupts():
@@ -127,3 +148,9 @@ class OmniSample:
             log.info("Omni Sample:\n%s", report)
         latent = result.latent(model)
         return {"ui": {"text": [report or "plain run"]}, "result": (latent,)}
+
+
+def _resolution(value):
+    """The combo's text ("640", "1024"; a combo of strings, as ComfyUI's frontend expects) as the number the
+    pipeline takes; anything else is left for GenerationRequest to refuse by name."""
+    return int(value) if isinstance(value, str) and value.strip().isdigit() else value

@@ -1,10 +1,10 @@
 """VAE Decode Patch-Parallel: LATENT -> IMAGE (video: one IMAGE per frame), optionally tiled; or AUDIO
-for audio models. The output the model does not make is blocked: a node fed from it stops with a
+for audio models; layered models (Qwen-Image-Layered) give their layers as IMAGE plus MASK (1 - alpha). The output the model does not make is blocked: a node fed from it stops with a
 message saying which output to use (ComfyUI's ExecutionBlocker)."""
 
 from __future__ import annotations
 
-from omni_backend.decode import decode_to_audio, decode_to_images
+from omni_backend.decode import decode_to_audio, decode_to_images, split_alpha
 from omni_backend.engine import DecodeSettings, default_engine
 
 from . import comfy_bridge
@@ -14,10 +14,13 @@ from .common import CATEGORY, OMNI_MODEL, host_interrupts
 class OmniVAEDecode:
     DESCRIPTION = ("Decode latents with the model's VAE. tile_size 0 decodes in one piece up to 1024 px and "
                    "in 512 px tiles above that. Audio models give audio (cut to Sample's seconds) on the audio "
-                   "output.")
+                   "output. Qwen-Image-Layered gives every layer (the batch, in the pipeline's order) on images and "
+                   "its transparency on masks (1 - alpha, as Load Image gives it): Join Image with Alpha makes "
+                   "them RGBA for Save Image.")
     CATEGORY = CATEGORY
-    RETURN_TYPES = ("IMAGE", "AUDIO")
-    RETURN_NAMES = ("images", "audio")
+    # Outputs only grow at the end: saved workflows link them by slot number.
+    RETURN_TYPES = ("IMAGE", "AUDIO", "MASK")
+    RETURN_NAMES = ("images", "audio", "masks")
     FUNCTION = "decode"
 
     @classmethod
@@ -39,7 +42,13 @@ class OmniVAEDecode:
                 audio, report = decode_to_audio(default_engine(), model, samples, DecodeSettings(tile_size, tile_overlap))
                 images = comfy_bridge.blocked(f"{title} makes audio: connect the decode's audio output (to Save Audio "
                                               "or Preview Audio), not its images output")
-                return {"ui": {"text": [report.text()]}, "result": (images, audio)}
+                masks = comfy_bridge.blocked(f"{title} makes audio, no masks: connect the decode's audio output")
+                return {"ui": {"text": [report.text()]}, "result": (images, audio, masks)}
             images, report = decode_to_images(default_engine(), model, samples, DecodeSettings(tile_size, tile_overlap))
         audio = comfy_bridge.blocked(f"{title} makes images, not audio: connect the decode's images output")
-        return {"ui": {"text": [report.text()]}, "result": (images, audio)}
+        if model.family.layered:
+            images, masks = split_alpha(images)
+        else:
+            masks = comfy_bridge.blocked(f"{title} makes opaque images, no masks: only layered models "
+                                         "(Qwen-Image-Layered) fill the decode's masks output")
+        return {"ui": {"text": [report.text()]}, "result": (images, audio, masks)}

@@ -75,6 +75,30 @@ def check_image(name: str, image) -> None:
                              "check the node that made the image")
 
 
+def check_mask(mask, image) -> None:
+    """A ComfyUI MASK for `image`: float [1, H, W] (or [H, W]) in 0..1, the image's size. Core Load
+    Image's 64x64 zeros for a file without alpha are taken as "opaque" whatever the image's size."""
+    import torch
+
+    from .images import mask_is_opaque
+
+    if not isinstance(mask, torch.Tensor) or not mask.is_floating_point() or mask.ndim not in (2, 3) \
+            or (mask.ndim == 3 and mask.shape[0] != 1):
+        shape = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
+        raise OmniInputError("mask", shape, "expected one ComfyUI MASK ([1, height, width] floats 0..1)",
+                             "connect the MASK output of the Load Image node that gives the image")
+    if image is None:
+        raise OmniInputError("mask", "a mask", "a mask needs the image it belongs to",
+                             "connect the image too, or disconnect the mask")
+    if not torch.isfinite(mask).all() or mask.min() < 0 or mask.max() > 1:
+        raise OmniInputError("mask", "values outside 0..1", "a mask holds 1 - alpha, between 0 and 1",
+                             "check the node that made the mask")
+    height, width = int(image.shape[1]), int(image.shape[2])
+    if tuple(mask.shape[-2:]) != (height, width) and not mask_is_opaque(mask, height, width):
+        raise OmniInputError("mask", f"{mask.shape[-1]}x{mask.shape[-2]} px", f"the image is {width}x{height} px: "
+                             "the mask must have the same size", "connect the mask of the same Load Image node")
+
+
 def _has_surrogates(text: str) -> bool:
     return any("\ud800" <= c <= "\udfff" for c in text)
 

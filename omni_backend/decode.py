@@ -22,7 +22,7 @@ def check_latent(spec, latent: dict):
                              "(they decode to a black or garbage image)",
                              "sample again; if it repeats, use fp32 or bf16 instead of fp16 for this model")
     family = spec.family
-    expected_dims = 3 if family.audio else 5 if family.video else 4
+    expected_dims = 3 if family.audio else 5 if family.video or family.layered else 4
     channels = family.latent_channels(spec.model_folder.vae_config)
     source = latent.get("omni_family")
     if samples.ndim != expected_dims or samples.shape[1] != channels:
@@ -46,6 +46,12 @@ def to_comfy_images(pixels):
         batch, channels, frames, height, width = pixels.shape
         pixels = pixels.permute(0, 2, 1, 3, 4).reshape(batch * frames, channels, height, width)
     return pixels.permute(0, 2, 3, 1).contiguous().float()
+
+
+def split_alpha(images):
+    """RGBA IMAGE [N,H,W,4] -> (IMAGE [N,H,W,3], MASK [N,H,W] = 1 - alpha), ComfyUI's pair for a
+    transparent image (what Load Image gives and Join Image with Alpha takes)."""
+    return images[..., :3].contiguous(), (1.0 - images[..., 3]).contiguous()
 
 
 def decode_to_audio(engine, spec, latent: dict, settings):

@@ -18,6 +18,30 @@ def one_pil(image):
     return to_pil(image[..., :3])[0]
 
 
+def rgba_pil(image, mask=None):
+    """One ComfyUI IMAGE [1,H,W,3 or 4] (+ optional MASK [1,H,W], 1 - alpha as core Load Image gives it)
+    -> a PIL RGBA image. The alpha comes from the mask where given, else from a fourth channel, else the
+    image is opaque (a mask the size of another image must have been refused before: checks.check_mask)."""
+    import torch
+
+    image = image[0].to("cpu", torch.float32)
+    if mask is not None and mask_is_opaque(mask, image.shape[0], image.shape[1]):
+        mask = None
+    if mask is not None:
+        alpha = 1.0 - mask.reshape(image.shape[0], image.shape[1]).to("cpu", torch.float32)
+    elif image.shape[-1] == 4:
+        alpha = image[..., 3]
+    else:
+        alpha = torch.ones(image.shape[:2])
+    return to_pil(torch.cat([image[..., :3], alpha[..., None]], dim=-1)[None])[0]
+
+
+def mask_is_opaque(mask, height: int, width: int) -> bool:
+    """Core Load Image gives a 64x64 mask of zeros for a file without alpha, whatever its size: that
+    mask means "no transparency", not a mask for this image."""
+    return tuple(mask.shape[-2:]) != (height, width) and not bool(mask.any())
+
+
 def save_pngs(images, directory: str | Path, prefix: str, metadata: dict | None = None) -> list[Path]:
     """Write each image as PREFIX_00001_.png (ComfyUI's naming), never overwriting earlier files."""
     import json

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .checks import check_image, prompt_text, real_number, whole_number
+from .checks import check_image, check_mask, prompt_text, real_number, whole_number
 from .conditioning import TextEmbedding, check_conditioning
 from .errors import OmniInputError
 
@@ -22,6 +22,7 @@ LIMITS = {
     "batch_size": (1, 64),
     "seconds": (0.0, 1000.0),  # audio models only (0: the model's whole window)
     "start": (0.0, 1000.0),
+    "layers": (1, 20),  # Qwen-Image-Layered only: how many RGBA layers to split the image into
 }
 
 
@@ -53,6 +54,12 @@ class GenerationRequest:
     prompt_rewrite: bool = False
     cfg_renorm: bool = True
     cfg_renorm_min: float = 0.0
+    # Qwen-Image-Layered: the input image's transparency as a ComfyUI MASK [1, H, W] (1 - alpha, core Load
+    # Image's convention; None: the image's fourth channel if it has one, else opaque), how many layers to
+    # make, and the size bucket the pipeline works at (about resolution^2 pixels at the image's aspect).
+    mask: Any = None
+    layers: int = 4
+    resolution: int = 640
 
     def __post_init__(self):
         checked = {
@@ -75,6 +82,11 @@ class GenerationRequest:
                 raise OmniInputError(name, getattr(self, name), "must be true or false", f"set {name} to true or false")
         checked["cfg_renorm_min"] = real_number("cfg_renorm_min", self.cfg_renorm_min, 0.0, 1.0,
                                                 fix="use 0.0 (widest renorm range) up to 1.0 (renorm off)")
+        checked["layers"] = whole_number("layers", self.layers, *LIMITS["layers"],
+                                         fix="use 4 (the model card's), or 2 to 8 layers")
+        if self.resolution not in RESOLUTIONS or isinstance(self.resolution, bool):
+            raise OmniInputError("resolution", self.resolution, "Qwen-Image-Layered works at 640 or 1024 px only",
+                                 "use 640 (recommended by the model card) or 1024")
         for name, value in checked.items():
             object.__setattr__(self, name, value)
         object.__setattr__(self, "images", tuple(self.images))
@@ -83,6 +95,8 @@ class GenerationRequest:
             check_image(name, image)
         if self.last_image is not None:
             check_image("last_image", self.last_image)
+        if self.mask is not None:
+            check_mask(self.mask, self.images[0] if self.images else None)
         for role in ("positive", "negative"):
             embedding = getattr(self, role)
             if embedding is not None and not (isinstance(embedding, TextEmbedding) and embedding.role == role):
@@ -95,7 +109,7 @@ class GenerationRequest:
         return int(self.images[0].shape[2]), int(self.images[0].shape[1])
 
     def validate_images(self, family) -> "GenerationRequest":
-        check_image_slots(family, len(self.images), self.last_image is not None)
+        check_image_slots(family, len(self.images), self.last_image is not None, self.mask is not None)
         check_model_options(family, self)
         return self
 
@@ -155,7 +169,7 @@ class GenerationRequest:
         return self
 
 
-def check_image_slots(family, images: int, last_image: bool) -> None:
+def check_image_slots(family, images: int, last_image: bool, mask: bool = False) -> None:
     """The conditioning images the family takes: none for text-only models, the required one, at most
     `family.image_inputs`, a last frame only where the family has one. (Counts, so that a validator
     can check a graph whose images only a run will produce.)"""
@@ -178,10 +192,16 @@ def check_image_slots(family, images: int, last_image: bool) -> None:
     if last_image and not family.takes_last_image:
         raise OmniInputError("last_image", "an image", f"{title} takes no last frame",
                              "disconnect last_image (only Wan2.2 image-to-video uses it)")
+    if mask and not family.takes_mask:
+        raise OmniInputError("mask", "a mask", f"{title} takes no mask (the image's transparency is used by "
+                             "Qwen-Image-Layered only)", "disconnect the mask")
 
 
-# Options only some families take, with their defaults.
-MODEL_OPTIONS = {"prompt_rewrite": False, "cfg_renorm": True, "cfg_renorm_min": 0.0}
+# Options only some families take, with their defaults, and the model that takes them.
+MODEL_OPTIONS = {"prompt_rewrite": False, "cfg_renorm": True, "cfg_renorm_min": 0.0, "layers": 4, "resolution": 640}
+OPTION_OWNERS = {"prompt_rewrite": "LongCat-Image", "cfg_renorm": "LongCat-Image", "cfg_renorm_min": "LongCat-Image",
+                 "layers": "Qwen-Image-Layered", "resolution": "Qwen-Image-Layered"}
+RESOLUTIONS = (640, 1024)
 
 
 def check_model_options(family, request) -> None:
@@ -190,5 +210,5 @@ def check_model_options(family, request) -> None:
     for name, default in MODEL_OPTIONS.items():
         value = getattr(request, name)
         if value != default and name not in family.model_options:
-            raise OmniInputError(name, value, f"{family.title} has no such option (LongCat-Image only)",
+            raise OmniInputError(name, value, f"{family.title} has no such option ({OPTION_OWNERS[name]} only)",
                                  f"set {name} back to {default}")

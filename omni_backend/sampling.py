@@ -130,9 +130,16 @@ def sample(ctx: RunContext):
                                              f"{width}x{height} px",
                                      "image_sizes": [[int(i.shape[2]), int(i.shape[1])] for i in request.images],
                                      "output_size": [width, height]})
+        if family.layered:
+            width, height = family.output_size(request)
+            ctx.report.add("Layers", {"text": f"{request.layers} RGBA layers at {width}x{height} px (resolution "
+                                              f"{request.resolution} at the image's aspect; width/height not used)",
+                                      "layers": request.layers, "size": [width, height]})
+            if not request.prompt.strip() and request.positive is None:
+                ctx.report.add("Prompt", {"text": "empty: the pipeline captions the image with its text encoder"})
         ctx.control.report_progress(0, request.steps)
         with torch.inference_mode():
-            latents = pipe(**kwargs)[0]
+            latents = family.run_pipeline(pipe, kwargs, request.steps)
             latents = family.to_comfy_latent(pipe, latents, request)
     return latents.detach().to("cpu", torch.float32)
 

@@ -12,6 +12,7 @@ from .longcat_image import LongCatImage, LongCatImageEdit
 from .ovis_image import OvisImage
 from .qwen_image import QwenImage
 from .qwen_image_edit import QwenImageEdit, QwenImageEditPlus
+from .qwen_image_layered import QwenImageLayered
 from .sd3 import StableDiffusion3
 from .stable_audio import StableAudio
 from .wan import Wan
@@ -21,7 +22,8 @@ from .z_image import ZImage
 FAMILIES: dict[str, ModelFamily] = {
     family.key: family for family in (QwenImage(), ZImage(), Flux(), Flux2Klein(), StableDiffusion3(), Wan(),
                                       QwenImageEdit(), QwenImageEditPlus(), WanI2V(), WanTI2V(), StableAudio(),
-                                      LongCatImage(), LongCatImageEdit(), OvisImage())
+                                      LongCatImage(), LongCatImageEdit(), OvisImage(),
+                                      QwenImageLayered())
 }
 
 

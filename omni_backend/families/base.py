@@ -68,6 +68,11 @@ class ModelFamily:
     # Whether the pipeline takes `callback_on_step_end`. Where it does not (LongCat), progress, Cancel
     # and the per-step hooks come from the transformer's calls instead (sampling.py says how).
     takes_step_callback: bool = True
+    # Layered output (Qwen-Image-Layered): the LATENT holds `layers + 1` frames on the frame axis
+    # ([B, C, F, H, W] like video) and the decode gives RGBA layers, ComfyUI IMAGE + MASK. `takes_mask`:
+    # Sample's mask input (1 - alpha of the input image) is the image's transparency.
+    layered: bool = False
+    takes_mask: bool = False
     # Whether the pipeline takes width and height (LongCat-Image-Edit decides them from its image).
     takes_output_size: bool = True
     # The shipped workflow of the family (workflows/<key>.json, written by headless/recipes.py): the
@@ -170,6 +175,11 @@ class ModelFamily:
         batch = "num_videos_per_prompt" if self.video else "num_images_per_prompt"
         size = {"height": request.height, "width": request.width} if self.takes_output_size else {}
         return {**size, batch: request.batch_size}
+
+    def run_pipeline(self, pipe, kwargs: dict, steps: int):
+        """`pipe(**kwargs)` with output_type="latent": the pipeline's latents (a family works around
+        a pipeline that cannot return them here)."""
+        return pipe(**kwargs)[0]
 
     def step_callback_kwargs(self, on_step_end) -> dict:
         """How the pipeline calls back after each step: `on_step_end(pipe, step, timestep, tensors)`."""
