@@ -87,9 +87,6 @@ def check_mask(mask, image) -> None:
         shape = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
         raise OmniInputError("mask", shape, "expected one ComfyUI MASK ([1, height, width] floats 0..1)",
                              "connect the MASK output of the Load Image node that gives the image")
-    if image is None:
-        raise OmniInputError("mask", "a mask", "a mask needs the image it belongs to",
-                             "connect the image too, or disconnect the mask")
     if not torch.isfinite(mask).all() or mask.min() < 0 or mask.max() > 1:
         raise OmniInputError("mask", "values outside 0..1", "a mask holds 1 - alpha, between 0 and 1",
                              "check the node that made the mask")

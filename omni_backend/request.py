@@ -95,8 +95,8 @@ class GenerationRequest:
             check_image(name, image)
         if self.last_image is not None:
             check_image("last_image", self.last_image)
-        if self.mask is not None:
-            check_mask(self.mask, self.images[0] if self.images else None)
+        if self.mask is not None and self.images:  # a mask without its image: check_image_slots says so
+            check_mask(self.mask, self.images[0])
         for role in ("positive", "negative"):
             embedding = getattr(self, role)
             if embedding is not None and not (isinstance(embedding, TextEmbedding) and embedding.role == role):
@@ -195,6 +195,9 @@ def check_image_slots(family, images: int, last_image: bool, mask: bool = False)
     if mask and not family.takes_mask:
         raise OmniInputError("mask", "a mask", f"{title} takes no mask (the image's transparency is used by "
                              "Qwen-Image-Layered only)", "disconnect the mask")
+    if mask and not images:
+        raise OmniInputError("mask", "a mask", "a mask needs the image it belongs to",
+                             "connect the image too, or disconnect the mask")
 
 
 # Options only some families take, with their defaults, and the model that takes them.

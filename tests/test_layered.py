@@ -133,7 +133,7 @@ def test_lora_acts_on_the_layered_model(headless, nodes, models_dir, tiny_settin
     ("qwen-image", {"layers": 3}, "layers", "Qwen-Image-Layered only"),
     ("qwen-image-edit", {"image": picture(1), "resolution": "1024"}, "resolution", "Qwen-Image-Layered only"),
     (FAMILY, {"image": picture(1), "resolution": "800"}, "resolution", "640 or 1024"),
-    (FAMILY, {"image": picture(1), "mask": transparency(20, 20) + 0.5}, "mask", "same size"),
+    (FAMILY, {"image": picture(1), "mask": torch.full((1, 20, 20), 0.5)}, "mask", "same size"),
     (FAMILY, {"image": picture(1), "layers": 0}, "layers", "between 1 and 20"),
     (FAMILY, {}, "image", "needs an input image"),
 ], ids=["mask-elsewhere", "layers-elsewhere", "resolution-elsewhere", "resolution-800", "mask-size", "no-layers",
