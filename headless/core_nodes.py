@@ -160,7 +160,32 @@ class LoadImage:
         return load_image(path)
 
 
+class JoinImageWithAlpha:
+    """Core Join Image with Alpha (comfy_extras/nodes_compositing.py): IMAGE + MASK -> RGBA IMAGE, alpha
+    = 1 - mask, the mask resized to the image where their sizes differ (as core does)."""
+
+    RETURN_TYPES = ("IMAGE",)
+    FUNCTION = "join_image_with_alpha"
+    CATEGORY = "mask/compositing"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"image": ("IMAGE",), "alpha": ("MASK",)}}
+
+    def join_image_with_alpha(self, image, alpha):
+        import torch
+        import torch.nn.functional as F
+
+        alpha = alpha.reshape(-1, 1, alpha.shape[-2], alpha.shape[-1])
+        if tuple(alpha.shape[-2:]) != tuple(image.shape[1:3]):
+            alpha = F.interpolate(alpha, size=tuple(image.shape[1:3]), mode="bilinear")
+        alpha = 1.0 - alpha[:, 0]
+        batch = min(len(image), len(alpha))
+        return (torch.stack([torch.cat((image[i][..., :3], alpha[i][..., None]), dim=-1) for i in range(batch)]),)
+
+
 CORE_NODE_CLASSES = {
+    "JoinImageWithAlpha": JoinImageWithAlpha,
     "SaveImage": SaveImage,
     "PreviewImage": PreviewImage,
     "SaveAnimatedPNG": SaveAnimatedPNG,

@@ -46,6 +46,14 @@ def base_workflow(family: str, features=(), filename_prefix: str | None = None, 
         builder.chain((model, sample, "model"), (model, decode, "model"), (sample, decode, "samples"))
         builder.connect(decode, save, "audio", output_slot=1)
         return builder.to_json()
+    if entry.layered:  # every layer with its transparency: images + masks -> core Join Image with Alpha -> RGBA PNGs
+        builder.connect(image, sample, "mask", output_slot=1)
+        join = builder.add("JoinImageWithAlpha")
+        save = builder.add("SaveImage", filename_prefix=prefix)
+        builder.chain((model, sample, "model"), (model, decode, "model"), (sample, decode, "samples"),
+                      (decode, join, "image"), (join, save, "images"))
+        builder.connect(decode, join, "alpha", output_slot=2)
+        return builder.to_json()
     if entry.video:
         save = builder.add("SaveAnimatedPNG", filename_prefix=prefix, fps=16.0)
     else:

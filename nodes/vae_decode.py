@@ -1,5 +1,6 @@
 """VAE Decode Patch-Parallel: LATENT -> IMAGE (video: one IMAGE per frame), optionally tiled; or AUDIO
-for audio models; layered models (Qwen-Image-Layered) give their layers as IMAGE plus MASK (1 - alpha). The output the model does not make is blocked: a node fed from it stops with a
+for audio models; layered models (Qwen-Image-Layered) give their layers as IMAGE plus MASK
+(1 - alpha). The output the model does not make is blocked: a node fed from it stops with a
 message saying which output to use (ComfyUI's ExecutionBlocker)."""
 
 from __future__ import annotations

@@ -57,6 +57,12 @@ def test_workflow_runs_headless(headless, path):
     run = run_workflow(path)
     assert run.files, "the workflow wrote no image"
     assert all(f.exists() and f.stat().st_size > 0 for f in run.files)
+    if path.name == "qwen-image-layered.json":  # decode images + masks -> Join Image with Alpha -> one RGBA PNG a layer
+        from PIL import Image
+
+        sample = next(n for n in load_workflow(path)["nodes"] if n["type"] == "OmniSample")
+        layers = sample["widgets_values"][-2]  # (layers, resolution) end Sample's widgets
+        assert len(run.files) == layers and all(Image.open(f).mode == "RGBA" for f in run.files)
 
 
 def _sample_node(workflow):
