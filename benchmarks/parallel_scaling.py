@@ -123,11 +123,14 @@ def measure(family: str, methods: list[str], size: int, steps: int, repeats: int
         request = GenerationRequest(prompt="a red fox in the snow", negative_prompt="blurry", steps=steps,
                                     guidance=4.0, width=size, height=size,
                                     frames=9 if FAMILIES[family].video else 1,
-                                    images=input_images(FAMILIES[family], size))
+                                    images=input_images(FAMILIES[family], size),
+                                    **({"layers": 2} if FAMILIES[family].layered else {}))
         engine = Engine()
         try:
             single_time, single = timed_runs(engine, spec, request, repeats)
             model = f"tiny {family}, {size}px, {steps} steps"
+            if FAMILIES[family].layered:  # the size comes from the 640 bucket at the input's aspect
+                model = f"tiny {family}, {size}px input, 640 bucket, 2 layers, {steps} steps"
             for method in [m for m in methods if m != "vae_patch"]:
                 config = ParallelConfig(**METHODS[method])
                 parallel_spec = spec.replace(parallel=config)
