@@ -123,7 +123,7 @@ class OmniSample:
                                     negative=None if negative is LINKED else negative,
                                     seconds=seconds, start=start, prompt_rewrite=prompt_rewrite, cfg_renorm=cfg_renorm,
                                     cfg_renorm_min=cfg_renorm_min,
-                                    mask=None if mask is LINKED or LINKED in given[:1] else mask,
+                                    mask=None if mask is LINKED else mask,
                                     layers=layers, resolution=_resolution(resolution))
         check_image_slots(model.family, len(given), last_image is not None, mask is not None)
         check_model_options(model.family, request)

@@ -53,8 +53,9 @@ def test_graph_gives_the_plain_pipelines_audio_and_save_audio_writes_it(headless
     assert latent["samples"].shape == (2, 8, 128)  # ComfyUI's audio LATENT: [B, C, L], the whole window
     assert latent["type"] == "audio" and latent["downscale_ratio_temporal"] == 32
     assert latent["audio_window"] == [400, 2000]  # 0.5 s .. 2.5 s at 800 Hz
-    images, audio = nodes["OmniVAEDecode"]().decode(spec, latent, 0, 64)["result"]
+    images, audio, masks = nodes["OmniVAEDecode"]().decode(spec, latent, 0, 64)["result"]
     assert isinstance(images, ExecutionBlocker) and "audio output" in images.message
+    assert isinstance(masks, ExecutionBlocker) and "audio output" in masks.message
     assert audio["sample_rate"] == RATE
     assert audio["waveform"].shape == (2, 2, 1600) and audio["waveform"].dtype == torch.float32
     assert audio["waveform"].std() > 1e-4

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from omni_backend.families import FAMILIES
+from omni_diffusion_nodes.nodes.comfy_bridge import ExecutionBlocker
 
 # Families that need an input image run their own path: tests/test_image_models.py; audio families
 # (a waveform, not pixels): tests/test_audio.py.
@@ -16,7 +17,8 @@ def run_graph(nodes, family_key, settings, tile_size=0):
     (spec,) = nodes["OmniLoadModel"]().load(family_key, "auto", "auto")
     out = nodes["OmniSample"]().sample(spec, **settings)
     latent = out["result"][0]
-    images = nodes["OmniVAEDecode"]().decode(spec, latent, tile_size, 64)["result"][0]  # [1]: audio (blocked)
+    images, audio, masks = nodes["OmniVAEDecode"]().decode(spec, latent, tile_size, 64)["result"]
+    assert isinstance(audio, ExecutionBlocker) and isinstance(masks, ExecutionBlocker), "image models fill images only"
     return spec, latent, images, out["ui"]
 
 

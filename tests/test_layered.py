@@ -50,6 +50,7 @@ def test_layers_come_out_as_images_with_masks_in_the_pipelines_order(headless, n
     """Sample -> Decode gives `layers` RGB images and their masks, equal to the plain pipeline's RGBA layers
     (decoded from its own latents, in its order); the mask and a 4-channel image are the same input."""
     from diffusers import QwenImageLayeredPipeline
+    from omni_diffusion_nodes.nodes.comfy_bridge import ExecutionBlocker
 
     from omni_backend.images import rgba_pil
 
@@ -62,6 +63,7 @@ def test_layers_come_out_as_images_with_masks_in_the_pipelines_order(headless, n
     assert latent["samples"].shape == (1, 16, LAYERS + 1, height // scale, width // scale), "frame 0: the composite"
     assert f"{LAYERS} RGBA layers at {width}x{height} px" in out["ui"]["text"][0]
     images, audio, masks = nodes["OmniVAEDecode"]().decode(model, latent, 0, 64)["result"]
+    assert isinstance(audio, ExecutionBlocker)
     assert images.shape == (LAYERS, height, width, 3) and masks.shape == (LAYERS, height, width)
 
     pipe = QwenImageLayeredPipeline.from_pretrained(model.folder, dtype=torch.float32, local_files_only=True,
