@@ -101,6 +101,16 @@ def test_shifted_values_are_caught_without_widget_names(headless):
     assert problems and any("widget values" in p.problem or "expected" in p.problem for p in problems)
 
 
+def test_files_saved_before_layers_and_resolution_still_check(headless):
+    """Sample's `layers` and `resolution` were added at the end of its optional widgets: a file saved
+    without them loads in ComfyUI with their defaults, and the check agrees."""
+    older = copy.deepcopy(load_workflow(WORKFLOWS[0]))
+    node = _sample_node(older)
+    del node["widgets_values"][-2:]
+    node["inputs"] = [i for i in node["inputs"] if i.get("widget", {}).get("name") not in ("layers", "resolution")]
+    assert check_widgets(older, all_node_classes()) == []
+
+
 def test_out_of_range_value_is_caught(headless):
     broken = copy.deepcopy(load_workflow(WORKFLOWS[0]))
     _sample_node(broken)["widgets_values"][4] = 0  # steps (after prompt, negative, seed, seed control)
