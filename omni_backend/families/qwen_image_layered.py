@@ -18,15 +18,14 @@ from ..images import rgba_pil
 from .qwen_image import _latent_stats
 from .qwen_image_edit import QwenImageEdit
 
-RESOLUTIONS = (640, 1024)
-
 
 class LatentsFromLastStep:
     """diffusers 0.42.1 bug: with output_type="latent" the pipeline sets `image = latents` and then
     returns the unset `images` (UnboundLocalError). Its loop hands every step's latents to
     `callback_on_step_end`; we keep the last ones and take the error for the return the pipeline
     failed to make. The error is raised after the loop and after `maybe_free_model_hooks()`, so
-    nothing the pipeline does is skipped; any other error, or this one before the last step, passes."""
+    nothing the pipeline does is skipped; any other error, or this one before the last step, passes.
+    A diffusers that returns the latents needs none of this: its own result is used."""
 
     def __init__(self, on_step_end, steps: int):
         self.on_step_end, self.steps, self.latents, self.done = on_step_end, steps, None, 0
