@@ -130,6 +130,7 @@ def sample(ctx: RunContext):
                                              f"{width}x{height} px",
                                      "image_sizes": [[int(i.shape[2]), int(i.shape[1])] for i in request.images],
                                      "output_size": [width, height]})
+        stack.enter_context(family.call_context(ctx.spec.model_folder, request))
         ctx.control.report_progress(0, request.steps)
         with torch.inference_mode():
             latents = pipe(**kwargs)[0]

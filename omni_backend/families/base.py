@@ -118,6 +118,12 @@ class ModelFamily:
         """Extra keyword arguments for the pipeline's from_pretrained (e.g. a component built in memory)."""
         return {}
 
+    def call_context(self, folder, request: GenerationRequest):
+        """A context the pipeline call runs in, from the model folder (a ModelFolder); none by default."""
+        import contextlib
+
+        return contextlib.nullcontext()
+
     def call_kwargs(self, pipe, request: GenerationRequest) -> dict:
         """Keyword arguments for `pipe(...)` beyond prompt/steps/size/generator/output_type."""
         kwargs: dict[str, Any] = {self.guidance.argument: request.guidance}
