@@ -49,7 +49,16 @@ def parse_args(argv=None):
 
 
 def main(argv=None) -> dict:
-    args = parse_args(argv)
+    import torch
+
+    threads = torch.get_num_threads()
+    try:
+        return _main(parse_args(argv), argv)
+    finally:
+        torch.set_num_threads(threads)  # the caller's (a test session) thread count again
+
+
+def _main(args, argv) -> dict:
     import torch
     from diffusers import QwenImageTransformer2DModel
 
