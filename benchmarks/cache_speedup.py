@@ -178,14 +178,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--prompts", type=int, default=8, help="held-out prompts of the reference model")
-    parser.add_argument("--edits", type=int, default=6, help="held-out edits of the reference edit model")
+    parser.add_argument("--prompts", type=int, default=8, help="held-out prompts of the reference model (0: skip it)")
+    parser.add_argument("--edits", type=int, default=6, help="held-out edits of the reference edit model (0: skip it)")
     parser.add_argument("--skip-heavy", action="store_true", help="only the reference models")
     args = parser.parse_args()
     rows = []
     from omni_backend.reference import MODEL_DIR
 
-    if Path(MODEL_DIR, "model_index.json").exists():
+    if Path(MODEL_DIR, "model_index.json").exists() and args.prompts:
         from omni_backend.reference import TEACACHE_COEFFICIENTS
 
         prompts = reference_prompts(args.prompts)

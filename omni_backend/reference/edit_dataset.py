@@ -114,14 +114,22 @@ def _edit(combo, colour_or_bg: str, other: str, size: str) -> Edit:
     return Edit(scene, kind, new)
 
 
-def random_edits(rng: np.random.Generator, count: int, combinations=None) -> list[Edit]:
-    """`count` valid edits drawn from `combinations` (training ones by default), kinds equally likely."""
+# How often training draws each kind. A new background keeps only the shape, a small part of the latent,
+# so the copy from the input image is learned slowest there (a run with equal shares: recolour 1.0,
+# move 0.8, background 0.3 of the held-out edits).
+TRAINING_KIND_SHARES = {"recolour": 0.25, "move": 0.35, "background": 0.4}
+
+
+def random_edits(rng: np.random.Generator, count: int, combinations=None, shares=None) -> list[Edit]:
+    """`count` valid edits drawn from `combinations` (training ones by default), kinds equally likely
+    unless `shares` ({kind: probability}) says otherwise."""
     combinations = training_combinations() if combinations is None else combinations
+    probabilities = [(shares or {}).get(kind, 1.0 / len(KINDS)) for kind in KINDS]
     by_kind = {kind: [c for c in combinations if c[0] == kind] for kind in KINDS}
     colours, positions, sizes = list(PALETTE), list(POSITIONS), list(SIZES)
     edits = []
     while len(edits) < count:
-        pool = by_kind[KINDS[rng.integers(len(KINDS))]]
+        pool = by_kind[KINDS[rng.choice(len(KINDS), p=probabilities)]]
         combo = pool[rng.integers(len(pool))]
         free = colours[rng.integers(len(colours))]
         other = positions[rng.integers(len(positions))] if combo[0] != "move" else colours[rng.integers(len(colours))]

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from .dit_training import padded_batch, train_loop
-from .edit_dataset import Edit, random_edits, render_pairs
+from .edit_dataset import TRAINING_KIND_SHARES, Edit, random_edits, render_pairs
 from .vae_training import encode_means
 
 
@@ -56,7 +56,7 @@ def instruction_embeddings(pipe, prompts: list[str], images: np.ndarray, batch: 
 def build_edit_pool(pipe, count: int, seed: int, log=print) -> EditPool:
     start = time.time()
     rng = np.random.default_rng(seed)
-    edits = random_edits(rng, count)
+    edits = random_edits(rng, count, shares=TRAINING_KIND_SHARES)
     inputs, targets = render_pairs(edits, rng)
     input_latents = normalised_latents(pipe.vae, inputs)
     target_latents = normalised_latents(pipe.vae, targets)
