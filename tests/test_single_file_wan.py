@@ -4,7 +4,10 @@ folder twin, the tokenizer carried in the UMT5 file, and the refusals of files t
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -200,3 +203,60 @@ def test_load_node_takes_the_second_expert_and_the_family(headless, nodes):
     assert spec.family_key == "wan2.2" and spec.files.diffusion_model_2.endswith("low_noise_14B_fp8_scaled.safetensors")
     with pytest.raises(OmniInputError, match="diffusion_model_2 = 'none'"):
         loader().load(*names, "fp32", "cpu")
+
+
+# ---- ComfyUI reads the tiny twins as its own files -------------------------------------------------
+# Runs inside ComfyUI (COMFYUI_PATH: a checkout; COMFYUI_PYTHON: an interpreter that imports it): its own
+# Wan DiT, Wan 2.1 / 2.2 VAE and UMT5 modules load the files make-tiny --layout comfy writes, strictly
+# (every key and shape), so the key maps above write what ComfyUI itself reads.
+COMFY_READS = """
+import json, sys, torch, safetensors, safetensors.torch
+paths = json.loads(sys.argv[1])
+sys.argv = [sys.argv[0], "--cpu"]  # no GPU here: ComfyUI's options, read as its main.py has them read
+import comfy.options
+comfy.options.enable_args_parsing()
+import comfy.ldm.wan.model, comfy.ldm.wan.vae, comfy.ldm.wan.vae2_2, comfy.ops, comfy.text_encoders.t5
+ops = comfy.ops.disable_weight_init
+def read(path):
+    config = json.loads(safetensors.safe_open(path, "pt").metadata()["config"])
+    state = {k.removeprefix("model.diffusion_model."): v for k, v in safetensors.torch.load_file(path).items()}
+    return config, state
+for path in paths:
+    config, state = read(path)
+    if "/diffusion_models/" in path:
+        c = config
+        module = comfy.ldm.wan.model.WanModel(model_type="t2v", patch_size=tuple(c["patch_size"]), in_dim=c["in_channels"],
+            dim=c["num_attention_heads"] * c["attention_head_dim"], ffn_dim=c["ffn_dim"], freq_dim=c["freq_dim"],
+            text_dim=c["text_dim"], out_dim=c["out_channels"], num_heads=c["num_attention_heads"],
+            num_layers=c["num_layers"], qk_norm=True, cross_attn_norm=True, eps=1e-6, operations=ops)
+    elif "/vae/" in path:
+        c = config
+        kwargs = dict(dim=c["base_dim"], z_dim=c["z_dim"], dim_mult=c["dim_mult"], num_res_blocks=c["num_res_blocks"],
+                      attn_scales=c["attn_scales"], temperal_downsample=c["temperal_downsample"], dropout=0.0)
+        if c.get("is_residual"):
+            module = comfy.ldm.wan.vae2_2.WanVAE(dec_dim=c["decoder_base_dim"], **kwargs)
+        else:
+            module = comfy.ldm.wan.vae.WanVAE(**kwargs)
+    else:
+        state.pop("spiece_model")
+        module = comfy.text_encoders.t5.T5(dict(config, dense_act_fn="gelu_pytorch_tanh", is_gated_act=True),
+                                           torch.float32, "cpu", ops)
+    module.load_state_dict(state, strict=True)
+print("read", len(paths))
+"""
+
+
+@pytest.mark.skipif(not os.environ.get("COMFYUI_PATH"), reason="COMFYUI_PATH is not set (a ComfyUI checkout)")
+def test_comfyui_loads_the_tiny_files_strictly(wan, tmp_path):
+    _folder, t2v = wan[0]("wan2.2", "fp32")
+    _folder, ti2v = wan[0]("wan2.2-ti2v", "fp32")
+    paths = [str(t2v[name]) for name in ("diffusion_model", "vae", "text_encoder")]
+    paths += [str(ti2v[name]) for name in ("diffusion_model", "vae")]
+    script = tmp_path / "comfy_reads.py"
+    script.write_text(COMFY_READS)
+    comfyui = os.environ["COMFYUI_PATH"]
+    done = subprocess.run([os.environ.get("COMFYUI_PYTHON", sys.executable), str(script), json.dumps(paths)],
+                          cwd=comfyui, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join(
+                              filter(None, [comfyui, os.environ.get("PYTHONPATH")]))})
+    assert done.returncode == 0 and "read 5" in done.stdout, done.stderr[-3000:]
