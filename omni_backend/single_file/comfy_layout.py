@@ -68,6 +68,8 @@ def write_comfy_files(family_key: str, directory: str | Path, weights: str = "bf
         written[input_name] = path
     if not profile.tokenizer_tensor:
         pipe.tokenizer.save_pretrained(directory / "text_encoders" / profile.tokenizer_folder)
+    if profile.processor is not None:  # the tiny image processor's settings, where the loader looks first
+        pipe.processor.image_processor.save_pretrained(directory / "text_encoders" / profile.tokenizer_folder)
     return written
 
 

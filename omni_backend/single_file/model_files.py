@@ -16,11 +16,12 @@ from pathlib import Path
 
 from ..errors import OmniInputError
 from ..model_folder import ModelFolder
-from . import qwen_image, wan
+from . import qwen_image, qwen_image_edit, wan
 from .profile import FilesProfile
 from .weights_file import WeightsFile, inspect_weights_file, read_tensors
 
-PROFILES: dict[str, FilesProfile] = {profile.family_key: profile for profile in (qwen_image.PROFILE, *wan.PROFILES)}
+PROFILES: dict[str, FilesProfile] = {profile.family_key: profile for profile in (qwen_image.PROFILE, *qwen_image_edit.PROFILES,
+                                                                               *wan.PROFILES)}
 AUTO = "auto"
 
 
@@ -52,7 +53,8 @@ def detect_family(file: WeightsFile, family: str = AUTO, input_name: str = "diff
             return PROFILES[family]
         if matching or file.has(*PROFILES[family].identifying_keys):
             describe = PROFILES[family].describe
-            what = describe(file) if describe else f"the DiT of {matching[0].family_key}"
+            what = describe(file) if describe and file.has(*PROFILES[family].identifying_keys) else (
+                f"the DiT of {matching[0].family_key}")
             right = f"auto or {matching[0].family_key}" if matching else "auto"
             raise OmniInputError("family", family, f"{file.name} ({input_name}) holds {what}, not {family}'s",
                                  f"set family to {right}, or choose {family}'s own diffusion model file")
@@ -112,6 +114,8 @@ def _inspect(files: ModelFiles, *_stamps) -> ModelFolder:
                   "scheduler": ("diffusers", profile.scheduler_class)}
     if profile.second_expert:
         components["transformer_2"] = ("diffusers", profile.transformer.class_name)
+    if profile.processor is not None:
+        components["processor"] = ("transformers", "Qwen2VLProcessor")
     return ModelFolder(path=files.diffusion_model, pipeline_class=profile.pipeline_class,
                        family_key=profile.family_key, components=components,
                        transformer_config=transformer_config, vae_config=vae_config,
@@ -231,6 +235,8 @@ def load_pipeline_from_files(files: ModelFiles, info: ModelFolder, dtype):
         "scheduler": getattr(diffusers, profile.scheduler_class).from_config(profile.scheduler_config),
         **profile.pipeline_kwargs,
     }
+    if profile.processor is not None:
+        parts["processor"] = profile.processor(parts["tokenizer"], find_tokenizer(profile, files, encoder))
     if profile.second_expert:
         parts["transformer_2"] = _load_component(profile.transformer, files.diffusion_model_2, info.transformer_config,
                                                  dtype, "diffusion_model_2")

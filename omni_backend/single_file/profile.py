@@ -59,6 +59,8 @@ class FilesProfile:
     pipeline_kwargs: dict = field(hash=False, default_factory=dict)
     # Checks of the files against each other beyond the text width (e.g. VAE latent channels vs DiT).
     pairing_checks: tuple = ()
+    # The pipeline's processor (Qwen-Image-Edit's image + text), from the tokenizer and its folder.
+    processor: Callable | None = None
 
     def matches(self, file: WeightsFile) -> bool:
         """This family's DiT: its identifying tensors are there and (where families share them) its shapes fit."""
