@@ -260,3 +260,18 @@ def test_comfyui_loads_the_tiny_files_strictly(wan, tmp_path):
                           env={**os.environ, "PYTHONPATH": os.pathsep.join(
                               filter(None, [comfyui, os.environ.get("PYTHONPATH")]))})
     assert done.returncode == 0 and "read 5" in done.stdout, done.stderr[-3000:]
+
+
+def test_two_expert_files_cross_to_worker_ranks(wan):
+    """The spec names both experts' files (and the family); each rank reads them itself: Ulysses 2 equals
+    one process."""
+    from omni_backend.parallel.config import ParallelConfig
+
+    get, engine = wan
+    _folder, written = get("wan2.2", "fp32")
+    request = _request("wan2.2")
+    spec = ModelSpec.from_files(_files(written, family="wan2.2"), dtype="fp32", device="cpu")
+    reference = engine.generate(spec, request).latents
+    parallel = engine.generate(spec.replace(parallel=ParallelConfig(ulysses_degree=2)), request).latents
+    engine.unload_all()
+    assert torch.allclose(parallel, reference, atol=2e-5), float((parallel - reference).abs().max())
