@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from omni_backend.devices import DTYPE_CHOICES
-from omni_backend.single_file.model_files import ModelFiles, detect_family, inspect_model_files
+from omni_backend.single_file.model_files import AUTO, PROFILES, ModelFiles, detect_family, inspect_model_files
 from omni_backend.single_file.weights_file import inspect_weights_file
 from omni_backend.spec import ModelSpec
 
@@ -13,7 +13,9 @@ from .load_model import device_input
 
 SUFFIXES = (".safetensors", ".sft")
 # The model folders each input reads, as ComfyUI names them (folder_paths keys).
-FOLDERS = {"diffusion_model": "diffusion_models", "text_encoder": "text_encoders", "vae": "vae"}
+FOLDERS = {"diffusion_model": "diffusion_models", "text_encoder": "text_encoders", "vae": "vae",
+           "diffusion_model_2": "diffusion_models"}
+NONE = "none"  # an optional file input left empty
 
 
 def file_choices(input_name: str) -> list[str]:
@@ -45,6 +47,16 @@ class OmniLoadModelFiles:
                                                       "the CPU. FP8 files are upcast to it (Offload/FP8's fp8 "
                                                       "stores the DiT in FP8 again)."}),
             "device": device_input(),
+        }, "optional": {
+            "family": ([AUTO, *sorted(PROFILES)], {
+                "default": AUTO,
+                "tooltip": "auto: the family is read from the diffusion model's tensors. Name it where they cannot "
+                           "tell (families sharing one DiT); a family the tensors contradict is refused."}),
+            "diffusion_model_2": ([NONE, *file_choices("diffusion_model_2")], {
+                "default": NONE,
+                "tooltip": "Wan2.2 A14B's second expert: the low-noise file, e.g. "
+                           "wan2.2_t2v_low_noise_14B_fp8_scaled.safetensors (diffusion_model takes the high-noise "
+                           "one). none for models with one diffusion model."}),
         }}
 
     @classmethod
@@ -53,20 +65,25 @@ class OmniLoadModelFiles:
         return as_verdict(cls.queue_check, diffusion_model=diffusion_model)
 
     @classmethod
-    def queue_check(cls, diffusion_model=None, text_encoder=None, vae=None, **_ignored):
+    def queue_check(cls, diffusion_model=None, text_encoder=None, vae=None, family=AUTO, diffusion_model_2=NONE,
+                    **_ignored):
         """The files exist inside their folders, are safetensors, fit together and name a family we run
         (headers only). ComfyUI's own check passes the diffusion model alone: that file is checked."""
         if None not in (diffusion_model, text_encoder, vae):
-            inspect_model_files(resolve_files(diffusion_model, text_encoder, vae))
+            inspect_model_files(resolve_files(diffusion_model, text_encoder, vae, family, diffusion_model_2))
         elif diffusion_model is not None:
             path = comfy_bridge.resolve_in_roots(FOLDERS["diffusion_model"], diffusion_model, "diffusion_model")
             detect_family(inspect_weights_file(path, "diffusion_model"))
 
-    def load(self, diffusion_model, text_encoder, vae, dtype, device):
-        return (ModelSpec.from_files(resolve_files(diffusion_model, text_encoder, vae), dtype=dtype, device=device),)
+    def load(self, diffusion_model, text_encoder, vae, dtype, device, family=AUTO, diffusion_model_2=NONE):
+        files = resolve_files(diffusion_model, text_encoder, vae, family, diffusion_model_2)
+        return (ModelSpec.from_files(files, dtype=dtype, device=device),)
 
 
-def resolve_files(diffusion_model: str, text_encoder: str, vae: str) -> ModelFiles:
-    paths = {name: str(comfy_bridge.resolve_in_roots(FOLDERS[name], value, name))
-             for name, value in (("diffusion_model", diffusion_model), ("text_encoder", text_encoder), ("vae", vae))}
-    return ModelFiles(**paths, tokenizer_dirs=comfy_bridge.tokenizer_dirs())
+def resolve_files(diffusion_model: str, text_encoder: str, vae: str, family: str = AUTO,
+                  diffusion_model_2: str = NONE) -> ModelFiles:
+    given = {"diffusion_model": diffusion_model, "text_encoder": text_encoder, "vae": vae}
+    if diffusion_model_2 not in (None, "", NONE):
+        given["diffusion_model_2"] = diffusion_model_2
+    paths = {name: str(comfy_bridge.resolve_in_roots(FOLDERS[name], value, name)) for name, value in given.items()}
+    return ModelFiles(**paths, family=family or AUTO, tokenizer_dirs=comfy_bridge.tokenizer_dirs())

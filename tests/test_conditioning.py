@@ -147,7 +147,7 @@ def test_readme_matrix_agrees_with_the_families():
             "Wan2.2 T2V, I2V, TI2V": ["wan2.2", "wan2.2-i2v", "wan2.2-ti2v"],
             "Qwen-Image-Edit, -2509": ["qwen-image-edit", "qwen-image-edit-2509"], "FLUX.1-dev": ["flux"],
             "Stable-Diffusion-3.5": ["sd3"], "Stable-Audio-Open": ["stable-audio"],
-            "LongCat-Image, -Edit": ["longcat-image", "longcat-image-edit"], "Ovis-Image": ["ovis-image"]}
+            "LongCat-Image, -Edit": ["longcat-image", "longcat-image-edit"], "Ovis-Image": ["ovis-image"], "GLM-Image": ["glm-image"]}
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     table = readme[readme.index("| Model | CONDITIONING | Why |"):].split("\n\n")[0].splitlines()[2:]
     said = {line.split("|")[1].strip(): line.split("|")[2].strip() for line in table}

@@ -16,11 +16,13 @@ from pathlib import Path
 
 from ..errors import OmniInputError
 from ..model_folder import ModelFolder
-from . import qwen_image
+from . import qwen_image, qwen_image_edit, wan
 from .profile import FilesProfile
 from .weights_file import WeightsFile, inspect_weights_file, read_tensors
 
-PROFILES: dict[str, FilesProfile] = {profile.family_key: profile for profile in (qwen_image.PROFILE,)}
+PROFILES: dict[str, FilesProfile] = {profile.family_key: profile for profile in (qwen_image.PROFILE, *qwen_image_edit.PROFILES,
+                                                                               *wan.PROFILES)}
+AUTO = "auto"
 
 
 @dataclass(frozen=True)
@@ -31,17 +33,38 @@ class ModelFiles:
     text_encoder: str
     vae: str
     tokenizer_dirs: tuple[str, ...] = ()  # folders holding e.g. qwen25_tokenizer/ (ComfyUI's comfy/text_encoders)
+    diffusion_model_2: str = ""  # Wan2.2 A14B's low-noise expert -> pipeline.transformer_2
+    family: str = AUTO  # where shapes cannot tell (families sharing one DiT); "auto": the shapes decide
 
     @property
     def name(self) -> str:
         return Path(self.diffusion_model).name
 
 
-def detect_family(file: WeightsFile) -> FilesProfile:
-    """The family whose DiT this file holds, from its tensor names (no weights read)."""
-    for profile in PROFILES.values():
-        if file.has(*profile.identifying_keys):
-            return profile
+def detect_family(file: WeightsFile, family: str = AUTO, input_name: str = "diffusion_model") -> FilesProfile:
+    """The family whose DiT this file holds, from its tensor names and shapes (no weights read); an
+    explicit `family` must agree with them."""
+    if family != AUTO and family not in PROFILES:
+        raise OmniInputError("family", family, "no family of that name reads ComfyUI's files",
+                             f"choose auto or one of: {', '.join(sorted(PROFILES))}")
+    matching = [profile for profile in PROFILES.values() if profile.matches(file)]
+    if family != AUTO:
+        if PROFILES[family] in matching:
+            return PROFILES[family]
+        if matching or file.has(*PROFILES[family].identifying_keys):
+            describe = PROFILES[family].describe
+            what = describe(file) if describe and file.has(*PROFILES[family].identifying_keys) else (
+                f"the DiT of {matching[0].family_key}")
+            right = f"auto or {matching[0].family_key}" if matching else "auto"
+            raise OmniInputError("family", family, f"{file.name} ({input_name}) holds {what}, not {family}'s",
+                                 f"set family to {right}, or choose {family}'s own diffusion model file")
+    elif matching:
+        return matching[0]
+    sharing = [p for p in PROFILES.values() if file.has(*p.identifying_keys) and p.describe is not None]
+    if sharing:  # a relative of our families (e.g. Wan 2.1 I2V) the shapes set apart
+        raise OmniInputError(input_name, file.name, f"it holds {sharing[0].describe(file)}, which no family "
+                             f"of this pack runs ({', '.join(sorted(PROFILES))})",
+                             "choose the diffusion model file of a supported family from models/diffusion_models")
     if file.has("encoder.conv1.weight") or file.has("encoder.conv_in.weight"):
         what = "a VAE"
     elif any(key.startswith(("model.layers.", "encoder.block.", "text_model.")) for key in file.tensors):
@@ -49,14 +72,15 @@ def detect_family(file: WeightsFile) -> FilesProfile:
     else:
         what = "no DiT this pack knows"
     supported = ", ".join(sorted(PROFILES))
-    raise OmniInputError("diffusion_model", file.name, f"it holds {what}, not the diffusion model (DiT) of a "
+    raise OmniInputError(input_name, file.name, f"it holds {what}, not the diffusion model (DiT) of a "
                          f"supported family ({supported})",
                          "choose the model's file from models/diffusion_models (text encoders go in "
                          "text_encoders/, VAEs in vae/)")
 
 
 def inspect_model_files(files: ModelFiles) -> ModelFolder:
-    return _inspect(files, *(_stamp(path) for path in (files.diffusion_model, files.text_encoder, files.vae)))
+    paths = (files.diffusion_model, files.text_encoder, files.vae, files.diffusion_model_2)
+    return _inspect(files, *(_stamp(path) for path in paths if path))
 
 
 def _stamp(path: str) -> tuple:
@@ -71,27 +95,78 @@ def _inspect(files: ModelFiles, *_stamps) -> ModelFolder:
             raise OmniInputError(input_name, getattr(files, input_name), "the file does not exist",
                                  f"choose a file from models/{_FOLDER[input_name]}")
     dit = inspect_weights_file(files.diffusion_model, "diffusion_model")
-    profile = detect_family(dit)
+    profile = detect_family(dit, files.family)
     encoder = inspect_weights_file(files.text_encoder, "text_encoder")
     vae = inspect_weights_file(files.vae, "vae")
     text_encoder_config = _component_config(profile, "text_encoder", encoder)
     transformer_config = _component_config(profile, "transformer", dit)
     vae_config = _component_config(profile, "vae", vae)
+    _check_second_expert(profile, files, dit, transformer_config)
     _check_pairing(profile, transformer_config, text_encoder_config, encoder)
-    find_tokenizer(profile, files)
+    configs = {"transformer": transformer_config, "text_encoder": text_encoder_config, "vae": vae_config}
+    for check in profile.pairing_checks:
+        check(profile, configs, {"diffusion_model": dit, "text_encoder": encoder, "vae": vae})
+    find_tokenizer(profile, files, encoder)
     components = {"transformer": ("diffusers", profile.transformer.class_name),
                   "vae": ("diffusers", profile.vae.class_name),
                   "text_encoder": ("transformers", profile.text_encoder.class_name),
                   "tokenizer": ("transformers", profile.tokenizer_class),
                   "scheduler": ("diffusers", profile.scheduler_class)}
+    if profile.second_expert:
+        components["transformer_2"] = ("diffusers", profile.transformer.class_name)
+    if profile.processor is not None:
+        components["processor"] = ("transformers", "Qwen2VLProcessor")
     return ModelFolder(path=files.diffusion_model, pipeline_class=profile.pipeline_class,
                        family_key=profile.family_key, components=components,
                        transformer_config=transformer_config, vae_config=vae_config,
-                       model_index={"_class_name": profile.pipeline_class,
+                       model_index={"_class_name": profile.pipeline_class, **_plain(profile.pipeline_kwargs),
                                     **{name: list(entry) for name, entry in components.items()}})
 
 
-_FOLDER = {"diffusion_model": "diffusion_models", "text_encoder": "text_encoders", "vae": "vae"}
+_FOLDER = {"diffusion_model": "diffusion_models", "diffusion_model_2": "diffusion_models",
+           "text_encoder": "text_encoders", "vae": "vae"}
+
+
+def _plain(pipeline_kwargs: dict) -> dict:
+    """The pipeline arguments a model_index.json would list (values, not components left out)."""
+    return {key: value for key, value in pipeline_kwargs.items() if value is not None}
+
+
+def _check_second_expert(profile: FilesProfile, files: ModelFiles, dit: WeightsFile, config: dict) -> None:
+    """Wan2.2 A14B runs two experts: the high-noise DiT for the first steps, the low-noise one after the
+    boundary. One alone would be asked to denoise steps it never learned (diffusers' pipeline would run
+    the high-noise expert for every step when transformer_2 is missing), so both are required."""
+    if not profile.second_expert:
+        if files.diffusion_model_2:
+            raise OmniInputError("diffusion_model_2", Path(files.diffusion_model_2).name,
+                                 f"{profile.family_key} has one diffusion model, no second expert",
+                                 "set diffusion_model_2 to none")
+        return
+    low_name = profile.file_names.get("diffusion_model_2", "").format(weights="*")
+    if not files.diffusion_model_2:
+        raise OmniInputError("diffusion_model_2", "none", f"{profile.family_key} (A14B) runs two expert diffusion "
+                             f"models and only {dit.name} was given",
+                             f"choose the low-noise expert ({low_name}) as diffusion_model_2 and the high-noise one "
+                             "as diffusion_model")
+    if not Path(files.diffusion_model_2).is_file():
+        raise OmniInputError("diffusion_model_2", files.diffusion_model_2, "the file does not exist",
+                             "choose a file from models/diffusion_models")
+    second = inspect_weights_file(files.diffusion_model_2, "diffusion_model_2")
+    other = detect_family(second, AUTO, "diffusion_model_2")
+    if other is not profile:
+        raise OmniInputError("diffusion_model_2", second.name, f"it holds the diffusion model of "
+                             f"{other.family_key}, but diffusion_model is {profile.family_key}'s",
+                             f"choose {profile.family_key}'s low-noise expert ({low_name})")
+    if _component_config(profile, "transformer", second) != config:
+        raise OmniInputError("diffusion_model_2", second.name, "its shapes differ from diffusion_model's (the two "
+                             "experts of one model have the same architecture)",
+                             f"choose the low-noise expert of the same model ({low_name})")
+    # The experts share their shapes; only ComfyUI's file names tell them apart.
+    if "low_noise" in dit.name and "high_noise" in second.name:
+        raise OmniInputError("diffusion_model", dit.name, f"the experts are swapped: the low-noise expert is in "
+                             f"diffusion_model and the high-noise one ({second.name}) in diffusion_model_2",
+                             "swap them: diffusion_model takes the high-noise expert (the first steps), "
+                             "diffusion_model_2 the low-noise one")
 _COMPONENT_INPUT = {"transformer": "diffusion_model", "text_encoder": "text_encoder", "vae": "vae"}
 _WHAT = {"transformer": "the diffusion model", "text_encoder": "a text encoder", "vae": "a VAE"}
 
@@ -112,8 +187,9 @@ def _component_config(profile: FilesProfile, component: str, file: WeightsFile) 
 def _check_pairing(profile: FilesProfile, transformer: dict, text_encoder: dict, encoder: WeightsFile) -> None:
     """The DiT reads the text encoder's hidden states: their widths must agree (a 3B encoder with the
     7B model's DiT would fail deep inside the first step)."""
-    width = text_encoder.get("text_config", text_encoder).get("hidden_size")
-    wanted = transformer.get("joint_attention_dim")
+    text = text_encoder.get("text_config", text_encoder)
+    width = text.get("hidden_size", text.get("d_model"))  # d_model: T5's name for it
+    wanted = transformer.get("joint_attention_dim", transformer.get("text_dim"))  # text_dim: Wan's
     if wanted is not None and width != wanted:
         raise OmniInputError("text_encoder", encoder.name, f"its hidden size is {width}, but this "
                              f"{profile.family_key} diffusion model reads text features of width {wanted}",
@@ -121,8 +197,16 @@ def _check_pairing(profile: FilesProfile, transformer: dict, text_encoder: dict,
                              "ComfyUI template)")
 
 
-def find_tokenizer(profile: FilesProfile, files: ModelFiles) -> Path:
-    """The tokenizer folder: beside the text encoder file (text_encoders/<name>/), else ComfyUI's own."""
+def find_tokenizer(profile: FilesProfile, files: ModelFiles, encoder: WeightsFile | None = None) -> Path | None:
+    """The tokenizer folder: beside the text encoder file (text_encoders/<name>/), else ComfyUI's own;
+    None when the text encoder file carries its tokenizer (ComfyUI's UMT5 files)."""
+    if profile.tokenizer_tensor:
+        encoder = encoder or inspect_weights_file(files.text_encoder, "text_encoder")
+        if encoder.has(profile.tokenizer_tensor):
+            return None
+        raise OmniInputError("text_encoder", encoder.name, f"it carries no tokenizer (no {profile.tokenizer_tensor!r} "
+                             "tensor, which ComfyUI's own text encoder files for this model have)",
+                             "use the text encoder file ComfyUI's template downloads")
     candidates = [Path(files.text_encoder).parent / profile.tokenizer_folder,
                   *(Path(folder) / profile.tokenizer_folder for folder in files.tokenizer_dirs)]
     for candidate in candidates:
@@ -147,14 +231,32 @@ def load_pipeline_from_files(files: ModelFiles, info: ModelFolder, dtype):
         "vae": _load_component(profile.vae, files.vae, info.vae_config, dtype),
         "text_encoder": _load_component(profile.text_encoder, files.text_encoder,
                                         profile.text_encoder.config(encoder), dtype),
-        "tokenizer": getattr(transformers, profile.tokenizer_class).from_pretrained(
-            find_tokenizer(profile, files), local_files_only=True),
+        "tokenizer": _tokenizer(profile, files, encoder),
         "scheduler": getattr(diffusers, profile.scheduler_class).from_config(profile.scheduler_config),
+        **profile.pipeline_kwargs,
     }
-    return getattr(diffusers, profile.pipeline_class)(**parts)
+    if profile.processor is not None:
+        parts["processor"] = profile.processor(parts["tokenizer"], find_tokenizer(profile, files, encoder))
+    if profile.second_expert:
+        parts["transformer_2"] = _load_component(profile.transformer, files.diffusion_model_2, info.transformer_config,
+                                                 dtype, "diffusion_model_2")
+    from ..families import FAMILIES  # the family's pipeline class (e.g. Wan2.2-TI2V's image-capable one)
+
+    return FAMILIES[info.family_key].pipeline_class(profile.pipeline_class)(**parts)
 
 
-def _load_component(component, path: str, config: dict, dtype):
+def _tokenizer(profile: FilesProfile, files: ModelFiles, encoder: WeightsFile):
+    import transformers
+
+    if profile.tokenizer_tensor:
+        from . import umt5
+
+        return umt5.tokenizer_from_file(encoder)
+    return getattr(transformers, profile.tokenizer_class).from_pretrained(find_tokenizer(profile, files),
+                                                                          local_files_only=True)
+
+
+def _load_component(component, path: str, config: dict, dtype, input_name: str = ""):
     from accelerate import init_empty_weights
 
     library = importlib.import_module(component.library)
@@ -164,20 +266,52 @@ def _load_component(component, path: str, config: dict, dtype):
             module = cls.from_config(config)
         else:
             module = cls(cls.config_class.from_dict(config))
-    file = inspect_weights_file(path, _input_for(component))
-    state = component.keys(read_tensors(file, dtype), config)
+    input_name = input_name or _input_for(component)
+    file = inspect_weights_file(path, input_name)
+    kept = kept_in_float32(cls, component.library, dtype)
+    file_keys = component.keys({key: key for key in file.tensors}, config)  # class key -> file key
+    float32_keys = frozenset(file_key for key, file_key in file_keys.items() if kept(key))
+    state = component.keys(read_tensors(file, dtype, float32_keys=float32_keys), config)
     expected = dict(module.state_dict())
     missing = [key for key in expected if key not in state and key not in component.stand_ins]
     unexpected = [key for key in state if key not in expected]
     if missing or unexpected:
         shown = ", ".join((missing or unexpected)[:3])
-        raise OmniInputError(_input_for(component), file.name,
+        raise OmniInputError(input_name, file.name,
                              f"its tensors do not fit {component.class_name} ({len(missing)} missing, "
                              f"{len(unexpected)} unexpected: {shown})",
                              "use the release's original file (this one is from another model or version)")
     state.update({key: state[source] for key, source in component.stand_ins.items() if key not in state})
     module.load_state_dict(state, strict=True, assign=True)
-    return module.to(dtype)
+    # As from_pretrained: loaded tensors in `dtype` except the modules the class keeps in float32; diffusers
+    # leaves buffers that are not weights (e.g. Wan's rotary tables) as built, transformers casts them.
+    import torch
+
+    for name, sub in module.named_modules():
+        for table in (sub._parameters, sub._buffers):
+            for attribute, tensor in table.items():
+                key = f"{name}.{attribute}" if name else attribute
+                if (tensor is None or not tensor.is_floating_point() or tensor.dtype == dtype or kept(key)
+                        or (key not in expected and component.library == "diffusers")):
+                    continue
+                cast = tensor.detach().to(dtype)
+                table[attribute] = torch.nn.Parameter(cast, requires_grad=tensor.requires_grad) \
+                    if isinstance(tensor, torch.nn.Parameter) else cast
+    return module
+
+
+def kept_in_float32(cls, library: str, dtype):
+    """Which parameters the class's from_pretrained keeps in float32 at `dtype` (diffusers: always its
+    `_keep_in_fp32_modules`; transformers: its `_strict` ones for bf16/fp16, the others for fp16 only)."""
+    import torch
+
+    names = set(getattr(cls, "_keep_in_fp32_modules", None) or ())
+    if library == "transformers":
+        names = set(getattr(cls, "_keep_in_fp32_modules_strict", None) or ()) if dtype != torch.float16 else (
+            names | set(getattr(cls, "_keep_in_fp32_modules_strict", None) or ()))
+        if dtype not in (torch.float16, torch.bfloat16):
+            names = set()
+    return lambda key: any(part in names for part in key.split("."))
 
 
 def _input_for(component) -> str:

@@ -45,6 +45,26 @@ class FilesProfile:
     scheduler_config: dict = field(hash=False)
     # ComfyUI's template file names, by weights format (what make-tiny writes and workflows name).
     file_names: dict = field(hash=False, default_factory=dict)
+    # Several families share one DiT architecture (Wan2.2 T2V / I2V / TI2V): this tells from the DiT's
+    # header whether the file is this family's (e.g. by its input channels); None = the keys suffice.
+    claims: Callable[[WeightsFile], bool] | None = None
+    # What the DiT file is when `claims` says no (for the error that names the right family).
+    describe: Callable[[WeightsFile], str] | None = None
+    # Wan2.2 A14B: two expert DiTs, the second (low-noise) one from the diffusion_model_2 input.
+    second_expert: bool = False
+    # The tensor of the text encoder file that holds the tokenizer (ComfyUI's UMT5 files carry their
+    # sentencepiece model as `spiece_model` bytes); "" = a tokenizer folder (tokenizer_folder).
+    tokenizer_tensor: str = ""
+    # Pipeline arguments a diffusers folder's model_index.json would hold (e.g. Wan's boundary_ratio).
+    pipeline_kwargs: dict = field(hash=False, default_factory=dict)
+    # Checks of the files against each other beyond the text width (e.g. VAE latent channels vs DiT).
+    pairing_checks: tuple = ()
+    # The pipeline's processor (Qwen-Image-Edit's image + text), from the tokenizer and its folder.
+    processor: Callable | None = None
+
+    def matches(self, file: WeightsFile) -> bool:
+        """This family's DiT: its identifying tensors are there and (where families share them) its shapes fit."""
+        return file.has(*self.identifying_keys) and (self.claims is None or self.claims(file))
 
 
 def with_file_config(file: WeightsFile, config: dict, input_name: str) -> dict:

@@ -119,12 +119,13 @@ def _common_prefix(header: dict) -> str:
     return best if counts[best] > len(header) // 2 else ""
 
 
-def read_tensors(file: WeightsFile, dtype, *, keep_fp8: bool = False) -> dict:
+def read_tensors(file: WeightsFile, dtype, *, keep_fp8: bool = False, float32_keys: frozenset = frozenset()) -> dict:
     """The file's tensors under their prefix-free keys, as `dtype`.
 
     Scaled FP8 weights are multiplied by their scale (their `.scale_*` keys and the `scaled_fp8`
     marker are dropped). With `keep_fp8`, plain FP8 weights stay FP8 (the FP8 feature then keeps them
     as they are); scaled ones are always dequantized here, so no caller can forget the scale.
+    `float32_keys` (prefix-free) are read as float32 whatever `dtype` is (modules a class keeps in float32).
     """
     import torch
     from safetensors import safe_open
@@ -138,10 +139,13 @@ def read_tensors(file: WeightsFile, dtype, *, keep_fp8: bool = False) -> dict:
             if key == "scaled_fp8" or key.endswith(SCALE_SUFFIXES):
                 continue
             tensor = handle.get_tensor(full_key)
+            wanted = torch.float32 if key in float32_keys else dtype
             scale = scales.get(full_key[:-len(".weight")]) if full_key.endswith(".weight") else None
             if scale is not None:
-                tensor = (tensor.to(torch.float32) * scale.to(torch.float32)).to(dtype)
+                tensor = (tensor.to(torch.float32) * scale.to(torch.float32)).to(wanted)
+            elif not tensor.is_floating_point():
+                pass  # e.g. the tokenizer bytes a text encoder file carries: not a weight to cast
             elif not (keep_fp8 and tensor.dtype in (torch.float8_e4m3fn, torch.float8_e5m2)):
-                tensor = tensor.to(dtype)
+                tensor = tensor.to(wanted)
             out[key] = tensor
     return out
