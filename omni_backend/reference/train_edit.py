@@ -134,7 +134,7 @@ def write_model_card(out: Path, summary: dict, argv: list[str]) -> None:
         "- QwenImageEditPipeline: the input image's latent tokens join the denoised sequence; the pipeline "
         "resizes the input image to 64x64 px (model_index.json `_omni_input_image_area` 4096, which our "
         "qwen-image-edit family applies; diffusers alone would use about 1024x1024 px)",
-        f"- VAE: the text-to-image reference's ({args['base']}/vae), unchanged",
+        f"- VAE: the text-to-image reference's ({_shown(args['base'])}/vae), unchanged",
         (f"- DiT (QwenImageTransformer2DModel, {TRANSFORMER_CONFIG['num_layers']} layers, "
          f"{TRANSFORMER_CONFIG['num_attention_heads']} heads x {TRANSFORMER_CONFIG['attention_head_dim']}) started "
          f"from {start}: {dit['steps']} steps at batch {args['batch']} on {args['pool']} edits, "
@@ -156,6 +156,12 @@ def write_model_card(out: Path, summary: dict, argv: list[str]) -> None:
                      f"weights loaded as float32): score {ev['score']:.3f} ({round(ev['score'] * ev['images'])} of "
                      f"{ev['images']} images: the asked change made and the rest kept; {kinds})")
     (out / "README.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def _shown(folder: str) -> str:
+    """The folder relative to the working directory where it is inside it (the card names no home)."""
+    path = Path(folder).resolve()
+    return str(path.relative_to(Path.cwd())) if path.is_relative_to(Path.cwd()) else folder
 
 
 def _jsonable(value):
