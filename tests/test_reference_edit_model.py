@@ -23,7 +23,7 @@ from omni_backend.reference.edit_evaluate import held_out_inputs, score_edits  #
 # Edits 0-1 (recolour), 10-11 (move), 20-21 (new background) of the held-out list.
 QUICK_EDITS = (0, 1, 10, 11, 20, 21)
 QUICK_STEPS = 10
-QUICK_LEVEL = 4 / 6  # see the measured level in the model card (README.md next to the weights)
+QUICK_LEVEL = 3 / 6  # measured 4/6 here (fp16 weights loaded as fp32); the full score is in the model card
 
 needs_model = pytest.mark.skipif(not (EDIT_MODEL_DIR / "model_index.json").is_file(),
                                  reason="reference edit model weights not present")
