@@ -33,17 +33,26 @@ def write_comfy_files(family_key: str, directory: str | Path, weights: str = "bf
     directory = Path(directory)
     fp8 = weights.startswith("fp8")
     names = template_file_names(family_key, weights)
+    plain = "fp32" if weights == "fp32" else "bf16"
     written = {}
+    # Text encoders: FP8 templates pair the FP8 DiT with the encoders ComfyUI ships as fp8_scaled (their
+    # names say fp8); the others (e.g. FLUX.1's clip_l) stay 16-bit, as in the templates.
+    encoders = [(component, "text_encoders", name, "fp8_scaled" if fp8 and "fp8" in names[name] else plain)
+                for name, component, *_ in profile.encoder_slots()]
     for component, folder, input_name, fmt in (
-            (profile.transformer, "diffusion_models", "diffusion_model", weights),
-            (profile.text_encoder, "text_encoders", "text_encoder", "fp8_scaled" if fp8 else weights),
-            (profile.vae, "vae", "vae", "fp32" if weights == "fp32" else "bf16")):
+            (profile.transformer, "diffusion_models", "diffusion_model", weights), *encoders,
+            (profile.vae, "vae", "vae", plain)):
         module = getattr(pipe, {"diffusion_model": "transformer"}.get(input_name, input_name))
         config = _config_of(module)
-        state = {key: value for key, value in module.state_dict().items() if key not in component.stand_ins}
-        state = component.to_file_keys(state, config)
-        matrices = {component.to_file_keys({f"{name}.weight": None}, config).popitem()[0]
-                    for name, child in module.named_modules() if isinstance(child, torch.nn.Linear)}
+        original = {key: value for key, value in module.state_dict().items() if key not in component.stand_ins}
+        state = component.to_file_keys(original, config)
+        check_round_trip(component, original, state, config)
+        # Which file tensors are linear weights (FP8 formats store only those in FP8): the same key map
+        # applied to a mask, so fused tensors (FLUX.1's qkv) count when all their parts are linears.
+        linears = {f"{name}.weight" for name, child in module.named_modules() if isinstance(child, torch.nn.Linear)}
+        mask = component.to_file_keys({key: torch.full(value.shape, key in linears) for key, value in original.items()},
+                                      config)
+        matrices = {key for key, value in mask.items() if value.numel() and bool(value.all())}
         tensors = _in_format(state, matrices, fmt)
         if input_name == "diffusion_model":
             tensors = {DIT_PREFIX + key: value for key, value in tensors.items()}
@@ -53,8 +62,23 @@ def write_comfy_files(family_key: str, directory: str | Path, weights: str = "bf
 
         save_file(tensors, path, metadata={"config": json.dumps(config)})
         written[input_name] = path
-    pipe.tokenizer.save_pretrained(directory / "text_encoders" / profile.tokenizer_folder)
+    for name, _component, tokenizer_folder, _cls in profile.encoder_slots():
+        getattr(pipe, name.replace("text_encoder", "tokenizer")).save_pretrained(
+            directory / "text_encoders" / tokenizer_folder)
     return written
+
+
+def check_round_trip(component, original: dict, file_state: dict, config: dict) -> None:
+    """The file's keys must read back to exactly the module's tensors through the loader's own map (for
+    the VAE: diffusers' converter). A writer whose inverse drifted from the reader fails here, not later."""
+    read = component.keys(dict(file_state), config)
+    wrong = sorted(set(read) ^ set(original)) or [key for key in original if not torch_equal(read[key], original[key])]
+    if wrong:
+        raise AssertionError(f"{component.class_name}: the file layout does not read back ({wrong[:3]})")
+
+
+def torch_equal(a, b) -> bool:
+    return a.shape == b.shape and bool((a == b).all())
 
 
 def template_file_names(family_key: str, weights: str) -> dict[str, str]:
@@ -62,9 +86,10 @@ def template_file_names(family_key: str, weights: str) -> dict[str, str]:
     diffusion_model, text_encoder, vae). FP8 templates pair the FP8 DiT with the fp8_scaled encoder."""
     from .model_files import PROFILES
 
-    suffix = "_fp8_scaled" if weights.startswith("fp8") else ""
-    return {key: pattern.format(weights=weights, te_suffix=suffix)
-            for key, pattern in PROFILES[family_key].file_names.items()}
+    fp8 = weights.startswith("fp8")
+    suffixes = dict(weights=weights, te_suffix="_fp8_scaled" if fp8 else "", dit_suffix="-fp8" if fp8 else "",
+                    t5_suffix="_fp8_e4m3fn_scaled" if fp8 else "_fp16")
+    return {key: pattern.format(**suffixes) for key, pattern in PROFILES[family_key].file_names.items()}
 
 
 def _config_of(module) -> dict:

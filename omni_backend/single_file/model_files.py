@@ -16,11 +16,12 @@ from pathlib import Path
 
 from ..errors import OmniInputError
 from ..model_folder import ModelFolder
-from . import qwen_image
+from . import flux, qwen_image
 from .profile import FilesProfile
+from .text_encoders import kind_of
 from .weights_file import WeightsFile, inspect_weights_file, read_tensors
 
-PROFILES: dict[str, FilesProfile] = {profile.family_key: profile for profile in (qwen_image.PROFILE,)}
+PROFILES: dict[str, FilesProfile] = {profile.family_key: profile for profile in (qwen_image.PROFILE, flux.PROFILE)}
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,8 @@ class ModelFiles:
     text_encoder: str
     vae: str
     tokenizer_dirs: tuple[str, ...] = ()  # folders holding e.g. qwen25_tokenizer/ (ComfyUI's comfy/text_encoders)
+    text_encoder_2: str = ""  # FLUX.1's t5xxl, SD3's clip_g, ... ("" = none)
+    text_encoder_3: str = ""  # SD3's t5xxl
 
     @property
     def name(self) -> str:
@@ -56,11 +59,12 @@ def detect_family(file: WeightsFile) -> FilesProfile:
 
 
 def inspect_model_files(files: ModelFiles) -> ModelFolder:
-    return _inspect(files, *(_stamp(path) for path in (files.diffusion_model, files.text_encoder, files.vae)))
+    return _inspect(files, *(_stamp(path) for path in (files.diffusion_model, files.text_encoder, files.vae,
+                                                       files.text_encoder_2, files.text_encoder_3)))
 
 
 def _stamp(path: str) -> tuple:
-    stat = Path(path).stat() if Path(path).exists() else None
+    stat = Path(path).stat() if path and Path(path).exists() else None
     return (stat.st_size, stat.st_mtime_ns) if stat else (0, 0)
 
 
@@ -72,18 +76,19 @@ def _inspect(files: ModelFiles, *_stamps) -> ModelFolder:
                                  f"choose a file from models/{_FOLDER[input_name]}")
     dit = inspect_weights_file(files.diffusion_model, "diffusion_model")
     profile = detect_family(dit)
-    encoder = inspect_weights_file(files.text_encoder, "text_encoder")
+    encoders = _encoder_files(profile, files)
     vae = inspect_weights_file(files.vae, "vae")
-    text_encoder_config = _component_config(profile, "text_encoder", encoder)
+    encoder_configs = {name: _component_config(profile, name, file) for name, file in encoders.items()}
     transformer_config = _component_config(profile, "transformer", dit)
     vae_config = _component_config(profile, "vae", vae)
-    _check_pairing(profile, transformer_config, text_encoder_config, encoder)
-    find_tokenizer(profile, files)
+    _check_pairing(profile, transformer_config, encoder_configs, encoders)
     components = {"transformer": ("diffusers", profile.transformer.class_name),
                   "vae": ("diffusers", profile.vae.class_name),
-                  "text_encoder": ("transformers", profile.text_encoder.class_name),
-                  "tokenizer": ("transformers", profile.tokenizer_class),
                   "scheduler": ("diffusers", profile.scheduler_class)}
+    for name, component, _folder, tokenizer_class in profile.encoder_slots():
+        find_tokenizer(profile, files, name)
+        components[name] = ("transformers", component.class_name)
+        components[name.replace("text_encoder", "tokenizer")] = ("transformers", tokenizer_class)
     return ModelFolder(path=files.diffusion_model, pipeline_class=profile.pipeline_class,
                        family_key=profile.family_key, components=components,
                        transformer_config=transformer_config, vae_config=vae_config,
@@ -91,15 +96,59 @@ def _inspect(files: ModelFiles, *_stamps) -> ModelFolder:
                                     **{name: list(entry) for name, entry in components.items()}})
 
 
-_FOLDER = {"diffusion_model": "diffusion_models", "text_encoder": "text_encoders", "vae": "vae"}
-_COMPONENT_INPUT = {"transformer": "diffusion_model", "text_encoder": "text_encoder", "vae": "vae"}
-_WHAT = {"transformer": "the diffusion model", "text_encoder": "a text encoder", "vae": "a VAE"}
+_FOLDER = {"diffusion_model": "diffusion_models", "text_encoder": "text_encoders", "vae": "vae",
+           "text_encoder_2": "text_encoders", "text_encoder_3": "text_encoders"}
+_COMPONENT_INPUT = {"transformer": "diffusion_model", "text_encoder": "text_encoder", "vae": "vae",
+                    "text_encoder_2": "text_encoder_2", "text_encoder_3": "text_encoder_3"}
+_WHAT = {"transformer": "the diffusion model", "text_encoder": "a text encoder", "vae": "a VAE",
+         "text_encoder_2": "a text encoder", "text_encoder_3": "a text encoder"}
+
+
+def _encoder_files(profile: FilesProfile, files: ModelFiles) -> dict[str, WeightsFile]:
+    """Each text encoder input the family has, checked to be given and to hold the right encoder (a T5
+    file in the CLIP input is refused here, naming the swap, before any weight loads)."""
+    slots = [name for name, *_ in profile.encoder_slots()]
+    for extra in ("text_encoder_2", "text_encoder_3"):
+        if getattr(files, extra) and extra not in slots:
+            raise OmniInputError(extra, Path(getattr(files, extra)).name,
+                                 f"{profile.family_key} has {len(slots)} text encoder(s), so this input is unused",
+                                 f"set {extra} to none")
+    encoders = {}
+    for name in slots:
+        path = getattr(files, name)
+        expected = profile.encoder_kinds.get(name)
+        wanted = " or ".join(expected) if expected else "its text encoder"
+        template = _template_names(profile).get(name, "")
+        if not path:
+            raise OmniInputError(name, "none", f"{profile.family_key} needs {wanted} here",
+                                 f"choose {template or 'the text encoder file'} from models/text_encoders")
+        if not Path(path).is_file():
+            raise OmniInputError(name, path, "the file does not exist", "choose a file from models/text_encoders")
+        file = inspect_weights_file(path, name)
+        kind = kind_of(file)
+        if expected and kind not in expected:
+            elsewhere = [other for other in slots if other != name and kind in profile.encoder_kinds.get(other, ())]
+            fix = (f"this file belongs in {elsewhere[0]}: swap {name} and {elsewhere[0]}" if elsewhere
+                   else f"choose {template or wanted} from models/text_encoders")
+            raise OmniInputError(name, file.name, f"it holds {kind}, but {profile.family_key}'s {name} is {wanted}",
+                                 fix)
+        encoders[name] = file
+    return encoders
+
+
+def _template_names(profile: FilesProfile) -> dict:
+    """The bf16 release's file names (ComfyUI's templates), for the refusals' fixes."""
+    from .comfy_layout import template_file_names
+
+    return template_file_names(profile.family_key, "bf16")
 
 
 def _component_config(profile: FilesProfile, component: str, file: WeightsFile) -> dict:
     input_name = _COMPONENT_INPUT[component]
     try:
-        return getattr(profile, component).config(file)
+        part = (profile.transformer if component == "transformer" else profile.vae if component == "vae"
+                else dict((name, c) for name, c, *_ in profile.encoder_slots())[component])
+        return part.config(file)
     except (TypeError, KeyError, ValueError, IndexError) as exc:
         if isinstance(exc, OmniInputError):
             raise
@@ -109,30 +158,33 @@ def _component_config(profile: FilesProfile, component: str, file: WeightsFile) 
                              f"models/{_FOLDER[input_name]}") from None
 
 
-def _check_pairing(profile: FilesProfile, transformer: dict, text_encoder: dict, encoder: WeightsFile) -> None:
-    """The DiT reads the text encoder's hidden states: their widths must agree (a 3B encoder with the
+def _check_pairing(profile: FilesProfile, transformer: dict, encoder_configs: dict, encoders: dict) -> None:
+    """The DiT reads the text encoders' hidden states: their widths must agree (a 3B encoder with the
     7B model's DiT would fail deep inside the first step)."""
-    width = text_encoder.get("text_config", text_encoder).get("hidden_size")
-    wanted = transformer.get("joint_attention_dim")
-    if wanted is not None and width != wanted:
-        raise OmniInputError("text_encoder", encoder.name, f"its hidden size is {width}, but this "
-                             f"{profile.family_key} diffusion model reads text features of width {wanted}",
-                             "choose the text encoder that belongs to this diffusion model (see the model's "
-                             "ComfyUI template)")
+    for name, width_key, transformer_key in profile.pairings:
+        config = encoder_configs[name]
+        width = config.get("text_config", config).get(width_key)
+        wanted = transformer.get(transformer_key)
+        if wanted is not None and width != wanted:
+            raise OmniInputError(name, encoders[name].name, f"its hidden size is {width}, but this "
+                                 f"{profile.family_key} diffusion model reads text features of width {wanted}",
+                                 "choose the text encoder that belongs to this diffusion model (see the model's "
+                                 "ComfyUI template)")
 
 
-def find_tokenizer(profile: FilesProfile, files: ModelFiles) -> Path:
+def find_tokenizer(profile: FilesProfile, files: ModelFiles, input_name: str = "text_encoder") -> Path:
     """The tokenizer folder: beside the text encoder file (text_encoders/<name>/), else ComfyUI's own."""
-    candidates = [Path(files.text_encoder).parent / profile.tokenizer_folder,
-                  *(Path(folder) / profile.tokenizer_folder for folder in files.tokenizer_dirs)]
+    folder = {name: tokenizer_folder for name, _c, tokenizer_folder, _t in profile.encoder_slots()}[input_name]
+    encoder = getattr(files, input_name)
+    candidates = [Path(encoder).parent / folder, *(Path(root) / folder for root in files.tokenizer_dirs)]
     for candidate in candidates:
         if candidate.is_dir():
             return candidate
-    raise OmniInputError("text_encoder", Path(files.text_encoder).name,
-                         f"its tokenizer files ({profile.tokenizer_folder}/) were not found (looked in "
+    raise OmniInputError(input_name, Path(encoder).name,
+                         f"its tokenizer files ({folder}/) were not found (looked in "
                          f"{', '.join(str(c.parent) for c in candidates)})",
-                         f"run inside ComfyUI (it ships comfy/text_encoders/{profile.tokenizer_folder}), or copy "
-                         f"that folder next to the text encoder file")
+                         f"run inside ComfyUI (it ships comfy/{'' if folder == 'sd1_tokenizer' else 'text_encoders/'}"
+                         f"{folder}), or copy that folder next to the text encoder file")
 
 
 def load_pipeline_from_files(files: ModelFiles, info: ModelFolder, dtype):
@@ -141,20 +193,26 @@ def load_pipeline_from_files(files: ModelFiles, info: ModelFolder, dtype):
     import transformers
 
     profile = PROFILES[info.family_key]
-    encoder = inspect_weights_file(files.text_encoder, "text_encoder")
     parts = {
-        "transformer": _load_component(profile.transformer, files.diffusion_model, info.transformer_config, dtype),
-        "vae": _load_component(profile.vae, files.vae, info.vae_config, dtype),
-        "text_encoder": _load_component(profile.text_encoder, files.text_encoder,
-                                        profile.text_encoder.config(encoder), dtype),
-        "tokenizer": getattr(transformers, profile.tokenizer_class).from_pretrained(
-            find_tokenizer(profile, files), local_files_only=True),
-        "scheduler": getattr(diffusers, profile.scheduler_class).from_config(profile.scheduler_config),
+        "transformer": _load_component(profile.transformer, files.diffusion_model, info.transformer_config, dtype,
+                                       "diffusion_model"),
+        "vae": _load_component(profile.vae, files.vae, info.vae_config, dtype, "vae"),
+        "scheduler": getattr(diffusers, profile.scheduler_class).from_config(
+            profile.scheduler_for(info.transformer_config)),
     }
+    for name, component, _folder, tokenizer_class in profile.encoder_slots():
+        path = getattr(files, name)
+        parts[name] = _load_component(component, path, component.config(inspect_weights_file(path, name)), dtype,
+                                      name)
+        tokenizer = getattr(transformers, tokenizer_class).from_pretrained(find_tokenizer(profile, files, name),
+                                                                           local_files_only=True)
+        if profile.tokenizer_setup is not None:
+            tokenizer = profile.tokenizer_setup(name, tokenizer)
+        parts[name.replace("text_encoder", "tokenizer")] = tokenizer
     return getattr(diffusers, profile.pipeline_class)(**parts)
 
 
-def _load_component(component, path: str, config: dict, dtype):
+def _load_component(component, path: str, config: dict, dtype, input_name: str):
     from accelerate import init_empty_weights
 
     library = importlib.import_module(component.library)
@@ -164,22 +222,17 @@ def _load_component(component, path: str, config: dict, dtype):
             module = cls.from_config(config)
         else:
             module = cls(cls.config_class.from_dict(config))
-    file = inspect_weights_file(path, _input_for(component))
+    file = inspect_weights_file(path, input_name)
     state = component.keys(read_tensors(file, dtype), config)
     expected = dict(module.state_dict())
     missing = [key for key in expected if key not in state and key not in component.stand_ins]
     unexpected = [key for key in state if key not in expected]
     if missing or unexpected:
         shown = ", ".join((missing or unexpected)[:3])
-        raise OmniInputError(_input_for(component), file.name,
+        raise OmniInputError(input_name, file.name,
                              f"its tensors do not fit {component.class_name} ({len(missing)} missing, "
                              f"{len(unexpected)} unexpected: {shown})",
                              "use the release's original file (this one is from another model or version)")
     state.update({key: state[source] for key, source in component.stand_ins.items() if key not in state})
     module.load_state_dict(state, strict=True, assign=True)
     return module.to(dtype)
-
-
-def _input_for(component) -> str:
-    return {"transformers": "text_encoder"}.get(component.library) or (
-        "vae" if "Autoencoder" in component.class_name else "diffusion_model")

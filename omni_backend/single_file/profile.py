@@ -42,9 +42,38 @@ class FilesProfile:
     tokenizer_folder: str  # the folder name ComfyUI ships it under, comfy/text_encoders/<name>
     tokenizer_class: str
     scheduler_class: str
-    scheduler_config: dict = field(hash=False)
+    scheduler_config: dict | Callable = field(hash=False)  # or a function of the DiT's config
     # ComfyUI's template file names, by weights format (what make-tiny writes and workflows name).
     file_names: dict = field(hash=False, default_factory=dict)
+    # Families with more text encoders (FLUX.1: CLIP-L + T5; SD3.5: CLIP-L, CLIP-G, T5): the
+    # pipeline's text_encoder_2 / _3 and their tokenizers, read from the node's inputs of those names.
+    text_encoder_2: Component | None = None
+    tokenizer_2_folder: str = ""
+    tokenizer_2_class: str = ""
+    text_encoder_3: Component | None = None
+    tokenizer_3_folder: str = ""
+    tokenizer_3_class: str = ""
+    # What each text encoder input must hold (text_encoders.kind_of), checked before any weight loads.
+    encoder_kinds: dict = field(hash=False, default_factory=dict)
+    # (encoder input, its config's width field, the DiT config field that must equal it).
+    pairings: tuple = (("text_encoder", "hidden_size", "joint_attention_dim"),)
+    # Adjusts a loaded tokenizer to what the pipeline expects (input name, tokenizer) -> tokenizer.
+    tokenizer_setup: Callable | None = field(default=None, hash=False)
+
+    def encoder_slots(self) -> list[tuple[str, Component, str, str]]:
+        """(input and pipeline component name, component, tokenizer folder, tokenizer class) per encoder."""
+        slots = [("text_encoder", self.text_encoder, self.tokenizer_folder, self.tokenizer_class)]
+        for index in (2, 3):
+            component = getattr(self, f"text_encoder_{index}")
+            if component is not None:
+                slots.append((f"text_encoder_{index}", component, getattr(self, f"tokenizer_{index}_folder"),
+                              getattr(self, f"tokenizer_{index}_class")))
+        return slots
+
+    def scheduler_for(self, transformer_config: dict) -> dict:
+        """The scheduler config (a profile may choose it from the DiT, e.g. FLUX.1-dev vs schnell)."""
+        chosen = self.scheduler_config
+        return chosen(transformer_config) if callable(chosen) else chosen
 
 
 def with_file_config(file: WeightsFile, config: dict, input_name: str) -> dict:
