@@ -13,7 +13,9 @@ from .load_model import device_input
 
 SUFFIXES = (".safetensors", ".sft")
 # The model folders each input reads, as ComfyUI names them (folder_paths keys).
-FOLDERS = {"diffusion_model": "diffusion_models", "text_encoder": "text_encoders", "vae": "vae"}
+FOLDERS = {"diffusion_model": "diffusion_models", "text_encoder": "text_encoders", "vae": "vae",
+           "text_encoder_2": "text_encoders", "text_encoder_3": "text_encoders"}
+NONE = "none"  # an optional file input left empty
 
 
 def file_choices(input_name: str) -> list[str]:
@@ -45,6 +47,13 @@ class OmniLoadModelFiles:
                                                       "the CPU. FP8 files are upcast to it (Offload/FP8's fp8 "
                                                       "stores the DiT in FP8 again)."}),
             "device": device_input(),
+        }, "optional": {
+            "text_encoder_2": ([NONE, *file_choices("text_encoder_2")], {
+                "default": NONE, "tooltip": "The second text encoder of families that have one: FLUX.1's T5-XXL "
+                                            "(t5xxl_fp16.safetensors or t5xxl_fp8_e4m3fn_scaled.safetensors), "
+                                            "SD3.5's clip_g. none for single-encoder families."}),
+            "text_encoder_3": ([NONE, *file_choices("text_encoder_3")], {
+                "default": NONE, "tooltip": "The third text encoder: SD3.5's T5-XXL. none otherwise."}),
         }}
 
     @classmethod
@@ -53,20 +62,25 @@ class OmniLoadModelFiles:
         return as_verdict(cls.queue_check, diffusion_model=diffusion_model)
 
     @classmethod
-    def queue_check(cls, diffusion_model=None, text_encoder=None, vae=None, **_ignored):
+    def queue_check(cls, diffusion_model=None, text_encoder=None, vae=None, text_encoder_2=NONE,
+                    text_encoder_3=NONE, **_ignored):
         """The files exist inside their folders, are safetensors, fit together and name a family we run
         (headers only). ComfyUI's own check passes the diffusion model alone: that file is checked."""
         if None not in (diffusion_model, text_encoder, vae):
-            inspect_model_files(resolve_files(diffusion_model, text_encoder, vae))
+            inspect_model_files(resolve_files(diffusion_model, text_encoder, vae, text_encoder_2, text_encoder_3))
         elif diffusion_model is not None:
             path = comfy_bridge.resolve_in_roots(FOLDERS["diffusion_model"], diffusion_model, "diffusion_model")
             detect_family(inspect_weights_file(path, "diffusion_model"))
 
-    def load(self, diffusion_model, text_encoder, vae, dtype, device):
-        return (ModelSpec.from_files(resolve_files(diffusion_model, text_encoder, vae), dtype=dtype, device=device),)
+    def load(self, diffusion_model, text_encoder, vae, dtype, device, text_encoder_2=NONE, text_encoder_3=NONE):
+        files = resolve_files(diffusion_model, text_encoder, vae, text_encoder_2, text_encoder_3)
+        return (ModelSpec.from_files(files, dtype=dtype, device=device),)
 
 
-def resolve_files(diffusion_model: str, text_encoder: str, vae: str) -> ModelFiles:
+def resolve_files(diffusion_model: str, text_encoder: str, vae: str, text_encoder_2: str = NONE,
+                  text_encoder_3: str = NONE) -> ModelFiles:
+    given = (("diffusion_model", diffusion_model), ("text_encoder", text_encoder), ("vae", vae),
+             ("text_encoder_2", text_encoder_2), ("text_encoder_3", text_encoder_3))
     paths = {name: str(comfy_bridge.resolve_in_roots(FOLDERS[name], value, name))
-             for name, value in (("diffusion_model", diffusion_model), ("text_encoder", text_encoder), ("vae", vae))}
+             for name, value in given if value not in (None, "", NONE)}
     return ModelFiles(**paths, tokenizer_dirs=comfy_bridge.tokenizer_dirs())
