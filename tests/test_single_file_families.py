@@ -1,0 +1,146 @@
+"""ComfyUI's single files for the image families with other text encoders than Qwen-Image's (FLUX.1:
+CLIP-L + T5-XXL; Z-Image: Qwen3; SD3.5: CLIP-L + CLIP-G + T5-XXL): each family's tiny model written as
+those files gives its diffusers-folder twin's output, and files in the wrong inputs are refused
+before any weight loads, naming the fix."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import safetensors.torch
+import torch
+
+from omni_backend.engine import Engine
+from omni_backend.errors import OmniInputError
+from omni_backend.families import FAMILIES
+from omni_backend.request import GenerationRequest
+from omni_backend.single_file import flux
+from omni_backend.single_file.comfy_layout import write_comfy_files
+from omni_backend.single_file.model_files import ModelFiles, inspect_model_files
+from omni_backend.spec import ModelSpec
+
+FAMILY_KEYS = ["flux"]
+REQUEST = GenerationRequest(prompt="a red circle", negative_prompt="blurry", steps=2, guidance=4.0, width=64,
+                            height=64)
+
+
+def _files(written: dict) -> ModelFiles:
+    return ModelFiles(**{name: str(path) for name, path in written.items()})
+
+
+@pytest.fixture(scope="module")
+def engine():
+    engine = Engine()
+    yield engine
+    engine.unload_all()
+
+
+@pytest.fixture(scope="module")
+def twins(tmp_path_factory):
+    """Per family, built once: the diffusers folder and its files in fp32 and fp8_scaled."""
+    built = {}
+
+    def get(family_key: str):
+        if family_key not in built:
+            root = tmp_path_factory.mktemp(family_key)
+            folder = FAMILIES[family_key].make_tiny(root / "folder")
+            built[family_key] = folder, {fmt: _files(write_comfy_files(family_key, root / fmt, fmt))
+                                         for fmt in ("fp32", "fp8_scaled")}
+        return built[family_key]
+    return get
+
+
+@pytest.mark.parametrize("family_key", FAMILY_KEYS)
+def test_files_give_the_folder_twins_output(twins, engine, family_key):
+    folder, files = twins(family_key)
+    reference = engine.generate(ModelSpec.from_folder(str(folder), dtype="fp32", device="cpu"), REQUEST).latents
+    spec = ModelSpec.from_files(files["fp32"], dtype="fp32", device="cpu")
+    assert spec.family_key == family_key
+    assert torch.allclose(engine.generate(spec, REQUEST).latents, reference, atol=2e-5)
+    engine.unload_all()  # one model at a time in memory
+
+    # fp8_scaled: the DiT and the encoders ComfyUI ships scaled hold FP8 values and their scales.
+    latents = engine.generate(ModelSpec.from_files(files["fp8_scaled"], dtype="fp32", device="cpu"), REQUEST).latents
+    error = float((latents - reference).abs().max() / reference.abs().max())
+    assert 0 < error < 0.06, f"relative error {error}: FP8 rounding only, never the scale's orders of magnitude"
+    engine.unload_all()
+
+
+def test_flux_rules_equal_diffusers_converter_at_flux1_widths():
+    """Our FLUX.1 rule table (written because diffusers' converter hard-codes the 3072 width) moves every
+    row where diffusers' converter moves it, at the released model's widths. Each tensor is one column
+    of row numbers (the maps only split, stack and swap rows), so this costs kilobytes."""
+    from diffusers.loaders.single_file_utils import convert_flux_transformer_checkpoint_to_diffusers
+
+    config = {**flux.TRANSFORMER, "num_layers": 1, "num_single_layers": 1}
+    inner = config["attention_head_dim"] * config["num_attention_heads"]
+    # The original layout's row counts at FLUX.1-dev's widths (3072 wide, 128-wide heads, 4x MLP, 64 in).
+    rows = {"time_in.in_layer": inner, "time_in.out_layer": inner, "vector_in.in_layer": inner,
+            "vector_in.out_layer": inner, "guidance_in.in_layer": inner, "guidance_in.out_layer": inner,
+            "txt_in": inner, "img_in": inner, "final_layer.linear": 64, "final_layer.adaLN_modulation.1": 2 * inner,
+            "double_blocks.0.img_mod.lin": 6 * inner, "double_blocks.0.txt_mod.lin": 6 * inner,
+            "double_blocks.0.img_attn.qkv": 3 * inner, "double_blocks.0.txt_attn.qkv": 3 * inner,
+            "double_blocks.0.img_mlp.0": 4 * inner, "double_blocks.0.img_mlp.2": inner,
+            "double_blocks.0.txt_mlp.0": 4 * inner, "double_blocks.0.txt_mlp.2": inner,
+            "double_blocks.0.img_attn.proj": inner, "double_blocks.0.txt_attn.proj": inner,
+            "single_blocks.0.modulation.lin": 3 * inner, "single_blocks.0.linear1": 7 * inner,
+            "single_blocks.0.linear2": inner}
+    state, start = {}, 0
+    for name, count in rows.items():
+        for suffix in ("weight", "bias"):
+            state[f"{name}.{suffix}"] = torch.arange(start, start + count).reshape(count, 1)
+            start += count
+    for name in ("double_blocks.0.img_attn.norm", "double_blocks.0.txt_attn.norm", "single_blocks.0.norm"):
+        for norm in ("query_norm", "key_norm"):
+            state[f"{name}.{norm}.scale"] = torch.arange(start, start + 128)
+            start += 128
+    theirs = convert_flux_transformer_checkpoint_to_diffusers(dict(state))
+    ours = flux.transformer_keys(dict(state), config)
+    # Four fused qkv tensors (weights, biases) add 2 keys each, the two fused linear1 tensors 3 each.
+    assert set(ours) == set(theirs) and len(ours) == len(state) + 4 * 2 + 2 * 3
+    assert all(torch.equal(ours[key], theirs[key]) for key in theirs)
+    back = flux.transformer_file_keys(ours, config)
+    assert set(back) == set(state) and all(torch.equal(back[key], state[key]) for key in state)
+
+
+def test_flux_encoders_in_the_wrong_inputs_are_refused_with_the_fix(twins):
+    _folder, files = twins("flux")
+    good = files["fp32"]
+    swapped = ModelFiles(good.diffusion_model, good.text_encoder_2, good.vae, text_encoder_2=good.text_encoder)
+    with pytest.raises(OmniInputError, match="text_encoder = 't5xxl_fp16.safetensors'.*holds T5.*swap text_encoder "
+                                             "and text_encoder_2"):
+        inspect_model_files(swapped)
+    missing = ModelFiles(good.diffusion_model, good.text_encoder, good.vae)
+    with pytest.raises(OmniInputError, match="text_encoder_2 = 'none'.*needs T5.*t5xxl_fp16.safetensors"):
+        inspect_model_files(missing)
+
+
+def test_schnell_is_told_from_dev_by_its_guidance_embedder(twins, tmp_path):
+    """FLUX.1-schnell's file has no guidance embedder: no guidance input, and schnell's unshifted schedule."""
+    _folder, files = twins("flux")
+    dev = inspect_model_files(files["fp32"])
+    assert dev.transformer_config["guidance_embeds"] is True
+    state = safetensors.torch.load_file(files["fp32"].diffusion_model)
+    with safetensors.safe_open(files["fp32"].diffusion_model, "pt") as handle:
+        config = {key: value for key, value in json.loads(handle.metadata()["config"]).items()
+                  if key != "guidance_embeds"}  # the tiny twin's carried config, less what shapes tell
+    schnell = tmp_path / "flux1-schnell.safetensors"
+    safetensors.torch.save_file({key: value for key, value in state.items() if ".guidance_in." not in key}, schnell,
+                                metadata={"config": json.dumps(config)})
+    info = inspect_model_files(ModelFiles(str(schnell), files["fp32"].text_encoder, files["fp32"].vae,
+                                          text_encoder_2=files["fp32"].text_encoder_2))
+    assert info.transformer_config["guidance_embeds"] is False
+    assert flux.scheduler_config(info.transformer_config)["use_dynamic_shifting"] is False
+
+
+def test_an_extra_text_encoder_for_a_one_encoder_family_is_refused(twins, tmp_path):
+    _folder, files = twins("flux")
+    qwen = write_comfy_files("qwen-image", tmp_path, "fp32")
+    extra = ModelFiles(str(qwen["diffusion_model"]), str(qwen["text_encoder"]), str(qwen["vae"]),
+                       text_encoder_2=files["fp32"].text_encoder_2)
+    with pytest.raises(OmniInputError, match="text_encoder_2 = .*qwen-image has 1 text encoder.*set text_encoder_2 "
+                                             "to none"):
+        inspect_model_files(extra)
+    assert Path(qwen["text_encoder"]).is_file()
