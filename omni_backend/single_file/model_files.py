@@ -16,12 +16,13 @@ from pathlib import Path
 
 from ..errors import OmniInputError
 from ..model_folder import ModelFolder
-from . import flux, qwen_image
+from . import flux, qwen_image, z_image
 from .profile import FilesProfile
 from .text_encoders import kind_of
 from .weights_file import WeightsFile, inspect_weights_file, read_tensors
 
-PROFILES: dict[str, FilesProfile] = {profile.family_key: profile for profile in (qwen_image.PROFILE, flux.PROFILE)}
+PROFILES: dict[str, FilesProfile] = {profile.family_key: profile for profile in (qwen_image.PROFILE, flux.PROFILE,
+                                                                                 z_image.PROFILE)}
 
 
 @dataclass(frozen=True)
