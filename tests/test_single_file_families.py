@@ -21,7 +21,7 @@ from omni_backend.single_file.comfy_layout import write_comfy_files
 from omni_backend.single_file.model_files import ModelFiles, inspect_model_files
 from omni_backend.spec import ModelSpec
 
-FAMILY_KEYS = ["flux", "z-image"]
+FAMILY_KEYS = ["flux", "z-image", "sd3"]
 REQUEST = GenerationRequest(prompt="a red circle", negative_prompt="blurry", steps=2, guidance=4.0, width=64,
                             height=64)
 
@@ -157,3 +157,29 @@ def test_z_image_prompt_is_comfyuis_not_the_qwen25_folders_template():
     text = tokenizer.apply_chat_template([{"role": "user", "content": "a cat"}], tokenize=False,
                                          add_generation_prompt=True, enable_thinking=True)
     assert text == "<|im_start|>user\na cat<|im_end|>\n<|im_start|>assistant\n"
+
+
+def test_sd3_clip_g_in_the_clip_l_input_is_refused_before_weights_load(twins, tmp_path):
+    """The released CLIPs differ in width (768 / 1280); a header is enough to tell, so a swapped pair is
+    refused before a weight is read (this file holds one small tensor of CLIP-G's width)."""
+    _folder, files = twins("sd3")
+    clip_g = tmp_path / "clip_g.safetensors"
+    safetensors.torch.save_file({"text_model.embeddings.token_embedding.weight": torch.zeros(4, 1280)}, clip_g)
+    good = files["fp32"]
+    with pytest.raises(OmniInputError, match="text_encoder = 'clip_g.safetensors'.*holds CLIP-G.*swap text_encoder "
+                                             "and text_encoder_2"):
+        inspect_model_files(ModelFiles(good.diffusion_model, str(clip_g), good.vae, text_encoder_2=good.text_encoder_2,
+                                       text_encoder_3=good.text_encoder_3))
+    # Two CLIPs whose projections do not add up to the DiT's pooled input (here: CLIP-L twice at 32 + 32
+    # would fit, so narrow one): refused naming both widths.
+    state = safetensors.torch.load_file(good.text_encoder_2)
+    narrow = {key: value[:16] if key == "text_projection.weight" else value for key, value in state.items()}
+    other = tmp_path / "clip_g_other.safetensors"
+    with safetensors.safe_open(good.text_encoder_2, "pt") as handle:
+        config = json.loads(handle.metadata()["config"])
+    safetensors.torch.save_file(narrow, other, metadata={"config": json.dumps({**config, "projection_dim": 16})})
+    (tmp_path / "sd1_tokenizer").symlink_to(Path(good.text_encoder).parent / "sd1_tokenizer")
+    with pytest.raises(OmniInputError, match="text_encoder_2 = .*text_encoder its width adds up to 32 \\+ 16 = 48.*"
+                                             "width 64"):
+        inspect_model_files(ModelFiles(good.diffusion_model, good.text_encoder, good.vae, text_encoder_2=str(other),
+                                       text_encoder_3=good.text_encoder_3))

@@ -62,7 +62,9 @@ def write_comfy_files(family_key: str, directory: str | Path, weights: str = "bf
 
         save_file(tensors, path, metadata={"config": json.dumps(config)})
         written[input_name] = path
-    for name, _component, tokenizer_folder, _cls in profile.encoder_slots():
+    # One folder per tokenizer name, as ComfyUI ships them: SD3's CLIP-L and CLIP-G share sd1_tokenizer
+    # (the first encoder's is written; the profile's tokenizer_setup adds CLIP-G's padding).
+    for name, _component, tokenizer_folder, _cls in reversed(profile.encoder_slots()):
         getattr(pipe, name.replace("text_encoder", "tokenizer")).save_pretrained(
             directory / "text_encoders" / tokenizer_folder)
     return written

@@ -102,7 +102,7 @@ PROFILE = FilesProfile(
                   ldm_vae.to_file_keys),
     text_encoder=text_encoders.CLIP_TEXT, tokenizer_folder="sd1_tokenizer", tokenizer_class="CLIPTokenizer",
     text_encoder_2=text_encoders.T5_ENCODER, tokenizer_2_folder="t5_tokenizer", tokenizer_2_class="T5Tokenizer",
-    encoder_kinds={"text_encoder": ("CLIP",), "text_encoder_2": ("T5",)},
+    encoder_kinds={"text_encoder": ("CLIP-L", "CLIP"), "text_encoder_2": ("T5",)},
     # The DiT's pooled input is CLIP's width, its text input T5's.
     pairings=(("text_encoder", "hidden_size", "pooled_projection_dim"),
               ("text_encoder_2", "d_model", "joint_attention_dim")),

@@ -16,13 +16,13 @@ from pathlib import Path
 
 from ..errors import OmniInputError
 from ..model_folder import ModelFolder
-from . import flux, qwen_image, z_image
+from . import flux, qwen_image, sd3, z_image
 from .profile import FilesProfile
 from .text_encoders import kind_of
 from .weights_file import WeightsFile, inspect_weights_file, read_tensors
 
 PROFILES: dict[str, FilesProfile] = {profile.family_key: profile for profile in (qwen_image.PROFILE, flux.PROFILE,
-                                                                                 z_image.PROFILE)}
+                                                                                 z_image.PROFILE, sd3.PROFILE)}
 
 
 @dataclass(frozen=True)
@@ -162,12 +162,15 @@ def _component_config(profile: FilesProfile, component: str, file: WeightsFile) 
 def _check_pairing(profile: FilesProfile, transformer: dict, encoder_configs: dict, encoders: dict) -> None:
     """The DiT reads the text encoders' hidden states: their widths must agree (a 3B encoder with the
     7B model's DiT would fail deep inside the first step)."""
-    for name, width_key, transformer_key in profile.pairings:
-        config = encoder_configs[name]
-        width = config.get("text_config", config).get(width_key)
+    for names, width_key, transformer_key in profile.pairings:
+        names = names if isinstance(names, tuple) else (names,)  # several: their widths side by side (SD3)
+        widths = [encoder_configs[name].get("text_config", encoder_configs[name]).get(width_key) for name in names]
+        width, name = sum(widths), names[-1]
         wanted = transformer.get(transformer_key)
         if wanted is not None and width != wanted:
-            raise OmniInputError(name, encoders[name].name, f"its hidden size is {width}, but this "
+            what = (f"its hidden size is {width}" if len(names) == 1 else
+                    f"with {' and '.join(names[:-1])} its width adds up to {' + '.join(map(str, widths))} = {width}")
+            raise OmniInputError(name, encoders[name].name, f"{what}, but this "
                                  f"{profile.family_key} diffusion model reads text features of width {wanted}",
                                  "choose the text encoder that belongs to this diffusion model (see the model's "
                                  "ComfyUI template)")

@@ -33,7 +33,8 @@ _QWEN3_4B = dict(vocab_size=151936, hidden_size=2560, intermediate_size=9728, nu
 def kind_of(file: WeightsFile) -> str:
     """What text encoder a file holds, from its tensor names and widths (for the loader's refusals)."""
     if file.has("text_model.embeddings.token_embedding.weight"):
-        return "CLIP"  # L or G: the widths tell them apart (the DiT's pairing check)
+        # The released widths tell L from G; other widths (the tiny twins) are just "CLIP".
+        return {768: "CLIP-L", 1280: "CLIP-G"}.get(file.shape("text_model.embeddings.token_embedding.weight")[1], "CLIP")
     if file.has("shared.weight") or file.has("encoder.block.0.layer.0.SelfAttention.q.weight"):
         return "T5"
     if file.has("model.layers.0.self_attn.q_norm.weight"):

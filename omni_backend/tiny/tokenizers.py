@@ -59,7 +59,7 @@ def qwen_tokenizer(corpus: list[str] | None = None, vocab_size: int = 470):
     return tokenizer
 
 
-def clip_tokenizer():
+def clip_tokenizer(pad_token: str | None = None):
     from transformers import CLIPTokenizer
 
     chars = list(string.printable.strip()) + [" "]
@@ -68,6 +68,8 @@ def clip_tokenizer():
         vocab.setdefault(piece, len(vocab))
     tokenizer = CLIPTokenizer(vocab=vocab, merges=[])
     tokenizer.model_max_length = 77
+    if pad_token is not None:
+        tokenizer.pad_token = pad_token
     return tokenizer
 
 
