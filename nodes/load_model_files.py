@@ -15,11 +15,34 @@ SUFFIXES = (".safetensors", ".sft")
 # The model folders each input reads, as ComfyUI names them (folder_paths keys).
 FOLDERS = {"diffusion_model": "diffusion_models", "text_encoder": "text_encoders", "vae": "vae",
            "text_encoder_2": "text_encoders", "text_encoder_3": "text_encoders"}
+# Checkpoints that bundle the DiT and its VAE (Stability's sd3.5_medium.safetensors) sit in checkpoints/;
+# the diffusion model and VAE inputs list those too and read their part of the file.
+BUNDLE_FOLDER = "checkpoints"
+BUNDLE_INPUTS = ("diffusion_model", "vae")
 NONE = "none"  # an optional file input left empty
 
 
 def file_choices(input_name: str) -> list[str]:
-    return comfy_bridge.list_files(FOLDERS[input_name], SUFFIXES)
+    names = comfy_bridge.list_files(FOLDERS[input_name], SUFFIXES)
+    if input_name in BUNDLE_INPUTS:
+        names += [name for name in comfy_bridge.list_files(BUNDLE_FOLDER, SUFFIXES) if name not in names]
+    return names
+
+
+def resolve_file(input_name: str, value: str):
+    """The file in the input's folder, else (for the bundle inputs) in checkpoints/."""
+    from omni_backend.errors import OmniInputError
+
+    try:
+        return comfy_bridge.resolve_in_roots(FOLDERS[input_name], value, input_name)
+    except OmniInputError as not_there:
+        if input_name not in BUNDLE_INPUTS:
+            raise
+        first = not_there  # the input's own folder's message names where it should be
+    try:
+        return comfy_bridge.resolve_in_roots(BUNDLE_FOLDER, value, input_name)
+    except OmniInputError:
+        raise first from None
 
 
 class OmniLoadModelFiles:
@@ -36,12 +59,15 @@ class OmniLoadModelFiles:
     def INPUT_TYPES(cls):
         return {"required": {
             "diffusion_model": (file_choices("diffusion_model"), {
-                "tooltip": "The DiT, e.g. qwen_image_fp8_e4m3fn.safetensors (models/diffusion_models). Its "
-                           "family is detected from its tensors."}),
+                "tooltip": "The DiT, e.g. qwen_image_fp8_e4m3fn.safetensors or flux1-dev.safetensors "
+                           "(models/diffusion_models), or a checkpoint bundling DiT and VAE such as "
+                           "sd3.5_medium.safetensors (models/checkpoints). Its family is detected from its tensors."}),
             "text_encoder": (file_choices("text_encoder"), {
-                "tooltip": "The family's text encoder, e.g. qwen_2.5_vl_7b_fp8_scaled.safetensors "
-                           "(models/text_encoders); its tokenizer comes from ComfyUI's comfy/text_encoders."}),
-            "vae": (file_choices("vae"), {"tooltip": "The family's VAE, e.g. qwen_image_vae.safetensors (models/vae)."}),
+                "tooltip": "The family's (first) text encoder, e.g. qwen_2.5_vl_7b_fp8_scaled.safetensors, "
+                           "qwen_3_4b.safetensors (Z-Image) or clip_l.safetensors (FLUX.1, SD3.5) "
+                           "(models/text_encoders); its tokenizer comes from ComfyUI's comfy/ folder."}),
+            "vae": (file_choices("vae"), {"tooltip": "The family's VAE, e.g. qwen_image_vae.safetensors or ae.safetensors "
+                                                     "(models/vae), or the checkpoint that bundles it (SD3.5)."}),
             "dtype": (list(DTYPE_CHOICES), {"default": "auto",
                                            "tooltip": "Compute dtype: auto = bf16 on GPUs that support it, fp32 on "
                                                       "the CPU. FP8 files are upcast to it (Offload/FP8's fp8 "
@@ -69,7 +95,7 @@ class OmniLoadModelFiles:
         if None not in (diffusion_model, text_encoder, vae):
             inspect_model_files(resolve_files(diffusion_model, text_encoder, vae, text_encoder_2, text_encoder_3))
         elif diffusion_model is not None:
-            path = comfy_bridge.resolve_in_roots(FOLDERS["diffusion_model"], diffusion_model, "diffusion_model")
+            path = resolve_file("diffusion_model", diffusion_model)
             detect_family(inspect_weights_file(path, "diffusion_model"))
 
     def load(self, diffusion_model, text_encoder, vae, dtype, device, text_encoder_2=NONE, text_encoder_3=NONE):
@@ -81,6 +107,6 @@ def resolve_files(diffusion_model: str, text_encoder: str, vae: str, text_encode
                   text_encoder_3: str = NONE) -> ModelFiles:
     given = (("diffusion_model", diffusion_model), ("text_encoder", text_encoder), ("vae", vae),
              ("text_encoder_2", text_encoder_2), ("text_encoder_3", text_encoder_3))
-    paths = {name: str(comfy_bridge.resolve_in_roots(FOLDERS[name], value, name))
+    paths = {name: str(resolve_file(name, value))
              for name, value in given if value not in (None, "", NONE)}
     return ModelFiles(**paths, tokenizer_dirs=comfy_bridge.tokenizer_dirs())

@@ -183,3 +183,31 @@ def test_sd3_clip_g_in_the_clip_l_input_is_refused_before_weights_load(twins, tm
                                              "width 64"):
         inspect_model_files(ModelFiles(good.diffusion_model, good.text_encoder, good.vae, text_encoder_2=str(other),
                                        text_encoder_3=good.text_encoder_3))
+
+
+def test_sd3_checkpoint_bundling_dit_and_vae_reads_each_part(twins, engine, tmp_path):
+    """Stability's sd3.5_medium.safetensors bundles the DiT (model.diffusion_model.) and the VAE
+    (first_stage_model.): either input reads its own part, as the separate files hold it."""
+    from omni_backend.single_file.weights_file import inspect_weights_file, read_tensors
+
+    folder, files = twins("sd3")
+    good = files["fp32"]
+    dit = safetensors.torch.load_file(good.diffusion_model)  # already under model.diffusion_model.
+    vae = {f"first_stage_model.{key}": value for key, value in safetensors.torch.load_file(good.vae).items()}
+    with safetensors.safe_open(good.diffusion_model, "pt") as handle:
+        metadata = handle.metadata()
+    bundle = tmp_path / "sd3.5_medium.safetensors"
+    safetensors.torch.save_file({**dit, **vae}, bundle, metadata=metadata)
+
+    read = {name: read_tensors(inspect_weights_file(path, "vae"), torch.float32) for name, path in
+            (("bundle", bundle), ("file", good.vae))}
+    assert set(read["bundle"]) == set(read["file"]) and all(torch.equal(read["bundle"][k], read["file"][k])
+                                                            for k in read["file"])
+    # The whole model with the DiT from the bundle. (The VAE part is compared tensor by tensor above: a
+    # bundle's metadata config describes its DiT, so the tiny VAE's group count cannot ride along.)
+    bundled = ModelFiles(str(bundle), good.text_encoder, good.vae, text_encoder_2=good.text_encoder_2,
+                         text_encoder_3=good.text_encoder_3)
+    spec = ModelSpec.from_files(bundled, dtype="fp32", device="cpu")
+    reference = engine.generate(ModelSpec.from_folder(str(folder), dtype="fp32", device="cpu"), REQUEST).latents
+    assert torch.allclose(engine.generate(spec, REQUEST).latents, reference, atol=2e-5)
+    engine.unload_all()

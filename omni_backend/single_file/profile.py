@@ -77,9 +77,10 @@ class FilesProfile:
 
 
 def with_file_config(file: WeightsFile, config: dict, input_name: str) -> dict:
-    """`config` updated by the file's own `config` metadata, when it carries one."""
+    """`config` updated by the file's own `config` metadata, when it carries one (it describes the file's
+    main part: a bundle's VAE, read under first_stage_model., does not take it)."""
     text = file.metadata.get("config")
-    if not text:
+    if not text or file.prefix in ("first_stage_model.", "vae."):
         return config
     try:
         carried = json.loads(text)
