@@ -16,12 +16,12 @@ from omni_backend.engine import Engine
 from omni_backend.errors import OmniInputError
 from omni_backend.families import FAMILIES
 from omni_backend.request import GenerationRequest
-from omni_backend.single_file import flux, z_image
+from omni_backend.single_file import flux, flux2_klein, z_image
 from omni_backend.single_file.comfy_layout import write_comfy_files
 from omni_backend.single_file.model_files import ModelFiles, inspect_model_files
 from omni_backend.spec import ModelSpec
 
-FAMILY_KEYS = ["flux", "z-image", "sd3"]
+FAMILY_KEYS = ["flux", "z-image", "sd3", "flux2-klein"]
 REQUEST = GenerationRequest(prompt="a red circle", negative_prompt="blurry", steps=2, guidance=4.0, width=64,
                             height=64)
 
@@ -146,17 +146,20 @@ def test_an_extra_text_encoder_for_a_one_encoder_family_is_refused(twins, tmp_pa
     assert Path(qwen["text_encoder"]).is_file()
 
 
-def test_z_image_prompt_is_comfyuis_not_the_qwen25_folders_template():
+def test_qwen3_prompts_are_comfyuis_not_the_qwen25_folders_template():
     """ComfyUI's qwen25_tokenizer folder carries Qwen2.5's chat template, which adds a default system
-    prompt; Z-Image's text encoder reads the bare user turn (ComfyUI's and Qwen3's own rendering)."""
+    prompt; Z-Image's and FLUX.2-klein's Qwen3 read what ComfyUI feeds them (Qwen3's own rendering:
+    the bare user turn, and for klein, thinking off, an empty think block)."""
     from omni_backend.tiny.tokenizers import qwen_tokenizer
 
-    tokenizer = qwen_tokenizer()
-    tokenizer.chat_template = ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n" + tokenizer.chat_template)
-    tokenizer = z_image.PROFILE.tokenizer_setup("text_encoder", tokenizer)
-    text = tokenizer.apply_chat_template([{"role": "user", "content": "a cat"}], tokenize=False,
-                                         add_generation_prompt=True, enable_thinking=True)
-    assert text == "<|im_start|>user\na cat<|im_end|>\n<|im_start|>assistant\n"
+    for profile, thinking, ending in ((z_image.PROFILE, True, ""), (flux2_klein.PROFILE, False, "<think>\n\n</think>\n\n")):
+        tokenizer = qwen_tokenizer()
+        tokenizer.chat_template = ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n" +
+                                   tokenizer.chat_template)
+        tokenizer = profile.tokenizer_setup("text_encoder", tokenizer)
+        text = tokenizer.apply_chat_template([{"role": "user", "content": "a cat"}], tokenize=False,
+                                             add_generation_prompt=True, enable_thinking=thinking)
+        assert text == "<|im_start|>user\na cat<|im_end|>\n<|im_start|>assistant\n" + ending, profile.family_key
 
 
 def test_sd3_clip_g_in_the_clip_l_input_is_refused_before_weights_load(twins, tmp_path):

@@ -16,13 +16,14 @@ from pathlib import Path
 
 from ..errors import OmniInputError
 from ..model_folder import ModelFolder
-from . import flux, qwen_image, sd3, z_image
+from . import flux, flux2_klein, qwen_image, sd3, z_image
 from .profile import FilesProfile
 from .text_encoders import kind_of
 from .weights_file import WeightsFile, inspect_weights_file, read_tensors
 
 PROFILES: dict[str, FilesProfile] = {profile.family_key: profile for profile in (qwen_image.PROFILE, flux.PROFILE,
-                                                                                 z_image.PROFILE, sd3.PROFILE)}
+                                                                                 z_image.PROFILE, sd3.PROFILE,
+                                                                                 flux2_klein.PROFILE)}
 
 
 @dataclass(frozen=True)
@@ -162,13 +163,14 @@ def _component_config(profile: FilesProfile, component: str, file: WeightsFile) 
 def _check_pairing(profile: FilesProfile, transformer: dict, encoder_configs: dict, encoders: dict) -> None:
     """The DiT reads the text encoders' hidden states: their widths must agree (a 3B encoder with the
     7B model's DiT would fail deep inside the first step)."""
-    for names, width_key, transformer_key in profile.pairings:
+    for names, width_key, transformer_key, *stacked in profile.pairings:
         names = names if isinstance(names, tuple) else (names,)  # several: their widths side by side (SD3)
         widths = [encoder_configs[name].get("text_config", encoder_configs[name]).get(width_key) for name in names]
-        width, name = sum(widths), names[-1]
+        width, name = sum(widths) * (stacked[0] if stacked else 1), names[-1]
         wanted = transformer.get(transformer_key)
         if wanted is not None and width != wanted:
-            what = (f"its hidden size is {width}" if len(names) == 1 else
+            what = (f"its hidden size is {widths[0]}" + (f" ({stacked[0]} layers stacked: {width})" if stacked else "")
+                    if len(names) == 1 else
                     f"with {' and '.join(names[:-1])} its width adds up to {' + '.join(map(str, widths))} = {width}")
             raise OmniInputError(name, encoders[name].name, f"{what}, but this "
                                  f"{profile.family_key} diffusion model reads text features of width {wanted}",
@@ -213,7 +215,8 @@ def load_pipeline_from_files(files: ModelFiles, info: ModelFolder, dtype):
         if profile.tokenizer_setup is not None:
             tokenizer = profile.tokenizer_setup(name, tokenizer)
         parts[name.replace("text_encoder", "tokenizer")] = tokenizer
-    return getattr(diffusers, profile.pipeline_class)(**parts)
+    extra = profile.pipeline_kwargs(files) if profile.pipeline_kwargs is not None else {}
+    return getattr(diffusers, profile.pipeline_class)(**parts, **extra)
 
 
 def _load_component(component, path: str, config: dict, dtype, input_name: str):

@@ -55,10 +55,13 @@ class FilesProfile:
     tokenizer_3_class: str = ""
     # What each text encoder input must hold (text_encoders.kind_of), checked before any weight loads.
     encoder_kinds: dict = field(hash=False, default_factory=dict)
-    # (encoder input, its config's width field, the DiT config field that must equal it).
+    # (encoder input(s), its config's width field, the DiT config field that must equal it[, how many
+    # of the encoder's layers the pipeline stacks]); several inputs: their widths side by side.
     pairings: tuple = (("text_encoder", "hidden_size", "joint_attention_dim"),)
     # Adjusts a loaded tokenizer to what the pipeline expects (input name, tokenizer) -> tokenizer.
     tokenizer_setup: Callable | None = field(default=None, hash=False)
+    # Pipeline arguments beyond the components, from the files (ModelFiles) -> dict.
+    pipeline_kwargs: Callable | None = field(default=None, hash=False)
 
     def encoder_slots(self) -> list[tuple[str, Component, str, str]]:
         """(input and pipeline component name, component, tokenizer folder, tokenizer class) per encoder."""

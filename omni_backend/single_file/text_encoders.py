@@ -114,3 +114,24 @@ def _qwen3_bare_file(state_dict: dict, config: dict) -> dict:
 
 
 QWEN3_MODEL = Component("transformers", "Qwen3Model", qwen3_config, _qwen3_bare, _qwen3_bare_file)
+# FLUX.2-klein reads the causal LM's hidden states; ComfyUI's files leave out the (tied) output head.
+QWEN3_CAUSAL_LM = Component("transformers", "Qwen3ForCausalLM", qwen3_config,
+                            stand_ins={"lm_head.weight": "model.embed_tokens.weight"})
+
+# Qwen3's chat template as it renders a prompt (the user turn, then the assistant turn with an empty
+# think block when thinking is off): what ComfyUI's Z-Image and FLUX.2-klein encoders feed Qwen3
+# (comfy/text_encoders/z_image.py, flux.py) and what the pipelines' apply_chat_template calls give with
+# Qwen3's own tokenizer (Z-Image: enable_thinking=True, klein: False).
+QWEN3_CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n"
+    "{% if enable_thinking is defined and enable_thinking is false %}<think>\n\n</think>\n\n{% endif %}{% endif %}")
+
+
+def qwen3_tokenizer_setup(input_name: str, tokenizer):
+    """ComfyUI ships Qwen3's vocabulary as comfy/text_encoders/qwen25_tokenizer, whose chat template is
+    Qwen2.5's: it adds a default system prompt the Qwen3 models never saw. That one is replaced by Qwen3's
+    rendering; a tokenizer folder with its own template (beside the file) keeps it."""
+    if not tokenizer.chat_template or "You are a helpful assistant" in tokenizer.chat_template:
+        tokenizer.chat_template = QWEN3_CHAT_TEMPLATE
+    return tokenizer

@@ -19,14 +19,6 @@ TRANSFORMER = dict(all_patch_size=[2], all_f_patch_size=[1], in_channels=16, dim
                    n_refiner_layers=2, n_heads=30, n_kv_heads=30, norm_eps=1e-5, qk_norm=True, cap_feat_dim=2560,
                    rope_theta=256.0, t_scale=1000.0, axes_dims=[32, 48, 48], axes_lens=[1536, 512, 512])
 SCHEDULER = dict(num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=False)
-# What ComfyUI's Z-Image encoder feeds Qwen3 (comfy/text_encoders/z_image.py: "<|im_start|>user\n{}<|im_end|>
-# \n<|im_start|>assistant\n"), which is also what Qwen3's own template renders for diffusers' call
-# (enable_thinking=True). ComfyUI's qwen25_tokenizer folder carries Qwen2.5's template instead, which
-# would prepend a default system prompt: the loader sets this one.
-CHAT_TEMPLATE = ("{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}"
-                 "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
-
-
 def transformer_config(file: WeightsFile) -> dict:
     dim, patch_inputs = file.shape("x_embedder.weight")
     head_dim = file.shape("layers.0.attention.q_norm.weight")[0]
@@ -61,11 +53,6 @@ def transformer_file_keys(state_dict: dict, config: dict) -> dict:
     return out
 
 
-def tokenizer_setup(input_name: str, tokenizer):
-    tokenizer.chat_template = CHAT_TEMPLATE
-    return tokenizer
-
-
 PROFILE = FilesProfile(
     family_key="z-image", pipeline_class="ZImagePipeline",
     identifying_keys=("cap_pad_token", "x_pad_token", "noise_refiner.0.attention.qkv.weight"),
@@ -76,7 +63,7 @@ PROFILE = FilesProfile(
     text_encoder=text_encoders.QWEN3_MODEL, tokenizer_folder="qwen25_tokenizer", tokenizer_class="Qwen2Tokenizer",
     encoder_kinds={"text_encoder": ("Qwen3",)},
     pairings=(("text_encoder", "hidden_size", "cap_feat_dim"),),
-    tokenizer_setup=tokenizer_setup,
+    tokenizer_setup=text_encoders.qwen3_tokenizer_setup,
     scheduler_class="FlowMatchEulerDiscreteScheduler", scheduler_config=SCHEDULER,
     file_names={"diffusion_model": "z_image_turbo_{weights}.safetensors",
                 "text_encoder": "qwen_3_4b{te_suffix}.safetensors", "vae": "ae.safetensors"},
