@@ -214,3 +214,20 @@ def test_sd3_checkpoint_bundling_dit_and_vae_reads_each_part(twins, engine, tmp_
     reference = engine.generate(ModelSpec.from_folder(str(folder), dtype="fp32", device="cpu"), REQUEST).latents
     assert torch.allclose(engine.generate(spec, REQUEST).latents, reference, atol=2e-5)
     engine.unload_all()
+
+
+def test_klein_text_encoder_of_another_width_is_refused(twins, tmp_path):
+    """FLUX.2-klein stacks three of Qwen3's hidden layers as its text input: a Qwen3 of another size
+    (the 8B's encoder with the 4B's DiT) is refused before weights load, naming both widths."""
+    _folder, files = twins("flux2-klein")
+    good = files["fp32"]
+    state = safetensors.torch.load_file(good.text_encoder)
+    wider = {key: torch.zeros(*[64 if size == 32 else size for size in value.shape]) for key, value in state.items()}
+    with safetensors.safe_open(good.text_encoder, "pt") as handle:
+        config = json.loads(handle.metadata()["config"])
+    other = tmp_path / "qwen_3_8b.safetensors"
+    safetensors.torch.save_file(wider, other, metadata={"config": json.dumps({**config, "hidden_size": 64})})
+    (tmp_path / "qwen25_tokenizer").symlink_to(Path(good.text_encoder).parent / "qwen25_tokenizer")
+    with pytest.raises(OmniInputError, match=r"text_encoder = 'qwen_3_8b.safetensors'.*hidden size is 64 \(3 layers "
+                                             r"stacked: 192\).*width 96"):
+        inspect_model_files(ModelFiles(good.diffusion_model, str(other), good.vae))

@@ -88,10 +88,7 @@ def template_file_names(family_key: str, weights: str) -> dict[str, str]:
     diffusion_model, text_encoder, vae). FP8 templates pair the FP8 DiT with the fp8_scaled encoder."""
     from .model_files import PROFILES
 
-    fp8 = weights.startswith("fp8")
-    suffixes = dict(weights=weights, te_suffix="_fp8_scaled" if fp8 else "", dit_suffix="-fp8" if fp8 else "",
-                    t5_suffix="_fp8_e4m3fn_scaled" if fp8 else "_fp16")
-    return {key: pattern.format(**suffixes) for key, pattern in PROFILES[family_key].file_names.items()}
+    return PROFILES[family_key].template_names(weights)
 
 
 def _config_of(module) -> dict:

@@ -120,7 +120,7 @@ def _encoder_files(profile: FilesProfile, files: ModelFiles) -> dict[str, Weight
         path = getattr(files, name)
         expected = profile.encoder_kinds.get(name)
         wanted = " or ".join(expected) if expected else "its text encoder"
-        template = _template_names(profile).get(name, "")
+        template = profile.template_names("bf16").get(name, "")  # the bf16 release's name, for the fix
         if not path:
             raise OmniInputError(name, "none", f"{profile.family_key} needs {wanted} here",
                                  f"choose {template or 'the text encoder file'} from models/text_encoders")
@@ -136,13 +136,6 @@ def _encoder_files(profile: FilesProfile, files: ModelFiles) -> dict[str, Weight
                                  fix)
         encoders[name] = file
     return encoders
-
-
-def _template_names(profile: FilesProfile) -> dict:
-    """The bf16 release's file names (ComfyUI's templates), for the refusals' fixes."""
-    from .comfy_layout import template_file_names
-
-    return template_file_names(profile.family_key, "bf16")
 
 
 def _component_config(profile: FilesProfile, component: str, file: WeightsFile) -> dict:

@@ -73,6 +73,14 @@ class FilesProfile:
                               getattr(self, f"tokenizer_{index}_class")))
         return slots
 
+    def template_names(self, weights: str) -> dict[str, str]:
+        """ComfyUI's template file names in that weight format, by input name. FP8 templates pair the FP8
+        DiT with the encoders ComfyUI ships fp8_scaled (Qwen2.5-VL, T5-XXL)."""
+        fp8 = weights.startswith("fp8")
+        suffixes = dict(weights=weights, te_suffix="_fp8_scaled" if fp8 else "", dit_suffix="-fp8" if fp8 else "",
+                        t5_suffix="_fp8_e4m3fn_scaled" if fp8 else "_fp16")
+        return {key: pattern.format(**suffixes) for key, pattern in self.file_names.items()}
+
     def scheduler_for(self, transformer_config: dict) -> dict:
         """The scheduler config (a profile may choose it from the DiT, e.g. FLUX.1-dev vs schnell)."""
         chosen = self.scheduler_config
