@@ -15,7 +15,7 @@ Each row times a warm run (workers up, weights loaded) against the warm single-p
 single process may use every core, each rank gets cores / ranks threads. `--comm` prints the
 communication volume per denoising step that Ulysses and Ring need for the real Qwen-Image at
 1024 and 2048 px on 2-8 GPUs, computed from the model's shapes, and what one TP-2 rank holds of the
-real Qwen-Image and FLUX.1-dev DiTs (built on the meta device, no weights).
+real Qwen-Image, FLUX.1-dev and Wan2.2 DiTs (built on the meta device, no weights).
 """
 
 from __future__ import annotations
@@ -171,22 +171,39 @@ def communication_table() -> list[dict]:
     return rows
 
 
+# The released Wan2.2 transformers' configs (the Wan team's wan_*_14B.py / wan_ti2v_5B.py: dim 5120 =
+# 40 heads x 128, ffn 13824, 40 layers for the A14B experts; dim 3072 = 24 x 128, ffn 14336, 30 layers
+# for TI2V-5B); Qwen-Image's and FLUX.1-dev's are diffusers' class defaults.
+_WAN_A14B = dict(num_attention_heads=40, attention_head_dim=128, ffn_dim=13824, num_layers=40, text_dim=4096,
+                 freq_dim=256, out_channels=16, qk_norm="rms_norm_across_heads", cross_attn_norm=True)
+REAL_DITS = (
+    ("qwen-image", "QwenImageTransformer2DModel", {}),
+    ("flux", "FluxTransformer2DModel", {}),
+    ("wan2.2", "WanTransformer3DModel", dict(_WAN_A14B, in_channels=16)),
+    ("wan2.2-i2v", "WanTransformer3DModel", dict(_WAN_A14B, in_channels=36)),
+    ("wan2.2-ti2v", "WanTransformer3DModel", dict(_WAN_A14B, num_attention_heads=24, ffn_dim=14336, num_layers=30,
+                                                  in_channels=48, out_channels=48)),
+)
+
+
 def real_model_tp_shares(degree: int = 2) -> list[dict]:
-    """What one TP rank holds of the real Qwen-Image and FLUX.1-dev DiTs (diffusers' default configs are
-    theirs), built on the meta device, so no weights: with diffusers' attention/MLP plan alone, and with
-    the family's extras (modulation, final AdaLN, embedding MLPs)."""
-    from diffusers import FluxTransformer2DModel, QwenImageTransformer2DModel
+    """What one TP rank holds of the real DiTs (REAL_DITS), built on the meta device, so no weights: with
+    diffusers' attention/MLP plan alone (where the class has one), and with the family's whole plan
+    (modulation, final AdaLN, embedding MLPs)."""
+    import diffusers
 
     from omni_backend.parallel.tensor_parallel import module_glob
 
     rows = []
-    for family, model_class in (("qwen-image", QwenImageTransformer2DModel), ("flux", FluxTransformer2DModel)):
+    for family, class_name, config in REAL_DITS:
         with torch.device("meta"):
-            transformer = model_class()
+            transformer = getattr(diffusers, class_name)(**config)
         full = sum(p.numel() for p in transformer.parameters())
-        extras = FAMILIES[family].tensor_parallel_plan(transformer)
+        plans = {"with_extras": FAMILIES[family].tensor_parallel_plan(transformer)}
+        if getattr(transformer, "_tp_plan", None):
+            plans = {"attention_mlp_only": transformer._tp_plan, **plans}
         shares = {}
-        for name, plan in (("attention_mlp_only", transformer._tp_plan), ("with_extras", extras)):
+        for name, plan in plans.items():
             patterns = [(module_glob(glob), style) for glob, style in plan.items()]
             held = 0
             for parameter_name, parameter in transformer.named_parameters():

@@ -67,7 +67,8 @@ def test_a_lora_strength_change_does_not_recompile_and_a_new_size_does(models_di
     dict(cache=TeaCacheConfig(rel_l1_thresh=0.2)),
     dict(cache=CacheDiTConfig()),
     dict(memory=MemoryConfig(offload="layerwise", blocks_on_device=2)),
-], ids=["teacache", "cache_dit", "layerwise_offload"])
+    dict(memory=MemoryConfig(fp8="weight_only")),
+], ids=["teacache", "cache_dit", "layerwise_offload", "fp8"])
 def test_compile_composes_with_caches_and_offload(models_dir, engine, features):
     spec = spec_for(models_dir, "qwen-image").replace(**features)
     request = request_for("qwen-image", steps=4)
@@ -81,10 +82,12 @@ def test_compile_composes_with_caches_and_offload(models_dir, engine, features):
         assert compiled.report.sections[cache_section] == eager.report.sections[cache_section], "same skips"
 
 
-def test_compile_on_a_parallel_layout_equals_one_process(models_dir, engine):
+@pytest.mark.parametrize("layout", [dict(ulysses_degree=2), dict(tensor_parallel=2), dict(cfg_parallel=2)],
+                         ids=["ulysses2", "tp2", "cfg2"])
+def test_compile_on_a_parallel_layout_equals_one_process(models_dir, engine, layout):
     request = request_for("qwen-image", steps=2)
     single = engine.generate(spec_for(models_dir, "qwen-image"), request).latents
-    spec = spec_for(models_dir, "qwen-image", ulysses_degree=2).replace(compile=CompileConfig("aot_eager"))
+    spec = spec_for(models_dir, "qwen-image", **layout).replace(compile=CompileConfig("aot_eager"))
     result = engine.generate(spec, request)
     assert_same(result.latents, single)
     assert result.report.sections["Compile"]["blocks"] > 0

@@ -62,10 +62,14 @@ def test_tensor_parallel_adapter_on_every_shard_kind_and_a_reloaded_file(engine,
     plain = engine.generate(base, REQUEST).latents
     for seed in (11, 12):
         make_tiny_lora(folder, path, seed=seed, rank=4, target_modules=SHARD_KINDS)
-        single = engine.generate(spec, REQUEST).latents
+        single_run = engine.generate(spec, REQUEST)
+        single = single_run.latents
         assert (single - plain).abs().max() > 1e-3, "the LoRA changes the output"
-        parallel = engine.generate(spec.replace(parallel=ParallelConfig(tensor_parallel=2)), REQUEST).latents
-        assert (parallel - single).abs().max() <= 1e-5 * single.abs().max(), f"LoRA seed {seed}"
+        parallel = engine.generate(spec.replace(parallel=ParallelConfig(tensor_parallel=2)), REQUEST)
+        assert (parallel.latents - single).abs().max() <= 1e-5 * single.abs().max(), f"LoRA seed {seed}"
+        # Every shard kind was fused into its piece of the weights (lora/fusing.py), not left to peft.
+        fused = single_run.report.sections["LoRA"]["fused_layers"]
+        assert fused > 0 and parallel.report.sections["LoRA"]["fused_layers"] == fused
 
 
 def test_tensor_parallel_adapter_into_wan_second_expert(engine, models_dir, tmp_path):

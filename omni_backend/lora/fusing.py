@@ -16,9 +16,12 @@ the module tree (its parent holds the plain base layer again, put back at the en
 adapters off, the wrapper's Python forward costs more than a small layer's matmul.
 
 Left unfused (peft's adapter matmuls, as before): layers whose weights are stored in FP8 (adding a
-delta would round it to 3 mantissa bits), tensor-parallel shards (fusing them was measured wrong
-against one process: not yet worked out), layers with DoRA or other peft variants, and every layer
+delta would round it to 3 mantissa bits), layers with DoRA or other peft variants, and every layer
 while offload holds the weights (their master copies live apart from `param.data`).
+
+Tensor-parallel shards fuse too: column and row shards hold LoRA factors cut like their weight, so
+the delta is already their piece; a gathered-column shard holds whole factors and keeps its rows of
+the delta (`local_delta`). A fused row shard is called directly, so it reduces by itself.
 """
 
 from __future__ import annotations
@@ -37,8 +40,9 @@ def fusable(layer) -> bool:
 
     if not isinstance(layer, LoraLayer) or layer.disable_adapters or layer.merged:
         return False
-    if type(layer.get_base_layer()) is not torch.nn.Linear:
-        return False  # FP8 layers and tensor-parallel shards (their adapters are summed across ranks) stay unfused
+    base = layer.get_base_layer()
+    if type(base) is not torch.nn.Linear and not hasattr(base, "local_delta"):
+        return False  # FP8 layers stay unfused; tensor-parallel shards say how a delta fits their piece
     weight = getattr(layer.get_base_layer(), "weight", None)
     if not isinstance(weight, torch.nn.Parameter) or type(weight.data) is not torch.Tensor:
         return False  # FP8 layers hold a tensor subclass or a float8 tensor
@@ -72,6 +76,8 @@ class FusedRun:
                     if adapter in layer.lora_A:
                         part = layer.get_delta_weight(adapter)
                         delta = part if delta is None else delta + part
+                if hasattr(layer.get_base_layer(), "local_delta"):
+                    delta = layer.get_base_layer().local_delta(delta)
                 original = weight.detach().to("cpu", copy=True)
                 weight.add_(delta.to(weight.dtype))
                 self._saved.append((layer, original))

@@ -65,6 +65,11 @@ class _Shard:
         """Cut a full tensor along `dim` the way this layer's weight was cut (for LoRA factors)."""
         return _local_blocks(tensor, dim, self.shard_sizes, self.shard_rank, self.shard_world)
 
+    def local_delta(self, delta: torch.Tensor) -> torch.Tensor:
+        """A LoRA's weight delta as this shard's piece (for fusing). Column and row shards get factors
+        already cut like their weight (see shard_lora_factors), so their delta fits as it is."""
+        return delta
+
 
 def _rows_of(cls, linear: torch.nn.Linear, group, sizes: list[int]):
     """A `cls` shard holding this rank's rows (output features) of `linear`, cut block by block."""
@@ -97,6 +102,9 @@ class GatheredColumnLinear(torch.nn.Linear, _Shard):
         shard = _rows_of(cls, linear, group, [linear.out_features])
         shard.out_features = linear.out_features
         return shard
+
+    def local_delta(self, delta: torch.Tensor) -> torch.Tensor:
+        return self.cut(delta, 0)  # whole factors: the delta is whole, the weight holds this rank's rows
 
     def forward(self, x):
         local = F.linear(x, self.weight, self.bias).contiguous()
