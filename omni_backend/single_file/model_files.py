@@ -119,7 +119,7 @@ def _encoder_files(profile: FilesProfile, files: ModelFiles) -> dict[str, Weight
     for name in slots:
         path = getattr(files, name)
         expected = profile.encoder_kinds.get(name)
-        wanted = " or ".join(expected) if expected else "its text encoder"
+        wanted = expected[0] if expected else "its text encoder"  # the released kind (others: other widths)
         template = profile.template_names("bf16").get(name, "")  # the bf16 release's name, for the fix
         if not path:
             raise OmniInputError(name, "none", f"{profile.family_key} needs {wanted} here",
