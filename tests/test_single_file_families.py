@@ -231,3 +231,22 @@ def test_klein_text_encoder_of_another_width_is_refused(twins, tmp_path):
     with pytest.raises(OmniInputError, match=r"text_encoder = 'qwen_3_8b.safetensors'.*hidden size is 64 \(3 layers "
                                              r"stacked: 192\).*width 96"):
         inspect_model_files(ModelFiles(good.diffusion_model, str(other), good.vae))
+
+
+def test_clip_prompts_are_cut_to_clips_positions_whatever_the_tokenizer_folder_says(twins, tmp_path):
+    """ComfyUI's comfy/sd1_tokenizer declares model_max_length 8192; the pipelines pad CLIP prompts to
+    it, past CLIP's 77 positions. The loader caps it at the encoder's positions."""
+    import shutil
+
+    from omni_backend.single_file.model_files import load_pipeline_from_files
+
+    _folder, files = twins("flux")
+    good = files["fp32"]
+    shutil.copy(good.text_encoder, tmp_path / "clip_l.safetensors")
+    shutil.copytree(Path(good.text_encoder).parent / "sd1_tokenizer", tmp_path / "sd1_tokenizer")
+    config_path = tmp_path / "sd1_tokenizer" / "tokenizer_config.json"
+    config_path.write_text(json.dumps({**json.loads(config_path.read_text()), "model_max_length": 8192}))
+    moved = ModelFiles(good.diffusion_model, str(tmp_path / "clip_l.safetensors"), good.vae,
+                       text_encoder_2=good.text_encoder_2)
+    pipe = load_pipeline_from_files(moved, inspect_model_files(moved), torch.float32)
+    assert pipe.tokenizer.model_max_length == pipe.text_encoder.config.max_position_embeddings == 77

@@ -201,10 +201,15 @@ def load_pipeline_from_files(files: ModelFiles, info: ModelFolder, dtype):
     }
     for name, component, _folder, tokenizer_class in profile.encoder_slots():
         path = getattr(files, name)
-        parts[name] = _load_component(component, path, component.config(inspect_weights_file(path, name)), dtype,
-                                      name)
+        config = component.config(inspect_weights_file(path, name))
+        parts[name] = _load_component(component, path, config, dtype, name)
         tokenizer = getattr(transformers, tokenizer_class).from_pretrained(find_tokenizer(profile, files, name),
                                                                            local_files_only=True)
+        # ComfyUI's comfy/sd1_tokenizer says 8192 tokens (ComfyUI cuts prompts into 77-token windows itself);
+        # the pipelines pad CLIP prompts to model_max_length, which must be CLIP's 77 positions.
+        positions = config.get("max_position_embeddings") if component.class_name.startswith("CLIP") else None
+        if positions and tokenizer.model_max_length > positions:
+            tokenizer.model_max_length = positions
         if profile.tokenizer_setup is not None:
             tokenizer = profile.tokenizer_setup(name, tokenizer)
         parts[name.replace("text_encoder", "tokenizer")] = tokenizer
