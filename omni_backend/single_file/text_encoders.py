@@ -66,12 +66,27 @@ def _clip_bare_file(state_dict: dict, config: dict) -> dict:
     return {"text_model." + key: value for key, value in state_dict.items()}
 
 
-def _drop_position_ids(state_dict: dict, config: dict) -> dict:
-    return {key: value for key, value in state_dict.items() if not key.endswith("position_ids")}
+def _clip_with_projection(state_dict: dict, config: dict) -> dict:
+    """ComfyUI's CLIP files as CLIPTextModelWithProjection: the text model and its projection; a bare
+    `text_projection` (older files saved by ComfyUI's CLIPSave, [in, out]) is transposed as ComfyUI does
+    (comfy/sd.py), and what the text model never uses (position_ids, logit_scale) is left out."""
+    out = {key: value for key, value in state_dict.items()
+           if (key.startswith("text_model.") and not key.endswith("position_ids")) or key == "text_projection.weight"}
+    if "text_projection.weight" not in out and "text_projection" in state_dict:
+        out["text_projection.weight"] = state_dict["text_projection"].transpose(0, 1)
+    return out
+
+
+def _clip_projection_config(file: WeightsFile) -> dict:
+    config = clip_config(file)
+    if file.shape("text_projection") and not file.shape("text_projection.weight"):
+        config["projection_dim"] = file.shape("text_projection")[1]
+    return config
 
 
 CLIP_TEXT = Component("transformers", "CLIPTextModel", clip_config, _clip_bare, _clip_bare_file)
-CLIP_TEXT_PROJECTION = Component("transformers", "CLIPTextModelWithProjection", clip_config, _drop_position_ids)
+CLIP_TEXT_PROJECTION = Component("transformers", "CLIPTextModelWithProjection", _clip_projection_config,
+                                 _clip_with_projection)
 
 
 def t5_config(file: WeightsFile) -> dict:
