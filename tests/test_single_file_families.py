@@ -250,3 +250,36 @@ def test_clip_prompts_are_cut_to_clips_positions_whatever_the_tokenizer_folder_s
                        text_encoder_2=good.text_encoder_2)
     pipe = load_pipeline_from_files(moved, inspect_model_files(moved), torch.float32)
     assert pipe.tokenizer.model_max_length == pipe.text_encoder.config.max_position_embeddings == 77
+
+
+def test_load_node_lists_checkpoints_and_optional_encoders(twins, tmp_path):
+    """The node lists checkpoints/ for the diffusion model and VAE inputs (Stability's bundles), offers
+    "none" first for the optional encoders, and resolves a bundle and three encoders to one model."""
+    import shutil
+
+    from omni_diffusion_nodes.nodes import comfy_bridge
+    from omni_diffusion_nodes.nodes.load_model_files import OmniLoadModelFiles
+
+    _folder, files = twins("sd3")
+    good = files["fp32"]
+    (tmp_path / "checkpoints").mkdir()
+    shutil.copy(good.diffusion_model, tmp_path / "checkpoints" / "sd3.5_medium.safetensors")
+    shutil.copytree(Path(good.text_encoder).parent, tmp_path / "text_encoders")
+    shutil.copytree(Path(good.vae).parent, tmp_path / "vae")
+    host = comfy_bridge.HEADLESS
+    saved = host.models_dir
+    host.models_dir = tmp_path
+    try:
+        inputs = OmniLoadModelFiles.INPUT_TYPES()
+        assert "sd3.5_medium.safetensors" in inputs["required"]["diffusion_model"][0]
+        assert "sd3.5_medium.safetensors" in inputs["required"]["vae"][0]
+        assert inputs["optional"]["text_encoder_2"][0][0] == "none" and \
+            "clip_g.safetensors" in inputs["optional"]["text_encoder_2"][0]
+        (spec,) = OmniLoadModelFiles().load("sd3.5_medium.safetensors", "clip_l.safetensors", "sd3.5_vae.safetensors",
+                                            "fp32", "cpu", "clip_g.safetensors", "t5xxl_fp16.safetensors")
+        assert spec.family_key == "sd3" and Path(spec.files.diffusion_model).parent.name == "checkpoints"
+        with pytest.raises(OmniInputError, match="text_encoder_3 = 'none'.*needs T5"):
+            OmniLoadModelFiles().load("sd3.5_medium.safetensors", "clip_l.safetensors", "sd3.5_vae.safetensors",
+                                      "fp32", "cpu", "clip_g.safetensors")
+    finally:
+        host.models_dir = saved
