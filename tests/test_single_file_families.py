@@ -52,15 +52,29 @@ def twins(tmp_path_factory):
     return get
 
 
+@pytest.fixture(scope="module")
+def references(twins, engine):
+    """Per family, computed once: the diffusers folder's output in fp32."""
+    computed = {}
+
+    def get(family_key: str):
+        if family_key not in computed:
+            folder, _files = twins(family_key)
+            computed[family_key] = engine.generate(ModelSpec.from_folder(str(folder), dtype="fp32", device="cpu"),
+                                                   REQUEST).latents
+            engine.unload_all()
+        return computed[family_key]
+    return get
+
+
 @pytest.mark.parametrize("family_key", FAMILY_KEYS)
-def test_files_give_the_folder_twins_output(twins, engine, family_key):
-    folder, files = twins(family_key)
-    reference = engine.generate(ModelSpec.from_folder(str(folder), dtype="fp32", device="cpu"), REQUEST).latents
+def test_files_give_the_folder_twins_output(twins, references, engine, family_key):
+    _folder, files = twins(family_key)
+    reference = references(family_key)
     spec = ModelSpec.from_files(files["fp32"], dtype="fp32", device="cpu")
     assert spec.family_key == family_key
     assert torch.allclose(engine.generate(spec, REQUEST).latents, reference, atol=2e-5)
     engine.unload_all()  # one model at a time in memory
-
     # fp8_scaled: the DiT and the encoders ComfyUI ships scaled hold FP8 values and their scales.
     latents = engine.generate(ModelSpec.from_files(files["fp8_scaled"], dtype="fp32", device="cpu"), REQUEST).latents
     error = float((latents - reference).abs().max() / reference.abs().max())
@@ -188,12 +202,12 @@ def test_sd3_clip_g_in_the_clip_l_input_is_refused_before_weights_load(twins, tm
                                        text_encoder_3=good.text_encoder_3))
 
 
-def test_sd3_checkpoint_bundling_dit_and_vae_reads_each_part(twins, engine, tmp_path):
+def test_sd3_checkpoint_bundling_dit_and_vae_reads_each_part(twins, references, engine, tmp_path):
     """Stability's sd3.5_medium.safetensors bundles the DiT (model.diffusion_model.) and the VAE
     (first_stage_model.): either input reads its own part, as the separate files hold it."""
     from omni_backend.single_file.weights_file import inspect_weights_file, read_tensors
 
-    folder, files = twins("sd3")
+    _folder, files = twins("sd3")
     good = files["fp32"]
     dit = safetensors.torch.load_file(good.diffusion_model)  # already under model.diffusion_model.
     vae = {f"first_stage_model.{key}": value for key, value in safetensors.torch.load_file(good.vae).items()}
@@ -211,8 +225,7 @@ def test_sd3_checkpoint_bundling_dit_and_vae_reads_each_part(twins, engine, tmp_
     bundled = ModelFiles(str(bundle), good.text_encoder, good.vae, text_encoder_2=good.text_encoder_2,
                          text_encoder_3=good.text_encoder_3)
     spec = ModelSpec.from_files(bundled, dtype="fp32", device="cpu")
-    reference = engine.generate(ModelSpec.from_folder(str(folder), dtype="fp32", device="cpu"), REQUEST).latents
-    assert torch.allclose(engine.generate(spec, REQUEST).latents, reference, atol=2e-5)
+    assert torch.allclose(engine.generate(spec, REQUEST).latents, references("sd3"), atol=2e-5)
     engine.unload_all()
 
 
