@@ -16,12 +16,14 @@ from pathlib import Path
 
 from ..errors import OmniInputError
 from ..model_folder import ModelFolder
-from . import qwen_image, qwen_image_edit, wan
+from . import flux, flux2_klein, qwen_image, qwen_image_edit, sd3, wan, z_image
 from .profile import FilesProfile
+from .text_encoders import kind_of
 from .weights_file import WeightsFile, inspect_weights_file, read_tensors
 
-PROFILES: dict[str, FilesProfile] = {profile.family_key: profile for profile in (qwen_image.PROFILE, *qwen_image_edit.PROFILES,
-                                                                               *wan.PROFILES)}
+PROFILES: dict[str, FilesProfile] = {profile.family_key: profile for profile in (
+    qwen_image.PROFILE, *qwen_image_edit.PROFILES, *wan.PROFILES, flux.PROFILE, z_image.PROFILE, sd3.PROFILE,
+    flux2_klein.PROFILE)}
 AUTO = "auto"
 
 
@@ -35,6 +37,8 @@ class ModelFiles:
     tokenizer_dirs: tuple[str, ...] = ()  # folders holding e.g. qwen25_tokenizer/ (ComfyUI's comfy/text_encoders)
     diffusion_model_2: str = ""  # Wan2.2 A14B's low-noise expert -> pipeline.transformer_2
     family: str = AUTO  # where shapes cannot tell (families sharing one DiT); "auto": the shapes decide
+    text_encoder_2: str = ""  # FLUX.1's t5xxl, SD3's clip_g, ... ("" = none)
+    text_encoder_3: str = ""  # SD3's t5xxl
 
     @property
     def name(self) -> str:
@@ -79,7 +83,8 @@ def detect_family(file: WeightsFile, family: str = AUTO, input_name: str = "diff
 
 
 def inspect_model_files(files: ModelFiles) -> ModelFolder:
-    paths = (files.diffusion_model, files.text_encoder, files.vae, files.diffusion_model_2)
+    paths = (files.diffusion_model, files.text_encoder, files.vae, files.diffusion_model_2, files.text_encoder_2,
+             files.text_encoder_3)
     return _inspect(files, *(_stamp(path) for path in paths if path))
 
 
@@ -96,22 +101,23 @@ def _inspect(files: ModelFiles, *_stamps) -> ModelFolder:
                                  f"choose a file from models/{_FOLDER[input_name]}")
     dit = inspect_weights_file(files.diffusion_model, "diffusion_model")
     profile = detect_family(dit, files.family)
-    encoder = inspect_weights_file(files.text_encoder, "text_encoder")
+    encoders = _encoder_files(profile, files)
     vae = inspect_weights_file(files.vae, "vae")
-    text_encoder_config = _component_config(profile, "text_encoder", encoder)
+    encoder_configs = {name: _component_config(profile, name, file) for name, file in encoders.items()}
     transformer_config = _component_config(profile, "transformer", dit)
     vae_config = _component_config(profile, "vae", vae)
     _check_second_expert(profile, files, dit, transformer_config)
-    _check_pairing(profile, transformer_config, text_encoder_config, encoder)
-    configs = {"transformer": transformer_config, "text_encoder": text_encoder_config, "vae": vae_config}
+    _check_pairing(profile, transformer_config, encoder_configs, encoders)
+    configs = {"transformer": transformer_config, "text_encoder": encoder_configs["text_encoder"], "vae": vae_config}
     for check in profile.pairing_checks:
-        check(profile, configs, {"diffusion_model": dit, "text_encoder": encoder, "vae": vae})
-    find_tokenizer(profile, files, encoder)
+        check(profile, configs, {"diffusion_model": dit, "text_encoder": encoders["text_encoder"], "vae": vae})
     components = {"transformer": ("diffusers", profile.transformer.class_name),
                   "vae": ("diffusers", profile.vae.class_name),
-                  "text_encoder": ("transformers", profile.text_encoder.class_name),
-                  "tokenizer": ("transformers", profile.tokenizer_class),
                   "scheduler": ("diffusers", profile.scheduler_class)}
+    for name, component, _folder, tokenizer_class in profile.encoder_slots():
+        find_tokenizer(profile, files, name, encoders[name])
+        components[name] = ("transformers", component.class_name)
+        components[name.replace("text_encoder", "tokenizer")] = ("transformers", tokenizer_class)
     if profile.second_expert:
         components["transformer_2"] = ("diffusers", profile.transformer.class_name)
     if profile.processor is not None:
@@ -119,12 +125,16 @@ def _inspect(files: ModelFiles, *_stamps) -> ModelFolder:
     return ModelFolder(path=files.diffusion_model, pipeline_class=profile.pipeline_class,
                        family_key=profile.family_key, components=components,
                        transformer_config=transformer_config, vae_config=vae_config,
-                       model_index={"_class_name": profile.pipeline_class, **_plain(profile.pipeline_kwargs),
+                       model_index={"_class_name": profile.pipeline_class, **_plain(profile.pipeline_arguments(files)),
                                     **{name: list(entry) for name, entry in components.items()}})
 
 
-_FOLDER = {"diffusion_model": "diffusion_models", "diffusion_model_2": "diffusion_models",
-           "text_encoder": "text_encoders", "vae": "vae"}
+_FOLDER = {"diffusion_model": "diffusion_models", "diffusion_model_2": "diffusion_models", "vae": "vae",
+           "text_encoder": "text_encoders", "text_encoder_2": "text_encoders", "text_encoder_3": "text_encoders"}
+_COMPONENT_INPUT = {"transformer": "diffusion_model", "text_encoder": "text_encoder", "vae": "vae",
+                    "text_encoder_2": "text_encoder_2", "text_encoder_3": "text_encoder_3"}
+_WHAT = {"transformer": "the diffusion model", "text_encoder": "a text encoder", "vae": "a VAE",
+         "text_encoder_2": "a text encoder", "text_encoder_3": "a text encoder"}
 
 
 def _plain(pipeline_kwargs: dict) -> dict:
@@ -167,14 +177,46 @@ def _check_second_expert(profile: FilesProfile, files: ModelFiles, dit: WeightsF
                              f"diffusion_model and the high-noise one ({second.name}) in diffusion_model_2",
                              "swap them: diffusion_model takes the high-noise expert (the first steps), "
                              "diffusion_model_2 the low-noise one")
-_COMPONENT_INPUT = {"transformer": "diffusion_model", "text_encoder": "text_encoder", "vae": "vae"}
-_WHAT = {"transformer": "the diffusion model", "text_encoder": "a text encoder", "vae": "a VAE"}
+
+
+def _encoder_files(profile: FilesProfile, files: ModelFiles) -> dict[str, WeightsFile]:
+    """Each text encoder input the family has, checked to be given and to hold the right encoder (a T5
+    file in the CLIP input is refused here, naming the swap, before any weight loads)."""
+    slots = [name for name, *_ in profile.encoder_slots()]
+    for extra in ("text_encoder_2", "text_encoder_3"):
+        if getattr(files, extra) and extra not in slots:
+            raise OmniInputError(extra, Path(getattr(files, extra)).name,
+                                 f"{profile.family_key} has {len(slots)} text encoder(s), so this input is unused",
+                                 f"set {extra} to none")
+    encoders = {}
+    for name in slots:
+        path = getattr(files, name)
+        expected = profile.encoder_kinds.get(name)
+        wanted = expected[0] if expected else "its text encoder"  # the released kind (others: other widths)
+        template = profile.template_names("bf16").get(name, "")  # the bf16 release's name, for the fix
+        if not path:
+            raise OmniInputError(name, "none", f"{profile.family_key} needs {wanted} here",
+                                 f"choose {template or 'the text encoder file'} from models/text_encoders")
+        if not Path(path).is_file():
+            raise OmniInputError(name, path, "the file does not exist", "choose a file from models/text_encoders")
+        file = inspect_weights_file(path, name)
+        kind = kind_of(file)
+        if expected and kind not in expected:
+            elsewhere = [other for other in slots if other != name and kind in profile.encoder_kinds.get(other, ())]
+            fix = (f"this file belongs in {elsewhere[0]}: swap {name} and {elsewhere[0]}" if elsewhere
+                   else f"choose {template or wanted} from models/text_encoders")
+            raise OmniInputError(name, file.name, f"it holds {kind}, but {profile.family_key}'s {name} is {wanted}",
+                                 fix)
+        encoders[name] = file
+    return encoders
 
 
 def _component_config(profile: FilesProfile, component: str, file: WeightsFile) -> dict:
     input_name = _COMPONENT_INPUT[component]
     try:
-        return getattr(profile, component).config(file)
+        part = (profile.transformer if component == "transformer" else profile.vae if component == "vae"
+                else dict((name, c) for name, c, *_ in profile.encoder_slots())[component])
+        return part.config(file)
     except (TypeError, KeyError, ValueError, IndexError) as exc:
         if isinstance(exc, OmniInputError):
             raise
@@ -184,79 +226,99 @@ def _component_config(profile: FilesProfile, component: str, file: WeightsFile) 
                              f"models/{_FOLDER[input_name]}") from None
 
 
-def _check_pairing(profile: FilesProfile, transformer: dict, text_encoder: dict, encoder: WeightsFile) -> None:
-    """The DiT reads the text encoder's hidden states: their widths must agree (a 3B encoder with the
+def _check_pairing(profile: FilesProfile, transformer: dict, encoder_configs: dict, encoders: dict) -> None:
+    """The DiT reads the text encoders' hidden states: their widths must agree (a 3B encoder with the
     7B model's DiT would fail deep inside the first step)."""
-    text = text_encoder.get("text_config", text_encoder)
-    width = text.get("hidden_size", text.get("d_model"))  # d_model: T5's name for it
-    wanted = transformer.get("joint_attention_dim", transformer.get("text_dim"))  # text_dim: Wan's
-    if wanted is not None and width != wanted:
-        raise OmniInputError("text_encoder", encoder.name, f"its hidden size is {width}, but this "
-                             f"{profile.family_key} diffusion model reads text features of width {wanted}",
-                             "choose the text encoder that belongs to this diffusion model (see the model's "
-                             "ComfyUI template)")
+    for names, width_key, transformer_key, *stacked in profile.pairings:
+        names = names if isinstance(names, tuple) else (names,)  # several: their widths side by side (SD3)
+        widths = [encoder_configs[name].get("text_config", encoder_configs[name]).get(width_key) for name in names]
+        width, name = sum(widths) * (stacked[0] if stacked else 1), names[-1]
+        wanted = transformer.get(transformer_key)
+        if wanted is not None and width != wanted:
+            what = (f"its hidden size is {widths[0]}" + (f" ({stacked[0]} layers stacked: {width})" if stacked else "")
+                    if len(names) == 1 else
+                    f"with {' and '.join(names[:-1])} its width adds up to {' + '.join(map(str, widths))} = {width}")
+            raise OmniInputError(name, encoders[name].name, f"{what}, but this "
+                                 f"{profile.family_key} diffusion model reads text features of width {wanted}",
+                                 "choose the text encoder that belongs to this diffusion model (see the model's "
+                                 "ComfyUI template)")
 
 
-def find_tokenizer(profile: FilesProfile, files: ModelFiles, encoder: WeightsFile | None = None) -> Path | None:
+def find_tokenizer(profile: FilesProfile, files: ModelFiles, input_name: str = "text_encoder",
+                   encoder: WeightsFile | None = None) -> Path | None:
     """The tokenizer folder: beside the text encoder file (text_encoders/<name>/), else ComfyUI's own;
     None when the text encoder file carries its tokenizer (ComfyUI's UMT5 files)."""
-    if profile.tokenizer_tensor:
+    if input_name == "text_encoder" and profile.tokenizer_tensor:
         encoder = encoder or inspect_weights_file(files.text_encoder, "text_encoder")
         if encoder.has(profile.tokenizer_tensor):
             return None
         raise OmniInputError("text_encoder", encoder.name, f"it carries no tokenizer (no {profile.tokenizer_tensor!r} "
                              "tensor, which ComfyUI's own text encoder files for this model have)",
                              "use the text encoder file ComfyUI's template downloads")
-    candidates = [Path(files.text_encoder).parent / profile.tokenizer_folder,
-                  *(Path(folder) / profile.tokenizer_folder for folder in files.tokenizer_dirs)]
+    folder = {name: tokenizer_folder for name, _c, tokenizer_folder, _t in profile.encoder_slots()}[input_name]
+    encoder = getattr(files, input_name)
+    candidates = [Path(encoder).parent / folder, *(Path(root) / folder for root in files.tokenizer_dirs)]
     for candidate in candidates:
         if candidate.is_dir():
             return candidate
-    raise OmniInputError("text_encoder", Path(files.text_encoder).name,
-                         f"its tokenizer files ({profile.tokenizer_folder}/) were not found (looked in "
+    raise OmniInputError(input_name, Path(encoder).name,
+                         f"its tokenizer files ({folder}/) were not found (looked in "
                          f"{', '.join(str(c.parent) for c in candidates)})",
-                         f"run inside ComfyUI (it ships comfy/text_encoders/{profile.tokenizer_folder}), or copy "
-                         f"that folder next to the text encoder file")
+                         f"run inside ComfyUI (it ships comfy/{'' if folder == 'sd1_tokenizer' else 'text_encoders/'}"
+                         f"{folder}), or copy that folder next to the text encoder file")
+
+
 
 
 def load_pipeline_from_files(files: ModelFiles, info: ModelFolder, dtype):
     """The diffusers pipeline, every weight read from the single files (on the CPU, in `dtype`)."""
     import diffusers
-    import transformers
 
     profile = PROFILES[info.family_key]
-    encoder = inspect_weights_file(files.text_encoder, "text_encoder")
     parts = {
-        "transformer": _load_component(profile.transformer, files.diffusion_model, info.transformer_config, dtype),
-        "vae": _load_component(profile.vae, files.vae, info.vae_config, dtype),
-        "text_encoder": _load_component(profile.text_encoder, files.text_encoder,
-                                        profile.text_encoder.config(encoder), dtype),
-        "tokenizer": _tokenizer(profile, files, encoder),
-        "scheduler": getattr(diffusers, profile.scheduler_class).from_config(profile.scheduler_config),
-        **profile.pipeline_kwargs,
+        "transformer": _load_component(profile.transformer, files.diffusion_model, info.transformer_config, dtype,
+                                       "diffusion_model"),
+        "vae": _load_component(profile.vae, files.vae, info.vae_config, dtype, "vae"),
+        "scheduler": getattr(diffusers, profile.scheduler_class).from_config(
+            profile.scheduler_for(info.transformer_config)),
     }
+    for name, component, _folder, _tokenizer_class in profile.encoder_slots():
+        encoder = inspect_weights_file(getattr(files, name), name)
+        config = component.config(encoder)
+        parts[name] = _load_component(component, getattr(files, name), config, dtype, name)
+        parts[name.replace("text_encoder", "tokenizer")] = _tokenizer(profile, files, name, encoder, config)
     if profile.processor is not None:
-        parts["processor"] = profile.processor(parts["tokenizer"], find_tokenizer(profile, files, encoder))
+        parts["processor"] = profile.processor(parts["tokenizer"], find_tokenizer(profile, files))
     if profile.second_expert:
         parts["transformer_2"] = _load_component(profile.transformer, files.diffusion_model_2, info.transformer_config,
                                                  dtype, "diffusion_model_2")
     from ..families import FAMILIES  # the family's pipeline class (e.g. Wan2.2-TI2V's image-capable one)
 
-    return FAMILIES[info.family_key].pipeline_class(profile.pipeline_class)(**parts)
+    return FAMILIES[info.family_key].pipeline_class(profile.pipeline_class)(**parts,
+                                                                            **profile.pipeline_arguments(files))
 
 
-def _tokenizer(profile: FilesProfile, files: ModelFiles, encoder: WeightsFile):
+def _tokenizer(profile: FilesProfile, files: ModelFiles, name: str, encoder: WeightsFile, config: dict):
     import transformers
 
-    if profile.tokenizer_tensor:
+    if name == "text_encoder" and profile.tokenizer_tensor:
         from . import umt5
 
         return umt5.tokenizer_from_file(encoder)
-    return getattr(transformers, profile.tokenizer_class).from_pretrained(find_tokenizer(profile, files),
-                                                                          local_files_only=True)
+    tokenizer_class = {slot: cls for slot, _c, _f, cls in profile.encoder_slots()}[name]
+    tokenizer = getattr(transformers, tokenizer_class).from_pretrained(find_tokenizer(profile, files, name, encoder),
+                                                                       local_files_only=True)
+    # ComfyUI's comfy/sd1_tokenizer says 8192 tokens (ComfyUI cuts prompts into 77-token windows itself);
+    # the pipelines pad CLIP prompts to model_max_length, which must be CLIP's 77 positions.
+    positions = config.get("max_position_embeddings") if tokenizer_class.startswith("CLIP") else None
+    if positions and tokenizer.model_max_length > positions:
+        tokenizer.model_max_length = positions
+    if profile.tokenizer_setup is not None:
+        tokenizer = profile.tokenizer_setup(name, tokenizer)
+    return tokenizer
 
 
-def _load_component(component, path: str, config: dict, dtype, input_name: str = ""):
+def _load_component(component, path: str, config: dict, dtype, input_name: str):
     from accelerate import init_empty_weights
 
     library = importlib.import_module(component.library)
@@ -266,11 +328,11 @@ def _load_component(component, path: str, config: dict, dtype, input_name: str =
             module = cls.from_config(config)
         else:
             module = cls(cls.config_class.from_dict(config))
-    input_name = input_name or _input_for(component)
     file = inspect_weights_file(path, input_name)
     kept = kept_in_float32(cls, component.library, dtype)
-    file_keys = component.keys({key: key for key in file.tensors}, config)  # class key -> file key
-    float32_keys = frozenset(file_key for key, file_key in file_keys.items() if kept(key))
+    keep = [key for key in module.state_dict() if kept(key)]
+    # The file's names of those tensors (the writer's map, applied to names only: a pure renaming there).
+    float32_keys = frozenset(component.to_file_keys(dict.fromkeys(keep), config)) if keep else frozenset()
     state = component.keys(read_tensors(file, dtype, float32_keys=float32_keys), config)
     expected = dict(module.state_dict())
     missing = [key for key in expected if key not in state and key not in component.stand_ins]
@@ -312,8 +374,3 @@ def kept_in_float32(cls, library: str, dtype):
         if dtype not in (torch.float16, torch.bfloat16):
             names = set()
     return lambda key: any(part in names for part in key.split("."))
-
-
-def _input_for(component) -> str:
-    return {"transformers": "text_encoder"}.get(component.library) or (
-        "vae" if "Autoencoder" in component.class_name else "diffusion_model")

@@ -25,6 +25,9 @@ KEY_PREFIXES = ("model.diffusion_model.", "model.model.", "net.", "diffusion_mod
 SCALE_SUFFIXES = (".scale_weight", ".scale_input", ".weight_scale", ".input_scale")
 FP8_DTYPES = {"F8_E4M3": "fp8_e4m3fn", "F8_E5M2": "fp8_e5m2"}
 HEADER_LIMIT = 100 * 1024 * 1024  # safetensors' own limit for the JSON header
+# Checkpoints that bundle several parts (ComfyUI's checkpoints/, e.g. Stability's sd3.5_medium.safetensors:
+# the DiT under model.diffusion_model., the VAE under first_stage_model.): the part an input reads.
+BUNDLE_PREFIXES = {"diffusion_model": ("model.diffusion_model.",), "vae": ("first_stage_model.", "vae.")}
 
 
 @dataclass(frozen=True)
@@ -101,7 +104,7 @@ def inspect_weights_file(path: str | Path, input_name: str) -> WeightsFile:
     data_end = max((entry["data_offsets"][1] for entry in header.values()), default=0)
     if 8 + header_length + data_end > size:
         raise _truncated(input_name, path, size, f"its tensors need {8 + header_length + data_end} bytes")
-    prefix = _common_prefix(header)
+    prefix = _bundle_prefix(header, input_name) or _common_prefix(header)
     tensors = {key[len(prefix):]: (entry["dtype"], tuple(entry["shape"])) for key, entry in header.items()
                if key.startswith(prefix)}
     return WeightsFile(path=str(path), tensors=tensors, metadata=metadata, prefix=prefix)
@@ -110,6 +113,15 @@ def inspect_weights_file(path: str | Path, input_name: str) -> WeightsFile:
 def _truncated(input_name: str, path: Path, size: int, why: str) -> OmniInputError:
     return OmniInputError(input_name, path.name, f"the file is incomplete or not a safetensors file ({size} bytes; "
                           f"{why})", "download it again (an interrupted download leaves a file like this)")
+
+
+def _bundle_prefix(header: dict, input_name: str) -> str:
+    """The prefix of this input's part when the file bundles parts (a DiT-only file gives the same
+    prefix either way; a VAE-only file has none of these)."""
+    for prefix in BUNDLE_PREFIXES.get(input_name, ()):
+        if any(key.startswith(prefix) for key in header):
+            return prefix
+    return ""
 
 
 def _common_prefix(header: dict) -> str:
