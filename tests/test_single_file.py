@@ -54,6 +54,47 @@ def test_fp8_scaled_file_reads_back_as_the_unscaled_weights(tmp_path):
         "the raw FP8 values are far from the weights: the scale matters"
 
 
+def test_newer_per_layer_fp8_file_reads_back_as_the_unscaled_weights(tmp_path):
+    """ComfyUI's newer quantized files: `X.weight_scale` (here one per output row) and an `X.comfy_quant`
+    JSON entry beside each FP8 weight; the scale is applied, the markers dropped."""
+    weights = _weights(1)
+    stored = {}
+    for key, tensor in weights.items():
+        if tensor.ndim == 2:
+            scale = tensor.abs().amax(dim=1) / 448.0
+            stored[key] = (tensor / scale[:, None]).to(torch.float8_e4m3fn)
+            stored[key[:-len("weight")] + "weight_scale"] = scale
+            stored[key[:-len("weight")] + "comfy_quant"] = torch.tensor(list(b'{"format": "float8_e4m3fn"}'),
+                                                                      dtype=torch.uint8)
+        else:
+            stored[key] = tensor
+    path = tmp_path / "dit_fp8_mixed.safetensors"
+    safetensors.torch.save_file({f"model.diffusion_model.{k}": v for k, v in stored.items()}, path)
+    file = inspect_weights_file(path, "diffusion_model")
+    assert file.weight_format == "fp8_scaled"
+    read = read_tensors(file, torch.float32)
+    assert set(read) == set(weights)
+    for key, tensor in weights.items():
+        assert (read[key] - tensor).abs().max() / tensor.abs().max() < 0.07, key
+
+
+def test_packed_integer_weights_are_refused_by_name(tmp_path):
+    path = tmp_path / "dit_nvfp4.safetensors"
+    safetensors.torch.save_file({"blocks.0.attn.to_q.weight": torch.zeros(64, 16, dtype=torch.uint8),
+                                 "blocks.0.attn.to_q.weight_scale": torch.ones(64, 2),
+                                 "blocks.0.attn.to_q.weight_scale_2": torch.ones(())}, path)
+    with pytest.raises(OmniInputError, match="nvfp4.*Fix: use the bf16"):
+        inspect_weights_file(path, "diffusion_model")
+
+
+def test_block_scaled_fp8_weights_are_refused_not_misread(tmp_path):
+    path = tmp_path / "dit_fp8_blocks.safetensors"
+    safetensors.torch.save_file({"blocks.0.attn.to_q.weight": torch.ones(64, 32).to(torch.float8_e4m3fn),
+                                 "blocks.0.attn.to_q.weight_scale": torch.ones(2, 1)}, path)
+    with pytest.raises(OmniInputError, match="diffusion_model = 'dit_fp8_blocks.safetensors'.*block scales"):
+        read_tensors(inspect_weights_file(path, "diffusion_model"), torch.float32)
+
+
 def test_plain_fp8_file_can_stay_fp8(tmp_path):
     weights = {key: value.to(torch.float8_e4m3fn) if value.ndim == 2 else value for key, value in _weights().items()}
     path = tmp_path / "dit_fp8_e4m3fn.safetensors"
