@@ -221,3 +221,32 @@ def test_load_node_reads_files_only_inside_their_folders(headless, nodes):
     (spec,) = loader().load("qwen_image_fp8_e4m3fn.safetensors", "qwen_2.5_vl_7b_fp8_scaled.safetensors",
                             "qwen_image_vae.safetensors", "fp32", "cpu")
     assert spec.family_key == "qwen-image" and spec.files is not None
+
+
+def test_without_a_text_encoder_conditioning_gives_the_prompt_texts_latents(qwen_twins):
+    """text_encoder = none: nothing of the encoder loads, and the prompt comes as CONDITIONING (here the
+    pipeline's own encoding, which ComfyUI's Qwen-Image text encode matches: test_comfyui_text_encode.py)."""
+    from dataclasses import replace
+
+    from omni_backend.conditioning import TextEmbedding
+
+    _folder, files, engine, _reference = qwen_twins
+    with_encoder = ModelSpec.from_files(files["fp32"], dtype="fp32", device="cpu")
+    from_text = engine.generate(with_encoder, REQUEST).latents
+    pipe = engine.loaded(with_encoder).pipe
+    with torch.inference_mode():
+        embeddings = {role: TextEmbedding(pipe.encode_prompt(text, device=pipe.device)[0].clone(), role=role)
+                      for role, text in (("positive", REQUEST.prompt), ("negative", REQUEST.negative_prompt))}
+    without = ModelSpec.from_files(replace(files["fp32"], text_encoder=""), dtype="fp32", device="cpu")
+    result = engine.generate(without, replace(REQUEST, prompt="", negative_prompt="", **embeddings))
+    assert torch.equal(result.latents, from_text)
+    assert engine.loaded(without).pipe.text_encoder is None
+    with pytest.raises(OmniInputError, match="positive = 'not connected'.*without its text encoder"):
+        engine.generate(without, REQUEST)
+
+
+def test_a_model_that_needs_its_text_encoder_refuses_none(tmp_path):
+    written = write_comfy_files("qwen-image-edit", tmp_path, "bf16")
+    files = ModelFiles(str(written["diffusion_model"]), "", str(written["vae"]), family="qwen-image-edit")
+    with pytest.raises(OmniInputError, match="text_encoder = 'none'.*needs its text encoder"):
+        inspect_model_files(files)
