@@ -16,14 +16,14 @@ from pathlib import Path
 
 from ..errors import OmniInputError
 from ..model_folder import ModelFolder
-from . import flux, flux2_klein, qwen_image, qwen_image_edit, sd3, wan, z_image
+from . import flux, flux2_klein, qwen_image, qwen_image_edit, sd3, stable_audio, wan, z_image
 from .profile import FilesProfile
 from .text_encoders import kind_of
 from .weights_file import WeightsFile, inspect_weights_file, read_tensors
 
 PROFILES: dict[str, FilesProfile] = {profile.family_key: profile for profile in (
     qwen_image.PROFILE, *qwen_image_edit.PROFILES, *wan.PROFILES, flux.PROFILE, z_image.PROFILE, sd3.PROFILE,
-    flux2_klein.PROFILE)}
+    flux2_klein.PROFILE, stable_audio.PROFILE)}
 AUTO = "auto"
 
 
@@ -111,6 +111,7 @@ def _inspect(files: ModelFiles, *_stamps) -> ModelFolder:
     configs = {"transformer": transformer_config, "text_encoder": encoder_configs["text_encoder"], "vae": vae_config}
     for check in profile.pairing_checks:
         check(profile, configs, {"diffusion_model": dit, "text_encoder": encoders["text_encoder"], "vae": vae})
+    _check_bundled(profile, dit)
     components = {"transformer": ("diffusers", profile.transformer.class_name),
                   "vae": ("diffusers", profile.vae.class_name),
                   "scheduler": ("diffusers", profile.scheduler_class)}
@@ -118,6 +119,8 @@ def _inspect(files: ModelFiles, *_stamps) -> ModelFolder:
         find_tokenizer(profile, files, name, encoders[name])
         components[name] = ("transformers", component.class_name)
         components[name.replace("text_encoder", "tokenizer")] = ("transformers", tokenizer_class)
+    for name, component in profile.bundled.items():
+        components[name] = (component.library, component.class_name)
     if profile.second_expert:
         components["transformer_2"] = ("diffusers", profile.transformer.class_name)
     if profile.processor is not None:
@@ -177,6 +180,18 @@ def _check_second_expert(profile: FilesProfile, files: ModelFiles, dit: WeightsF
                              f"diffusion_model and the high-noise one ({second.name}) in diffusion_model_2",
                              "swap them: diffusion_model takes the high-noise expert (the first steps), "
                              "diffusion_model_2 the low-noise one")
+
+
+def _check_bundled(profile: FilesProfile, dit: WeightsFile) -> None:
+    """The parts a bundle holds beside the DiT (Stable-Audio-Open's conditioners) are there and readable."""
+    for name, component in profile.bundled.items():
+        part = inspect_weights_file(dit.path, name)
+        try:
+            component.config(part)
+        except (TypeError, KeyError, ValueError, IndexError) as exc:
+            raise OmniInputError("diffusion_model", dit.name, f"it lacks the {name} {profile.family_key}'s "
+                                 f"checkpoint bundles beside the DiT ({exc!r})",
+                                 f"choose {profile.family_key}'s whole checkpoint from models/checkpoints") from None
 
 
 def _encoder_files(profile: FilesProfile, files: ModelFiles) -> dict[str, WeightsFile]:
@@ -287,6 +302,9 @@ def load_pipeline_from_files(files: ModelFiles, info: ModelFolder, dtype):
         config = component.config(encoder)
         parts[name] = _load_component(component, getattr(files, name), config, dtype, name)
         parts[name.replace("text_encoder", "tokenizer")] = _tokenizer(profile, files, name, encoder, config)
+    for name, component in profile.bundled.items():  # read from the bundle under its own prefix
+        parts[name] = _load_component(component, files.diffusion_model,
+                                      component.config(inspect_weights_file(files.diffusion_model, name)), dtype, name)
     if profile.processor is not None:
         parts["processor"] = profile.processor(parts["tokenizer"], find_tokenizer(profile, files))
     if profile.second_expert:
