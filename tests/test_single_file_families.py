@@ -1,5 +1,6 @@
-"""ComfyUI's single files for the image families with other text encoders than Qwen-Image's (FLUX.1:
-CLIP-L + T5-XXL; Z-Image: Qwen3; SD3.5: CLIP-L + CLIP-G + T5-XXL): each family's tiny model written as
+"""ComfyUI's single files for the families with other text encoders than Qwen-Image's (FLUX.1:
+CLIP-L + T5-XXL; Z-Image: Qwen3; SD3.5: CLIP-L + CLIP-G + T5-XXL; Stable-Audio-Open: T5-base beside its
+bundled checkpoint): each family's tiny model written as
 those files gives its diffusers-folder twin's output, and files in the wrong inputs are refused
 before any weight loads, naming the fix."""
 
@@ -21,7 +22,7 @@ from omni_backend.single_file.comfy_layout import write_comfy_files
 from omni_backend.single_file.model_files import ModelFiles, inspect_model_files
 from omni_backend.spec import ModelSpec
 
-FAMILY_KEYS = ["flux", "z-image", "sd3", "flux2-klein"]
+FAMILY_KEYS = ["flux", "z-image", "sd3", "flux2-klein", "stable-audio"]
 REQUEST = GenerationRequest(prompt="a red circle", negative_prompt="blurry", steps=2, guidance=4.0, width=64,
                             height=64)
 
@@ -297,3 +298,54 @@ def test_load_node_lists_checkpoints_and_optional_encoders(twins, tmp_path):
                                       "fp32", "cpu", text_encoder_2="clip_g.safetensors")
     finally:
         host.models_dir = saved
+
+
+def test_stable_audio_checkpoint_parts_and_refusals(twins, tmp_path):
+    """Stable-Audio-Open's checkpoint bundles DiT, VAE and seconds conditioners under the prefixes ComfyUI
+    reads (model.model., pretransform.model., conditioner.conditioners.). A DiT saved without the
+    conditioners, and a T5 of another width than the bundle's prompt projection reads, are refused from
+    the headers, naming the fix."""
+    from omni_backend.single_file import stable_audio
+
+    _folder, files = twins("stable-audio")
+    good = files["fp32"]
+    assert good.diffusion_model == good.vae and Path(good.vae).parent.name == "checkpoints"
+    with safetensors.safe_open(good.diffusion_model, "pt") as handle:
+        keys, metadata = list(handle.keys()), handle.metadata()
+    assert {key.split(".")[0] + "." + key.split(".")[1] + "." for key in keys} == set(stable_audio.BUNDLE.values())
+    # ComfyUI recognises the DiT by its rotary table and the VAE by this tensor (comfy/model_detection.py, sd.py).
+    assert {"model.model.transformer.rotary_pos_emb.inv_freq", "pretransform.model.decoder.layers.1.layers.0.beta"} \
+        <= set(keys)
+    dit_only = tmp_path / "stable_audio_dit.safetensors"
+    state = safetensors.torch.load_file(good.diffusion_model)
+    safetensors.torch.save_file({key: value for key, value in state.items() if key.startswith("model.model.")}, dit_only,
+                                metadata=metadata)
+    with pytest.raises(OmniInputError, match="diffusion_model = 'stable_audio_dit.safetensors'.*without the seconds "
+                                             "conditioners.*stable_audio_open_1.0.safetensors"):
+        inspect_model_files(ModelFiles(str(dit_only), good.text_encoder, good.vae))
+    # A T5 twice as wide (header-sized tensors of T5's names): refused before any weight loads.
+    wide = {"shared.weight": torch.zeros(8, 64), "encoder.block.0.layer.0.SelfAttention.q.weight": torch.zeros(64, 64),
+            "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight": torch.zeros(32, 4),
+            "encoder.block.0.layer.1.DenseReluDense.wi.weight": torch.zeros(16, 64)}
+    t5_large = tmp_path / "t5_large.safetensors"
+    safetensors.torch.save_file(wide, t5_large)
+    with pytest.raises(OmniInputError, match="text_encoder = 't5_large.safetensors'.*width is 64.*width 32.*"
+                                             "t5_base.safetensors"):
+        inspect_model_files(ModelFiles(good.diffusion_model, str(t5_large), good.vae))
+
+
+def test_stable_audio_vae_names_at_the_released_size():
+    """At the released Oobleck VAE's size (5 blocks), the map names the tensors as stable-audio-tools
+    saves them: the first and last convs and snakes around blocks 1-5, residual units inside."""
+    from omni_backend.single_file import stable_audio
+
+    names = stable_audio._vae_names(stable_audio.VAE)
+    assert names["encoder.conv1.weight_v"] == "encoder.layers.0.weight_v"
+    assert names["encoder.block.4.res_unit3.conv2.bias"] == "encoder.layers.5.layers.2.layers.3.bias"
+    assert names["encoder.block.0.conv1.weight_g"] == "encoder.layers.1.layers.4.weight_g"
+    assert names["encoder.snake1.alpha"] == "encoder.layers.6.alpha" and names["encoder.conv2.bias"] == "encoder.layers.7.bias"
+    assert names["decoder.block.0.snake1.beta"] == "decoder.layers.1.layers.0.beta"
+    assert names["decoder.block.2.conv_t1.weight_v"] == "decoder.layers.3.layers.1.weight_v"
+    assert names["decoder.block.1.res_unit1.snake2.alpha"] == "decoder.layers.2.layers.2.layers.2.alpha"
+    assert names["decoder.conv2.weight_v"] == "decoder.layers.7.weight_v"
+    assert len(set(names.values())) == len(names)  # one file name per tensor
