@@ -59,6 +59,7 @@ class FilesProfile:
     pairing_checks: tuple = ()
     # The pipeline's processor (Qwen-Image-Edit's image + text), from the tokenizer and its folder.
     processor: Callable | None = None
+    processor_name: str = "processor"  # its pipeline component name (LongCat's pipelines: text_processor)
 
     def matches(self, file: WeightsFile) -> bool:
         """This family's DiT: its identifying tensors are there and (where families share them) its shapes fit."""
