@@ -6,6 +6,7 @@ before any weight loads, naming the fix."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -349,3 +350,34 @@ def test_stable_audio_vae_names_at_the_released_size():
     assert names["decoder.block.1.res_unit1.snake2.alpha"] == "decoder.layers.2.layers.2.layers.2.alpha"
     assert names["decoder.conv2.weight_v"] == "decoder.layers.7.weight_v"
     assert len(set(names.values())) == len(names)  # one file name per tensor
+
+
+def test_longcat_edit_files_give_the_folder_twins_output_and_refuse_prompt_rewrite(tmp_path):
+    """LongCat-Image-Edit's DiT has LongCat-Image's names and shapes: auto reads LongCat-Image, the family
+    input names the edit model, whose files then give the folder twin's output. ComfyUI's Qwen2.5-VL files
+    have no output head, so LongCat's prompt rewrite (which generates text) is refused, not run on a stand-in."""
+    family = "longcat-image-edit"
+    folder = FAMILIES[family].make_tiny(tmp_path / "folder")
+    written = {name: str(path) for name, path in write_comfy_files(family, tmp_path / "files", "fp32").items()}
+    assert Path(written["diffusion_model"]).name == "longcat_image_edit_fp32.safetensors"
+    plain = ModelFiles(written["diffusion_model"], written["text_encoder"], written["vae"])
+    assert inspect_model_files(plain).family_key == "longcat-image"
+    files = ModelFiles(written["diffusion_model"], written["text_encoder"], written["vae"], family=family)
+    info = inspect_model_files(files)
+    assert info.family_key == family and info.components["text_processor"] == ("transformers", "Qwen2VLProcessor")
+    image = torch.rand(1, 64, 64, 3, generator=torch.Generator().manual_seed(0))
+    request = GenerationRequest(prompt="make it red", negative_prompt="blurry", steps=2, guidance=4.0, width=64,
+                                height=64, images=(image,))
+    engine = Engine()
+    try:
+        reference = engine.generate(ModelSpec.from_folder(str(folder), dtype="fp32", device="cpu"), request).latents
+        spec = ModelSpec.from_files(files, dtype="fp32", device="cpu")
+        latents = engine.generate(spec, request).latents
+        assert torch.allclose(latents, reference, atol=2e-5), float((latents - reference).abs().max())
+        rewrite = GenerationRequest(prompt="a cat", steps=1, width=64, height=64, prompt_rewrite=True)
+        with pytest.raises(OmniInputError, match="prompt_rewrite = True: .*without the language-model output head.*"
+                                                 "turn prompt_rewrite off"):
+            engine.generate(ModelSpec.from_files(dataclasses.replace(files, family="longcat-image"), dtype="fp32",
+                                                 device="cpu"), rewrite)
+    finally:
+        engine.unload_all()
