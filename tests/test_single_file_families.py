@@ -23,7 +23,7 @@ from omni_backend.single_file.comfy_layout import write_comfy_files
 from omni_backend.single_file.model_files import ModelFiles, inspect_model_files
 from omni_backend.spec import ModelSpec
 
-FAMILY_KEYS = ["flux", "z-image", "sd3", "flux2-klein", "stable-audio", "longcat-image"]
+FAMILY_KEYS = ["flux", "z-image", "sd3", "flux2-klein", "stable-audio", "longcat-image", "ovis-image"]
 REQUEST = GenerationRequest(prompt="a red circle", negative_prompt="blurry", steps=2, guidance=4.0, width=64,
                             height=64)
 
