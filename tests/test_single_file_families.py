@@ -381,3 +381,34 @@ def test_longcat_edit_files_give_the_folder_twins_output_and_refuse_prompt_rewri
                                                  device="cpu"), rewrite)
     finally:
         engine.unload_all()
+
+
+def test_ovis_gated_mlps_compute_as_comfyuis_formulas_on_the_file_tensors(twins):
+    """The file's gated MLPs, run as ComfyUI runs them (comfy/ldm/flux: YakMLP down(silu(gate(x)) * up(x));
+    a single block's linear1 MLP part: silu(second half) * first half), equal diffusers' modules: the map
+    puts value and gate rows where ComfyUI reads them, not only somewhere that reads back."""
+    import torch.nn.functional as F
+    from diffusers import OvisImageTransformer2DModel
+
+    from omni_backend.single_file.weights_file import inspect_weights_file, read_tensors
+
+    folder, files = twins("ovis-image")
+    model = OvisImageTransformer2DModel.from_pretrained(folder / "transformer").eval()
+    file = read_tensors(inspect_weights_file(files["fp32"].diffusion_model, "diffusion_model"), torch.float32)
+    inner = model.config.attention_head_dim * model.config.num_attention_heads
+    x = torch.randn(3, inner, generator=torch.Generator().manual_seed(0))
+
+    def linear(name, value):
+        return F.linear(value, file[f"{name}.weight"], file[f"{name}.bias"])
+
+    mlp = "double_blocks.0.img_mlp"
+    comfy = linear(f"{mlp}.down_proj", F.silu(linear(f"{mlp}.gate_proj", x)) * linear(f"{mlp}.up_proj", x))
+    with torch.no_grad():
+        assert torch.allclose(model.transformer_blocks[0].ff(x), comfy, atol=1e-5)
+        single = model.single_transformer_blocks[0]
+        fused = linear("single_blocks.0.linear1", x)[:, 3 * inner:]
+        half = fused.shape[-1] // 2
+        value, gate = single.proj_mlp(x).chunk(2, dim=-1)
+        assert torch.allclose(single.act_mlp(gate) * value, F.silu(fused[:, half:]) * fused[:, :half], atol=1e-5)
+        # The text norm ComfyUI applies before txt_in is diffusers' context_embedder_norm.
+        assert torch.equal(file["txt_norm.weight"], model.context_embedder_norm.weight)
