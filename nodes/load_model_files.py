@@ -62,10 +62,12 @@ class OmniLoadModelFiles:
                 "tooltip": "The DiT, e.g. qwen_image_fp8_e4m3fn.safetensors or flux1-dev.safetensors "
                            "(models/diffusion_models), or a checkpoint bundling DiT and VAE such as "
                            "sd3.5_medium.safetensors (models/checkpoints). Its family is detected from its tensors."}),
-            "text_encoder": (file_choices("text_encoder"), {
+            "text_encoder": ([*file_choices("text_encoder"), NONE], {
                 "tooltip": "The family's (first) text encoder, e.g. qwen_2.5_vl_7b_fp8_scaled.safetensors, "
                            "qwen_3_4b.safetensors (Z-Image) or clip_l.safetensors (FLUX.1, SD3.5) "
-                           "(models/text_encoders); its tokenizer comes from ComfyUI's comfy/ folder."}),
+                           "(models/text_encoders); its tokenizer comes from ComfyUI's comfy/ folder. none: no "
+                           "text encoder loads and Sample takes the prompt as CONDITIONING from ComfyUI's own text "
+                           "encoder (Qwen-Image, Z-Image, FLUX.2-klein, Wan2.2)."}),
             "vae": (file_choices("vae"), {"tooltip": "The family's VAE, e.g. qwen_image_vae.safetensors or ae.safetensors "
                                                      "(models/vae), or the checkpoint that bundles it (SD3.5)."}),
             "dtype": (list(DTYPE_CHOICES), {"default": "auto",
@@ -122,4 +124,5 @@ def resolve_files(diffusion_model: str, text_encoder: str, vae: str, family: str
              ("text_encoder_3", text_encoder_3))
     paths = {name: str(resolve_file(name, value))
              for name, value in given if value not in (None, "", NONE)}
+    paths.setdefault("text_encoder", "")  # none: the prompt comes as CONDITIONING
     return ModelFiles(**paths, family=family or AUTO, tokenizer_dirs=comfy_bridge.tokenizer_dirs())

@@ -58,17 +58,10 @@ def transformer_rules(config: dict) -> list[Rule]:
         old, new = f"double_blocks.{i}.", f"transformer_blocks.{i}."
         rules += [*linear(old + "img_mod.lin", new + "norm1.linear"),
                   *linear(old + "txt_mod.lin", new + "norm1_context.linear"),
-                  *linear(old + "img_attn.qkv", *(new + f"attn.to_{x}" for x in "qkv")),
-                  *linear(old + "txt_attn.qkv", *(new + f"attn.add_{x}_proj" for x in "qkv")),
-                  rename(old + "img_attn.norm.query_norm.scale", new + "attn.norm_q.weight"),
-                  rename(old + "img_attn.norm.key_norm.scale", new + "attn.norm_k.weight"),
-                  rename(old + "txt_attn.norm.query_norm.scale", new + "attn.norm_added_q.weight"),
-                  rename(old + "txt_attn.norm.key_norm.scale", new + "attn.norm_added_k.weight"),
+                  *double_block_attention(old, new),
                   *linear(old + "img_mlp.0", new + "ff.net.0.proj"), *linear(old + "img_mlp.2", new + "ff.net.2"),
                   *linear(old + "txt_mlp.0", new + "ff_context.net.0.proj"),
-                  *linear(old + "txt_mlp.2", new + "ff_context.net.2"),
-                  *linear(old + "img_attn.proj", new + "attn.to_out.0"),
-                  *linear(old + "txt_attn.proj", new + "attn.to_add_out")]
+                  *linear(old + "txt_mlp.2", new + "ff_context.net.2")]
     for i in range(config["num_single_layers"]):
         old, new = f"single_blocks.{i}.", f"single_transformer_blocks.{i}."
         rules += [*linear(old + "modulation.lin", new + "norm.linear"),
@@ -110,3 +103,16 @@ PROFILE = FilesProfile(
     file_names={"diffusion_model": "flux1-dev{dit_suffix}.safetensors", "text_encoder": "clip_l.safetensors",
                 "text_encoder_2": "t5xxl{t5_suffix}.safetensors", "vae": "ae.safetensors"},
 )
+
+
+def double_block_attention(old: str, new: str) -> list:
+    """A double-stream block's joint attention, the same in FLUX.1's and FLUX.2's original layouts:
+    fused qkv per stream, the four QK norms, the two output projections."""
+    return [*linear(old + "img_attn.qkv", *(new + f"attn.to_{x}" for x in "qkv")),
+            *linear(old + "txt_attn.qkv", *(new + f"attn.add_{x}_proj" for x in "qkv")),
+            rename(old + "img_attn.norm.query_norm.scale", new + "attn.norm_q.weight"),
+            rename(old + "img_attn.norm.key_norm.scale", new + "attn.norm_k.weight"),
+            rename(old + "txt_attn.norm.query_norm.scale", new + "attn.norm_added_q.weight"),
+            rename(old + "txt_attn.norm.key_norm.scale", new + "attn.norm_added_k.weight"),
+            *linear(old + "img_attn.proj", new + "attn.to_out.0"),
+            *linear(old + "txt_attn.proj", new + "attn.to_add_out")]

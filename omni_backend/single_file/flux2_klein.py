@@ -14,6 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from . import ldm_vae, text_encoders
+from .flux import double_block_attention
 from .fused_keys import Rule, linear, rename, to_original
 from .profile import Component, FilesProfile, with_file_config
 from .weights_file import WeightsFile
@@ -59,14 +60,7 @@ def transformer_rules(config: dict) -> list[Rule]:
              *linear("final_layer.adaLN_modulation.1", "norm_out.linear", swap_halves=True)]
     for i in range(config["num_layers"]):
         old, new = f"double_blocks.{i}.", f"transformer_blocks.{i}."
-        rules += [*linear(old + "img_attn.qkv", *(new + f"attn.to_{x}" for x in "qkv")),
-                  *linear(old + "txt_attn.qkv", *(new + f"attn.add_{x}_proj" for x in "qkv")),
-                  rename(old + "img_attn.norm.query_norm.scale", new + "attn.norm_q.weight"),
-                  rename(old + "img_attn.norm.key_norm.scale", new + "attn.norm_k.weight"),
-                  rename(old + "txt_attn.norm.query_norm.scale", new + "attn.norm_added_q.weight"),
-                  rename(old + "txt_attn.norm.key_norm.scale", new + "attn.norm_added_k.weight"),
-                  *linear(old + "img_attn.proj", new + "attn.to_out.0"),
-                  *linear(old + "txt_attn.proj", new + "attn.to_add_out"),
+        rules += [*double_block_attention(old, new),
                   *linear(old + "img_mlp.0", new + "ff.linear_in"), *linear(old + "img_mlp.2", new + "ff.linear_out"),
                   *linear(old + "txt_mlp.0", new + "ff_context.linear_in"),
                   *linear(old + "txt_mlp.2", new + "ff_context.linear_out")]

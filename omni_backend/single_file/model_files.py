@@ -97,26 +97,31 @@ def _stamp(path: str) -> tuple:
 @lru_cache(maxsize=64)
 def _inspect(files: ModelFiles, *_stamps) -> ModelFolder:
     for input_name in ("diffusion_model", "text_encoder", "vae"):
+        if input_name == "text_encoder" and not files.text_encoder:
+            continue  # none: the prompt comes as CONDITIONING from ComfyUI's own text encoder
         if not Path(getattr(files, input_name)).is_file():
             raise OmniInputError(input_name, getattr(files, input_name), "the file does not exist",
                                  f"choose a file from models/{_FOLDER[input_name]}")
     dit = inspect_weights_file(files.diffusion_model, "diffusion_model")
     profile = detect_family(dit, files.family)
-    encoders = _encoder_files(profile, files)
+    encoders = _encoder_files(profile, files) if files.text_encoder else _without_text_encoders(profile, files)
     vae = inspect_weights_file(files.vae, "vae")
     encoder_configs = {name: _component_config(profile, name, file) for name, file in encoders.items()}
     transformer_config = _component_config(profile, "transformer", dit)
     vae_config = _component_config(profile, "vae", vae)
     _check_second_expert(profile, files, dit, transformer_config)
     _check_pairing(profile, transformer_config, encoder_configs, encoders)
-    configs = {"transformer": transformer_config, "text_encoder": encoder_configs["text_encoder"], "vae": vae_config}
+    configs = {"transformer": transformer_config, "text_encoder": encoder_configs.get("text_encoder", {}),
+               "vae": vae_config}
     for check in profile.pairing_checks:
-        check(profile, configs, {"diffusion_model": dit, "text_encoder": encoders["text_encoder"], "vae": vae})
+        check(profile, configs, {"diffusion_model": dit, "text_encoder": encoders.get("text_encoder"), "vae": vae})
     _check_bundled(profile, dit)
     components = {"transformer": ("diffusers", profile.transformer.class_name),
                   "vae": ("diffusers", profile.vae.class_name),
                   "scheduler": ("diffusers", profile.scheduler_class)}
     for name, component, _folder, tokenizer_class in profile.encoder_slots():
+        if name not in encoders:
+            continue
         find_tokenizer(profile, files, name, encoders[name])
         components[name] = ("transformers", component.class_name)
         components[name.replace("text_encoder", "tokenizer")] = ("transformers", tokenizer_class)
@@ -227,6 +232,24 @@ def _encoder_files(profile: FilesProfile, files: ModelFiles) -> dict[str, Weight
     return encoders
 
 
+def _without_text_encoders(profile: FilesProfile, files: ModelFiles) -> dict:
+    """text_encoder = none: the prompt arrives as CONDITIONING from ComfyUI's own text encoder, so no
+    encoder loads (ComfyUI keeps it in its own memory management). Only for families whose embeddings
+    match ComfyUI's (the family's conditioning_refusal says why the others do not)."""
+    from ..families import FAMILIES
+
+    family = FAMILIES[profile.family_key]
+    if family.conditioning_refusal is not None:
+        raise OmniInputError("text_encoder", "none", f"{family.title} needs its text encoder here: Sample cannot "
+                             f"take ComfyUI's CONDITIONING for it ({family.conditioning_refusal})",
+                             "choose the model's text encoder file from models/text_encoders")
+    for extra in ("text_encoder_2", "text_encoder_3"):
+        if getattr(files, extra):
+            raise OmniInputError(extra, Path(getattr(files, extra)).name, "text_encoder is none (the prompt comes "
+                                 "as CONDITIONING), so no text encoder loads", f"set {extra} to none too")
+    return {}
+
+
 def _component_config(profile: FilesProfile, component: str, file: WeightsFile) -> dict:
     input_name = _COMPONENT_INPUT[component]
     try:
@@ -247,6 +270,8 @@ def _check_pairing(profile: FilesProfile, transformer: dict, encoder_configs: di
     7B model's DiT would fail deep inside the first step)."""
     for names, width_key, transformer_key, *stacked in profile.pairings:
         names = names if isinstance(names, tuple) else (names,)  # several: their widths side by side (SD3)
+        if any(name not in encoder_configs for name in names):
+            continue  # no text encoder loads (CONDITIONING): Sample checks the embeddings' width instead
         widths = [encoder_configs[name].get("text_config", encoder_configs[name]).get(width_key) for name in names]
         width, name = sum(widths) * (stacked[0] if stacked else 1), names[-1]
         wanted = transformer.get(transformer_key)
@@ -299,6 +324,9 @@ def load_pipeline_from_files(files: ModelFiles, info: ModelFolder, dtype):
             profile.scheduler_for(info.transformer_config)),
     }
     for name, component, _folder, _tokenizer_class in profile.encoder_slots():
+        if name not in info.components:  # text_encoder = none: prompts come as CONDITIONING
+            parts[name] = parts[name.replace("text_encoder", "tokenizer")] = None
+            continue
         encoder = inspect_weights_file(getattr(files, name), name)
         config = component.config(encoder)
         parts[name] = _load_component(component, getattr(files, name), config, dtype, name)

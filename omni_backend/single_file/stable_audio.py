@@ -201,6 +201,8 @@ PROJECTION_MODEL = Component("diffusers", "StableAudioProjectionModel", projecti
 
 def check_text_width(profile, configs: dict, files: dict) -> None:
     """T5's width must be what the bundle's prompt projection reads (T5-base: 768)."""
+    if files["text_encoder"] is None:  # no encoder (the prompt comes as CONDITIONING): nothing to pair
+        return
     bundle = inspect_weights_file(files["diffusion_model"].path, "projection_model")
     wanted = projection_config(bundle)["text_encoder_dim"]
     width = configs["text_encoder"]["d_model"]
