@@ -96,7 +96,8 @@ def write_comfy_files(family_key: str, directory: str | Path, weights: str = "bf
         getattr(pipe, name.replace("text_encoder", "tokenizer")).save_pretrained(
             directory / "text_encoders" / tokenizer_folder)
     if profile.processor is not None:  # the tiny image processor's settings, where the loader looks first
-        getattr(pipe, profile.processor_name).image_processor.save_pretrained(directory / "text_encoders" / profile.tokenizer_folder)
+        processor = getattr(pipe, profile.processor_name)
+        processor.image_processor.save_pretrained(directory / "text_encoders" / profile.tokenizer_folder)
     return written
 
 

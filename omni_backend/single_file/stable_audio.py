@@ -57,10 +57,11 @@ def transformer_config(file: WeightsFile) -> dict:
     head_dim = TRANSFORMER["attention_head_dim"]  # shapes cannot tell it (the rotary table is 32 wide either way)
     if file.metadata.get("config"):
         head_dim = json.loads(file.metadata["config"]).get("attention_head_dim", head_dim)
-    derived = dict(in_channels=file.shape("preprocess_conv.weight")[0], out_channels=file.shape("postprocess_conv.weight")[0],
+    key_value_rows = file.shape("transformer.layers.0.cross_attn.to_kv.weight")[0]  # keys and values stacked
+    derived = dict(in_channels=file.shape("preprocess_conv.weight")[0],
+                   out_channels=file.shape("postprocess_conv.weight")[0],
                    num_layers=file.count("transformer.layers", ".self_attn.to_qkv.weight"),
-                   num_attention_heads=inner // head_dim,
-                   num_key_value_attention_heads=file.shape("transformer.layers.0.cross_attn.to_kv.weight")[0] // 2 // head_dim,
+                   num_attention_heads=inner // head_dim, num_key_value_attention_heads=key_value_rows // 2 // head_dim,
                    cross_attention_dim=file.shape("to_cond_embed.0.weight")[0],
                    cross_attention_input_dim=file.shape("to_cond_embed.0.weight")[1],
                    global_states_input_dim=file.shape("to_global_embed.0.weight")[1],
