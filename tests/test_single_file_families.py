@@ -413,3 +413,20 @@ def test_ovis_gated_mlps_compute_as_comfyuis_formulas_on_the_file_tensors(twins)
         assert torch.allclose(single.act_mlp(gate) * value, F.silu(fused[:, half:]) * fused[:, :half], atol=1e-5)
         # The text norm ComfyUI applies before txt_in is diffusers' context_embedder_norm.
         assert torch.equal(file["txt_norm.weight"], model.context_embedder_norm.weight)
+
+
+def test_ovis_layout_at_the_released_size_has_the_released_files_key_count():
+    """At Ovis-Image-7B's size (6 double, 27 single blocks) the map writes 397 tensors: the count of
+    Comfy-Org's ovis_image_bf16.safetensors (as a published record of that file gives it). Names only,
+    on the meta device."""
+    from accelerate import init_empty_weights
+    from diffusers import OvisImageTransformer2DModel
+
+    from omni_backend.single_file import ovis_image
+
+    with init_empty_weights():
+        model = OvisImageTransformer2DModel.from_config(ovis_image.TRANSFORMER)
+    state = {key: torch.empty(value.shape, device="meta") for key, value in model.state_dict().items()}
+    written = ovis_image.transformer_file_keys(state, dict(model.config))
+    assert len(written) == 397 and "txt_norm.weight" in written
+    assert "double_blocks.5.img_mlp.gate_proj.weight" in written and "single_blocks.26.linear1.weight" in written
