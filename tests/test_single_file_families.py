@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -430,3 +431,64 @@ def test_ovis_layout_at_the_released_size_has_the_released_files_key_count():
     written = ovis_image.transformer_file_keys(state, dict(model.config))
     assert len(written) == 397 and "txt_norm.weight" in written
     assert "double_blocks.5.img_mlp.gate_proj.weight" in written and "single_blocks.26.linear1.weight" in written
+
+
+# Runs inside ComfyUI (COMFYUI_PATH: a checkout; COMFYUI_PYTHON: an interpreter that imports it): its own
+# Stable Audio DiT, Oobleck VAE and seconds conditioners at the released size, on the meta device.
+COMFY_STABLE_AUDIO = """
+import json, sys, torch
+sys.argv = [sys.argv[0], "--cpu"]
+import comfy.options
+comfy.options.enable_args_parsing()
+import comfy.ldm.audio.autoencoder, comfy.ldm.audio.dit, comfy.ldm.audio.embedders, comfy.ops
+with torch.device("meta"):
+    parts = {"model.model.": comfy.ldm.audio.dit.AudioDiffusionTransformer(
+                 io_channels=64, embed_dim=1536, cond_token_dim=768, global_cond_dim=1536, depth=24, num_heads=24,
+                 audio_model="dit1.0", operations=comfy.ops.disable_weight_init),
+             "pretransform.model.": comfy.ldm.audio.autoencoder.AudioOobleckVAE(),
+             "conditioner.conditioners.seconds_start.": comfy.ldm.audio.embedders.NumberConditioner(768, 0, 512),
+             "conditioner.conditioners.seconds_total.": comfy.ldm.audio.embedders.NumberConditioner(768, 0, 512)}
+print(json.dumps({prefix + key: list(value.shape) for prefix, module in parts.items()
+                  for key, value in module.state_dict().items()}))
+"""
+
+
+@pytest.mark.skipif(not os.environ.get("COMFYUI_PATH"), reason="COMFYUI_PATH is not set (a ComfyUI checkout)")
+def test_comfyuis_stable_audio_modules_have_the_names_and_shapes_the_maps_write(tmp_path):
+    """At the released size, ComfyUI's own modules hold exactly the tensors (names, shapes) the three maps
+    write into the checkpoint, but for what ComfyUI handles on load: torch's weight-norm names (the file's
+    weight_g / weight_v, which torch converts) and the all-zero LayerNorm betas it drops."""
+    import subprocess
+    import sys
+
+    from accelerate import init_empty_weights
+    from diffusers import AutoencoderOobleck, StableAudioDiTModel, StableAudioProjectionModel
+
+    from omni_backend.single_file import stable_audio
+
+    script = tmp_path / "comfy_stable_audio.py"
+    script.write_text(COMFY_STABLE_AUDIO)
+    comfyui = os.environ["COMFYUI_PATH"]
+    done = subprocess.run([os.environ.get("COMFYUI_PYTHON", sys.executable), str(script)], cwd=comfyui,
+                          capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONPATH": os.pathsep.join(
+                              filter(None, [comfyui, os.environ.get("PYTHONPATH")]))})
+    assert done.returncode == 0, done.stderr[-3000:]
+    weight_norm = (("parametrizations.weight.original0", "weight_g"), ("parametrizations.weight.original1", "weight_v"))
+    comfy = {}
+    for key, shape in json.loads(done.stdout.strip().splitlines()[-1]).items():
+        for new, old in weight_norm:
+            key = key.replace(new, old)
+        comfy[key] = tuple(shape)
+    ours = {}
+    for cls, config, component, prefix in (
+            (StableAudioDiTModel, stable_audio.TRANSFORMER, stable_audio.PROFILE.transformer, "model.model."),
+            (AutoencoderOobleck, stable_audio.VAE, stable_audio.PROFILE.vae, "pretransform.model."),
+            (StableAudioProjectionModel, stable_audio.PROJECTION, stable_audio.PROJECTION_MODEL,
+             "conditioner.conditioners.")):
+        with init_empty_weights():
+            model = cls.from_config(config)
+        state = {key: torch.empty(value.shape, device="meta") for key, value in model.state_dict().items()}
+        ours.update({prefix + key: tuple(value.shape)
+                     for key, value in component.to_file_keys(state, dict(model.config)).items()
+                     if not key.endswith((".pre_norm.beta", ".cross_attend_norm.beta", ".ff_norm.beta"))})
+    assert ours == comfy and len(ours) == 673
