@@ -1,11 +1,14 @@
-"""ComfyUI's single files for the image families with other text encoders than Qwen-Image's (FLUX.1:
-CLIP-L + T5-XXL; Z-Image: Qwen3; SD3.5: CLIP-L + CLIP-G + T5-XXL): each family's tiny model written as
+"""ComfyUI's single files for the families with other text encoders than Qwen-Image's (FLUX.1:
+CLIP-L + T5-XXL; Z-Image: Qwen3; SD3.5: CLIP-L + CLIP-G + T5-XXL; Stable-Audio-Open: T5-base beside its
+bundled checkpoint): each family's tiny model written as
 those files gives its diffusers-folder twin's output, and files in the wrong inputs are refused
 before any weight loads, naming the fix."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -21,7 +24,7 @@ from omni_backend.single_file.comfy_layout import write_comfy_files
 from omni_backend.single_file.model_files import ModelFiles, inspect_model_files
 from omni_backend.spec import ModelSpec
 
-FAMILY_KEYS = ["flux", "z-image", "sd3", "flux2-klein"]
+FAMILY_KEYS = ["flux", "z-image", "sd3", "flux2-klein", "stable-audio", "longcat-image", "ovis-image"]
 REQUEST = GenerationRequest(prompt="a red circle", negative_prompt="blurry", steps=2, guidance=4.0, width=64,
                             height=64)
 
@@ -297,3 +300,195 @@ def test_load_node_lists_checkpoints_and_optional_encoders(twins, tmp_path):
                                       "fp32", "cpu", text_encoder_2="clip_g.safetensors")
     finally:
         host.models_dir = saved
+
+
+def test_stable_audio_checkpoint_parts_and_refusals(twins, tmp_path):
+    """Stable-Audio-Open's checkpoint bundles DiT, VAE and seconds conditioners under the prefixes ComfyUI
+    reads (model.model., pretransform.model., conditioner.conditioners.). A DiT saved without the
+    conditioners, and a T5 of another width than the bundle's prompt projection reads, are refused from
+    the headers, naming the fix."""
+    from omni_backend.single_file import stable_audio
+
+    _folder, files = twins("stable-audio")
+    good = files["fp32"]
+    assert good.diffusion_model == good.vae and Path(good.vae).parent.name == "checkpoints"
+    with safetensors.safe_open(good.diffusion_model, "pt") as handle:
+        keys, metadata = list(handle.keys()), handle.metadata()
+    assert {key.split(".")[0] + "." + key.split(".")[1] + "." for key in keys} == set(stable_audio.BUNDLE.values())
+    # ComfyUI recognises the DiT by its rotary table and the VAE by this tensor (comfy/model_detection.py, sd.py).
+    assert {"model.model.transformer.rotary_pos_emb.inv_freq", "pretransform.model.decoder.layers.1.layers.0.beta"} \
+        <= set(keys)
+    dit_only = tmp_path / "stable_audio_dit.safetensors"
+    state = safetensors.torch.load_file(good.diffusion_model)
+    safetensors.torch.save_file({key: value for key, value in state.items() if key.startswith("model.model.")}, dit_only,
+                                metadata=metadata)
+    with pytest.raises(OmniInputError, match="diffusion_model = 'stable_audio_dit.safetensors'.*without the seconds "
+                                             "conditioners.*stable_audio_open_1.0.safetensors"):
+        inspect_model_files(ModelFiles(str(dit_only), good.text_encoder, good.vae))
+    # A T5 twice as wide (header-sized tensors of T5's names): refused before any weight loads.
+    wide = {"shared.weight": torch.zeros(8, 64), "encoder.block.0.layer.0.SelfAttention.q.weight": torch.zeros(64, 64),
+            "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight": torch.zeros(32, 4),
+            "encoder.block.0.layer.1.DenseReluDense.wi.weight": torch.zeros(16, 64)}
+    t5_large = tmp_path / "t5_large.safetensors"
+    safetensors.torch.save_file(wide, t5_large)
+    with pytest.raises(OmniInputError, match="text_encoder = 't5_large.safetensors'.*width is 64.*width 32.*"
+                                             "t5_base.safetensors"):
+        inspect_model_files(ModelFiles(good.diffusion_model, str(t5_large), good.vae))
+
+
+def test_stable_audio_vae_names_at_the_released_size():
+    """At the released Oobleck VAE's size (5 blocks), the map names the tensors as stable-audio-tools
+    saves them: the first and last convs and snakes around blocks 1-5, residual units inside."""
+    from omni_backend.single_file import stable_audio
+
+    names = stable_audio._vae_names(stable_audio.VAE)
+    assert names["encoder.conv1.weight_v"] == "encoder.layers.0.weight_v"
+    assert names["encoder.block.4.res_unit3.conv2.bias"] == "encoder.layers.5.layers.2.layers.3.bias"
+    assert names["encoder.block.0.conv1.weight_g"] == "encoder.layers.1.layers.4.weight_g"
+    assert names["encoder.snake1.alpha"] == "encoder.layers.6.alpha"
+    assert names["encoder.conv2.bias"] == "encoder.layers.7.bias"
+    assert names["decoder.block.0.snake1.beta"] == "decoder.layers.1.layers.0.beta"
+    assert names["decoder.block.2.conv_t1.weight_v"] == "decoder.layers.3.layers.1.weight_v"
+    assert names["decoder.block.1.res_unit1.snake2.alpha"] == "decoder.layers.2.layers.2.layers.2.alpha"
+    assert names["decoder.conv2.weight_v"] == "decoder.layers.7.weight_v"
+    assert len(set(names.values())) == len(names)  # one file name per tensor
+
+
+def test_longcat_edit_files_give_the_folder_twins_output_and_refuse_prompt_rewrite(tmp_path):
+    """LongCat-Image-Edit's DiT has LongCat-Image's names and shapes: auto reads LongCat-Image, the family
+    input names the edit model, whose files then give the folder twin's output. ComfyUI's Qwen2.5-VL files
+    have no output head, so LongCat's prompt rewrite (which generates text) is refused, not run on a stand-in."""
+    family = "longcat-image-edit"
+    folder = FAMILIES[family].make_tiny(tmp_path / "folder")
+    written = {name: str(path) for name, path in write_comfy_files(family, tmp_path / "files", "fp32").items()}
+    assert Path(written["diffusion_model"]).name == "longcat_image_edit_fp32.safetensors"
+    plain = ModelFiles(written["diffusion_model"], written["text_encoder"], written["vae"])
+    assert inspect_model_files(plain).family_key == "longcat-image"
+    files = ModelFiles(written["diffusion_model"], written["text_encoder"], written["vae"], family=family)
+    info = inspect_model_files(files)
+    assert info.family_key == family and info.components["text_processor"] == ("transformers", "Qwen2VLProcessor")
+    image = torch.rand(1, 64, 64, 3, generator=torch.Generator().manual_seed(0))
+    request = GenerationRequest(prompt="make it red", negative_prompt="blurry", steps=2, guidance=4.0, width=64,
+                                height=64, images=(image,))
+    engine = Engine()
+    try:
+        reference = engine.generate(ModelSpec.from_folder(str(folder), dtype="fp32", device="cpu"), request).latents
+        spec = ModelSpec.from_files(files, dtype="fp32", device="cpu")
+        latents = engine.generate(spec, request).latents
+        assert torch.allclose(latents, reference, atol=2e-5), float((latents - reference).abs().max())
+        rewrite = GenerationRequest(prompt="a cat", steps=1, width=64, height=64, prompt_rewrite=True)
+        with pytest.raises(OmniInputError, match="prompt_rewrite = True: .*without the language-model output head.*"
+                                                 "turn prompt_rewrite off"):
+            engine.generate(ModelSpec.from_files(dataclasses.replace(files, family="longcat-image"), dtype="fp32",
+                                                 device="cpu"), rewrite)
+    finally:
+        engine.unload_all()
+
+
+def test_ovis_gated_mlps_compute_as_comfyuis_formulas_on_the_file_tensors(twins):
+    """The file's gated MLPs, run as ComfyUI runs them (comfy/ldm/flux: YakMLP down(silu(gate(x)) * up(x));
+    a single block's linear1 MLP part: silu(second half) * first half), equal diffusers' modules: the map
+    puts value and gate rows where ComfyUI reads them, not only somewhere that reads back."""
+    import torch.nn.functional as F
+    from diffusers import OvisImageTransformer2DModel
+
+    from omni_backend.single_file.weights_file import inspect_weights_file, read_tensors
+
+    folder, files = twins("ovis-image")
+    model = OvisImageTransformer2DModel.from_pretrained(folder / "transformer").eval()
+    file = read_tensors(inspect_weights_file(files["fp32"].diffusion_model, "diffusion_model"), torch.float32)
+    inner = model.config.attention_head_dim * model.config.num_attention_heads
+    x = torch.randn(3, inner, generator=torch.Generator().manual_seed(0))
+
+    def linear(name, value):
+        return F.linear(value, file[f"{name}.weight"], file[f"{name}.bias"])
+
+    mlp = "double_blocks.0.img_mlp"
+    comfy = linear(f"{mlp}.down_proj", F.silu(linear(f"{mlp}.gate_proj", x)) * linear(f"{mlp}.up_proj", x))
+    with torch.no_grad():
+        assert torch.allclose(model.transformer_blocks[0].ff(x), comfy, atol=1e-5)
+        single = model.single_transformer_blocks[0]
+        fused = linear("single_blocks.0.linear1", x)[:, 3 * inner:]
+        half = fused.shape[-1] // 2
+        value, gate = single.proj_mlp(x).chunk(2, dim=-1)
+        assert torch.allclose(single.act_mlp(gate) * value, F.silu(fused[:, half:]) * fused[:, :half], atol=1e-5)
+        # The text norm ComfyUI applies before txt_in is diffusers' context_embedder_norm.
+        assert torch.equal(file["txt_norm.weight"], model.context_embedder_norm.weight)
+
+
+def test_ovis_layout_at_the_released_size_has_the_released_files_key_count():
+    """At Ovis-Image-7B's size (6 double, 27 single blocks) the map writes 397 tensors: the count of
+    Comfy-Org's ovis_image_bf16.safetensors (as a published record of that file gives it). Names only,
+    on the meta device."""
+    from accelerate import init_empty_weights
+    from diffusers import OvisImageTransformer2DModel
+
+    from omni_backend.single_file import ovis_image
+
+    with init_empty_weights():
+        model = OvisImageTransformer2DModel.from_config(ovis_image.TRANSFORMER)
+    state = {key: torch.empty(value.shape, device="meta") for key, value in model.state_dict().items()}
+    written = ovis_image.transformer_file_keys(state, dict(model.config))
+    assert len(written) == 397 and "txt_norm.weight" in written
+    assert "double_blocks.5.img_mlp.gate_proj.weight" in written and "single_blocks.26.linear1.weight" in written
+
+
+# Runs inside ComfyUI (COMFYUI_PATH: a checkout; COMFYUI_PYTHON: an interpreter that imports it): its own
+# Stable Audio DiT, Oobleck VAE and seconds conditioners at the released size, on the meta device.
+COMFY_STABLE_AUDIO = """
+import json, sys, torch
+sys.argv = [sys.argv[0], "--cpu"]
+import comfy.options
+comfy.options.enable_args_parsing()
+import comfy.ldm.audio.autoencoder, comfy.ldm.audio.dit, comfy.ldm.audio.embedders, comfy.ops
+with torch.device("meta"):
+    parts = {"model.model.": comfy.ldm.audio.dit.AudioDiffusionTransformer(
+                 io_channels=64, embed_dim=1536, cond_token_dim=768, global_cond_dim=1536, depth=24, num_heads=24,
+                 audio_model="dit1.0", operations=comfy.ops.disable_weight_init),
+             "pretransform.model.": comfy.ldm.audio.autoencoder.AudioOobleckVAE(),
+             "conditioner.conditioners.seconds_start.": comfy.ldm.audio.embedders.NumberConditioner(768, 0, 512),
+             "conditioner.conditioners.seconds_total.": comfy.ldm.audio.embedders.NumberConditioner(768, 0, 512)}
+print(json.dumps({prefix + key: list(value.shape) for prefix, module in parts.items()
+                  for key, value in module.state_dict().items()}))
+"""
+
+
+@pytest.mark.skipif(not os.environ.get("COMFYUI_PATH"), reason="COMFYUI_PATH is not set (a ComfyUI checkout)")
+def test_comfyuis_stable_audio_modules_have_the_names_and_shapes_the_maps_write(tmp_path):
+    """At the released size, ComfyUI's own modules hold exactly the tensors (names, shapes) the three maps
+    write into the checkpoint, but for what ComfyUI handles on load: torch's weight-norm names (the file's
+    weight_g / weight_v, which torch converts) and the all-zero LayerNorm betas it drops."""
+    import subprocess
+    import sys
+
+    from accelerate import init_empty_weights
+    from diffusers import AutoencoderOobleck, StableAudioDiTModel, StableAudioProjectionModel
+
+    from omni_backend.single_file import stable_audio
+
+    script = tmp_path / "comfy_stable_audio.py"
+    script.write_text(COMFY_STABLE_AUDIO)
+    comfyui = os.environ["COMFYUI_PATH"]
+    done = subprocess.run([os.environ.get("COMFYUI_PYTHON", sys.executable), str(script)], cwd=comfyui,
+                          capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONPATH": os.pathsep.join(
+                              filter(None, [comfyui, os.environ.get("PYTHONPATH")]))})
+    assert done.returncode == 0, done.stderr[-3000:]
+    weight_norm = (("parametrizations.weight.original0", "weight_g"), ("parametrizations.weight.original1", "weight_v"))
+    comfy = {}
+    for key, shape in json.loads(done.stdout.strip().splitlines()[-1]).items():
+        for new, old in weight_norm:
+            key = key.replace(new, old)
+        comfy[key] = tuple(shape)
+    ours = {}
+    for cls, config, component, prefix in (
+            (StableAudioDiTModel, stable_audio.TRANSFORMER, stable_audio.PROFILE.transformer, "model.model."),
+            (AutoencoderOobleck, stable_audio.VAE, stable_audio.PROFILE.vae, "pretransform.model."),
+            (StableAudioProjectionModel, stable_audio.PROJECTION, stable_audio.PROJECTION_MODEL,
+             "conditioner.conditioners.")):
+        with init_empty_weights():
+            model = cls.from_config(config)
+        state = {key: torch.empty(value.shape, device="meta") for key, value in model.state_dict().items()}
+        ours.update({prefix + key: tuple(value.shape)
+                     for key, value in component.to_file_keys(state, dict(model.config)).items()
+                     if not key.endswith((".pre_norm.beta", ".cross_attend_norm.beta", ".ff_norm.beta"))})
+    assert ours == comfy and len(ours) == 673

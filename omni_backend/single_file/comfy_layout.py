@@ -42,9 +42,11 @@ def write_comfy_files(family_key: str, directory: str | Path, weights: str = "bf
     encoders = [(component, "text_encoders", name, "fp8_scaled" if fp8 and "fp8" in names[name] else plain)
                 for name, component, *_ in profile.encoder_slots()]
     experts = [(profile.transformer, "diffusion_models", "diffusion_model_2", weights)] if profile.second_expert else []
+    bundled = [(component, "checkpoints", name, plain) for name, component in profile.bundled.items()]
+    bundle, bundle_metadata = {}, {}  # a checkpoints/ file's parts (Stable-Audio-Open's model.safetensors)
     for component, folder, input_name, fmt in (
             (profile.transformer, "diffusion_models", "diffusion_model", weights), *experts, *encoders,
-            (profile.vae, "vae", "vae", plain)):
+            (profile.vae, "vae", "vae", plain), *bundled):
         module = getattr(pipe, _PIPELINE_PART.get(input_name, input_name))
         config = _config_of(module)
         original = {key: value for key, value in module.state_dict().items() if key not in component.stand_ins}
@@ -62,6 +64,10 @@ def write_comfy_files(family_key: str, directory: str | Path, weights: str = "bf
                                       config)
         matrices = {key for key, value in mask.items() if value.numel() and bool(value.all())}
         tensors = _in_format(state, matrices, fmt, float32)
+        if input_name in profile.bundle:  # one file, each part under its prefix and with its config
+            bundle.update({profile.bundle[input_name] + key: value for key, value in tensors.items()})
+            bundle_metadata["config" if input_name == "diffusion_model" else f"{input_name}_config"] = json.dumps(config)
+            continue
         if input_name.startswith("diffusion_model"):
             tensors = {DIT_PREFIX + key: value for key, value in tensors.items()}
         if input_name == "text_encoder" and profile.tokenizer_tensor:
@@ -74,6 +80,13 @@ def write_comfy_files(family_key: str, directory: str | Path, weights: str = "bf
 
         save_file(tensors, path, metadata={"config": json.dumps(config)})
         written[input_name] = path
+    if bundle:
+        from safetensors.torch import save_file
+
+        path = directory / "checkpoints" / names["diffusion_model"]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file(bundle, path, metadata=bundle_metadata)
+        written.update({name: path for name in profile.bundle if name in names})
     # One folder per tokenizer name, as ComfyUI ships them: SD3's CLIP-L and CLIP-G share sd1_tokenizer
     # (the first encoder's is written; the profile's tokenizer_setup adds CLIP-G's padding). A UMT5
     # tokenizer travels inside its text encoder file instead.
@@ -83,7 +96,8 @@ def write_comfy_files(family_key: str, directory: str | Path, weights: str = "bf
         getattr(pipe, name.replace("text_encoder", "tokenizer")).save_pretrained(
             directory / "text_encoders" / tokenizer_folder)
     if profile.processor is not None:  # the tiny image processor's settings, where the loader looks first
-        pipe.processor.image_processor.save_pretrained(directory / "text_encoders" / profile.tokenizer_folder)
+        processor = getattr(pipe, profile.processor_name)
+        processor.image_processor.save_pretrained(directory / "text_encoders" / profile.tokenizer_folder)
     return written
 
 

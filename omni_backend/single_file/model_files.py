@@ -16,14 +16,15 @@ from pathlib import Path
 
 from ..errors import OmniInputError
 from ..model_folder import ModelFolder
-from . import flux, flux2_klein, qwen_image, qwen_image_edit, sd3, wan, z_image
+from . import flux, flux2_klein, longcat_image, ovis_image, qwen_image, qwen_image_edit, sd3, stable_audio, wan, z_image
 from .profile import FilesProfile
 from .text_encoders import kind_of
 from .weights_file import WeightsFile, inspect_weights_file, read_tensors
 
 PROFILES: dict[str, FilesProfile] = {profile.family_key: profile for profile in (
     qwen_image.PROFILE, *qwen_image_edit.PROFILES, *wan.PROFILES, flux.PROFILE, z_image.PROFILE, sd3.PROFILE,
-    flux2_klein.PROFILE)}
+    flux2_klein.PROFILE, stable_audio.PROFILE, *longcat_image.PROFILES,
+    ovis_image.PROFILE)}
 AUTO = "auto"
 
 
@@ -114,6 +115,7 @@ def _inspect(files: ModelFiles, *_stamps) -> ModelFolder:
                "vae": vae_config}
     for check in profile.pairing_checks:
         check(profile, configs, {"diffusion_model": dit, "text_encoder": encoders.get("text_encoder"), "vae": vae})
+    _check_bundled(profile, dit)
     components = {"transformer": ("diffusers", profile.transformer.class_name),
                   "vae": ("diffusers", profile.vae.class_name),
                   "scheduler": ("diffusers", profile.scheduler_class)}
@@ -123,10 +125,12 @@ def _inspect(files: ModelFiles, *_stamps) -> ModelFolder:
         find_tokenizer(profile, files, name, encoders[name])
         components[name] = ("transformers", component.class_name)
         components[name.replace("text_encoder", "tokenizer")] = ("transformers", tokenizer_class)
+    for name, component in profile.bundled.items():
+        components[name] = (component.library, component.class_name)
     if profile.second_expert:
         components["transformer_2"] = ("diffusers", profile.transformer.class_name)
     if profile.processor is not None:
-        components["processor"] = ("transformers", "Qwen2VLProcessor")
+        components[profile.processor_name] = ("transformers", "Qwen2VLProcessor")
     return ModelFolder(path=files.diffusion_model, pipeline_class=profile.pipeline_class,
                        family_key=profile.family_key, components=components,
                        transformer_config=transformer_config, vae_config=vae_config,
@@ -182,6 +186,18 @@ def _check_second_expert(profile: FilesProfile, files: ModelFiles, dit: WeightsF
                              f"diffusion_model and the high-noise one ({second.name}) in diffusion_model_2",
                              "swap them: diffusion_model takes the high-noise expert (the first steps), "
                              "diffusion_model_2 the low-noise one")
+
+
+def _check_bundled(profile: FilesProfile, dit: WeightsFile) -> None:
+    """The parts a bundle holds beside the DiT (Stable-Audio-Open's conditioners) are there and readable."""
+    for name, component in profile.bundled.items():
+        part = inspect_weights_file(dit.path, name)
+        try:
+            component.config(part)
+        except (TypeError, KeyError, ValueError, IndexError) as exc:
+            raise OmniInputError("diffusion_model", dit.name, f"it lacks the {name} {profile.family_key}'s "
+                                 f"checkpoint bundles beside the DiT ({exc!r})",
+                                 f"choose {profile.family_key}'s whole checkpoint from models/checkpoints") from None
 
 
 def _encoder_files(profile: FilesProfile, files: ModelFiles) -> dict[str, WeightsFile]:
@@ -315,8 +331,11 @@ def load_pipeline_from_files(files: ModelFiles, info: ModelFolder, dtype):
         config = component.config(encoder)
         parts[name] = _load_component(component, getattr(files, name), config, dtype, name)
         parts[name.replace("text_encoder", "tokenizer")] = _tokenizer(profile, files, name, encoder, config)
+    for name, component in profile.bundled.items():  # read from the bundle under its own prefix
+        parts[name] = _load_component(component, files.diffusion_model,
+                                      component.config(inspect_weights_file(files.diffusion_model, name)), dtype, name)
     if profile.processor is not None:
-        parts["processor"] = profile.processor(parts["tokenizer"], find_tokenizer(profile, files))
+        parts[profile.processor_name] = profile.processor(parts["tokenizer"], find_tokenizer(profile, files))
     if profile.second_expert:
         parts["transformer_2"] = _load_component(profile.transformer, files.diffusion_model_2, info.transformer_config,
                                                  dtype, "diffusion_model_2")
@@ -371,7 +390,8 @@ def _load_component(component, path: str, config: dict, dtype, input_name: str):
                              f"its tensors do not fit {component.class_name} ({len(missing)} missing, "
                              f"{len(unexpected)} unexpected: {shown})",
                              "use the release's original file (this one is from another model or version)")
-    state.update({key: state[source] for key, source in component.stand_ins.items() if key not in state})
+    stood_in = [key for key in component.stand_ins if key not in state]
+    state.update({key: state[component.stand_ins[key]] for key in stood_in})
     module.load_state_dict(state, strict=True, assign=True)
     # As from_pretrained: loaded tensors in `dtype` except the modules the class keeps in float32; diffusers
     # leaves buffers that are not weights (e.g. Wan's rotary tables) as built, transformers casts them.
@@ -387,6 +407,9 @@ def _load_component(component, path: str, config: dict, dtype, input_name: str):
                 cast = tensor.detach().to(dtype)
                 table[attribute] = torch.nn.Parameter(cast, requires_grad=tensor.requires_grad) \
                     if isinstance(tensor, torch.nn.Parameter) else cast
+    # Which parameters the file did not have (e.g. an LLM's output head): a family whose option would
+    # use them (LongCat's prompt rewrite generates text) refuses that option instead of running it wrong.
+    module._omni_stood_in = tuple(stood_in)
     return module
 
 

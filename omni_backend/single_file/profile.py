@@ -59,6 +59,7 @@ class FilesProfile:
     pairing_checks: tuple = ()
     # The pipeline's processor (Qwen-Image-Edit's image + text), from the tokenizer and its folder.
     processor: Callable | None = None
+    processor_name: str = "processor"  # its pipeline component name (LongCat's pipelines: text_processor)
 
     def matches(self, file: WeightsFile) -> bool:
         """This family's DiT: its identifying tensors are there and (where families share them) its shapes fit."""
@@ -81,6 +82,13 @@ class FilesProfile:
     # Pipeline arguments a diffusers folder's model_index.json would hold (Wan's boundary_ratio): a dict,
     # or a function of the files (ModelFiles) where the files decide them (FLUX.2-klein's distillation).
     pipeline_kwargs: dict | Callable = field(default_factory=dict, hash=False)
+    # Pipeline components read from the diffusion model's file beside the DiT, when that file is a bundle
+    # (Stable-Audio-Open's projection model: its seconds conditioners), by pipeline component name; each
+    # is found under its weights_file.BUNDLE_PREFIXES entry.
+    bundled: dict = field(default_factory=dict, hash=False)
+    # The parts one checkpoints/ file holds, by input or component name -> key prefix (what make-tiny
+    # writes as a bundle; the reader finds the parts by weights_file.BUNDLE_PREFIXES).
+    bundle: dict = field(default_factory=dict, hash=False)
 
     def encoder_slots(self) -> list[tuple[str, Component, str, str]]:
         """(input and pipeline component name, component, tokenizer folder, tokenizer class) per encoder."""
@@ -115,7 +123,7 @@ def with_file_config(file: WeightsFile, config: dict, input_name: str) -> dict:
     """`config` updated by the file's own `config` metadata, when it carries one (it describes the file's
     main part: a bundle's VAE, read under first_stage_model., does not take it)."""
     text = file.metadata.get("config")
-    if not text or file.prefix in ("first_stage_model.", "vae."):
+    if not text or file.prefix in ("first_stage_model.", "vae.", "pretransform.model.", "conditioner.conditioners."):
         return config
     try:
         carried = json.loads(text)

@@ -31,7 +31,11 @@ FP8_DTYPES = {"F8_E4M3": "fp8_e4m3fn", "F8_E5M2": "fp8_e5m2"}
 HEADER_LIMIT = 100 * 1024 * 1024  # safetensors' own limit for the JSON header
 # Checkpoints that bundle several parts (ComfyUI's checkpoints/, e.g. Stability's sd3.5_medium.safetensors:
 # the DiT under model.diffusion_model., the VAE under first_stage_model.): the part an input reads.
-BUNDLE_PREFIXES = {"diffusion_model": ("model.diffusion_model.",), "vae": ("first_stage_model.", "vae.")}
+# Stable-Audio-Open's model.safetensors: the DiT under model.model., its VAE under pretransform.model., the
+# seconds conditioners (the pipeline's projection model) under conditioner.conditioners.
+BUNDLE_PREFIXES = {"diffusion_model": ("model.diffusion_model.", "model.model."),
+                   "vae": ("first_stage_model.", "vae.", "pretransform.model."),
+                   "projection_model": ("conditioner.conditioners.",)}
 
 
 @dataclass(frozen=True)
