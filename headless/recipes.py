@@ -116,7 +116,7 @@ def shipped_workflows() -> dict[str, dict]:
 
 
 # The families whose workflows load ComfyUI's single files, in the weight formats of ComfyUI's templates.
-COMFY_FILE_FAMILIES = {"qwen-image": "fp8_e4m3fn", "wan2.2": "fp8_scaled"}
+COMFY_FILE_FAMILIES = {"qwen-image": "fp8_e4m3fn", "wan2.2": "fp8_scaled", "flux": "bf16"}
 
 
 def comfy_file_workflows() -> dict[str, dict]:

@@ -134,7 +134,7 @@ def _profile(family_key: str, pipeline_class: str, dit_file: str, vae_file: str,
         tokenizer_folder="", tokenizer_class="T5Tokenizer", tokenizer_tensor=umt5.TOKENIZER_TENSOR,
         scheduler_class="UniPCMultistepScheduler", scheduler_config=_scheduler(flow_shift),
         file_names=names, second_expert=second_expert, pipeline_kwargs=pipeline_kwargs,
-        pairing_checks=(check_vae_fits,),
+        pairings=(("text_encoder", "d_model", "text_dim"),), pairing_checks=(check_vae_fits,),
     )
 
 

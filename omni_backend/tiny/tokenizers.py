@@ -73,7 +73,7 @@ def glm_image_tokenizer(chat_template: str):
     return tokenizer
 
 
-def clip_tokenizer():
+def clip_tokenizer(pad_token: str | None = None):
     from transformers import CLIPTokenizer
 
     chars = list(string.printable.strip()) + [" "]
@@ -82,6 +82,8 @@ def clip_tokenizer():
         vocab.setdefault(piece, len(vocab))
     tokenizer = CLIPTokenizer(vocab=vocab, merges=[])
     tokenizer.model_max_length = 77
+    if pad_token is not None:
+        tokenizer.pad_token = pad_token
     return tokenizer
 
 
