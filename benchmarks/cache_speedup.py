@@ -8,6 +8,9 @@
   they mean on real models): quality and dynamic-cache speed. `follow_score` is the fraction of
   its images that draw what their held-out prompt asks (omni_backend/reference/evaluate.py;
   the uncached run's is in the "none" row).
+- "reference-edit": the trained reference edit model (QwenImageEditPipeline) on held-out edits of
+  rendered scenes; `follow_score` is the fraction of its outputs that make the asked change and keep
+  the rest (omni_backend/reference/edit_evaluate.py). No peer rows (their calls take no input image).
 - "random-heavy": a random Qwen-Image transformer big enough that compute dominates; random
   weights never look alike between steps, so it measures overhead, not cache quality.
 Block executions are counted on each block's attention projection (a hook on a skipped block
@@ -52,10 +55,13 @@ def psnr(images, reference) -> float:
 class Runner:
     """Generates a fixed prompt set with one spec or one peer, timing and counting block work."""
 
-    def __init__(self, engine, spec, prompts, steps, guidance, size):
+    def __init__(self, engine, spec, prompts, steps, guidance, size, images=None):
+        """`images`: one input image (ComfyUI IMAGE [1, H, W, 3]) per prompt, for an edit model."""
         self.engine, self.spec, self.prompts = engine, spec, prompts
+        inputs = [(image,) for image in images] if images is not None else [()] * len(prompts)
         self.requests = [GenerationRequest(prompt=p, negative_prompt="", steps=steps, guidance=guidance, seed=i,
-                                           width=size, height=size) for i, p in enumerate(prompts)]
+                                           width=size, height=size, images=image)
+                         for i, (p, image) in enumerate(zip(prompts, inputs))]
 
     def ours(self, cache):
         spec = self.spec.replace(cache=cache) if cache is not None else self.spec
@@ -117,10 +123,10 @@ def peers():
 
 
 def benchmark(model: str, folder: str, prompts, steps, guidance, size, repeats, with_peers: bool,
-              extra: dict | None = None, score=None):
+              extra: dict | None = None, score=None, images=None):
     engine = Engine()
     spec = ModelSpec.from_folder(folder, dtype="fp32", device="cpu")
-    runner = Runner(engine, spec, prompts, steps, guidance, size)
+    runner = Runner(engine, spec, prompts, steps, guidance, size, images)
     base_time, base_blocks, base_images = runner.measure(runner.ours(None), repeats)
     rows = [{"model": model, "method": "none", "settings": "uncached", "speedup": 1.0, "block_exec_ratio": 1.0,
              "psnr_db": None}]
@@ -146,6 +152,22 @@ def follow_score(prompts):
     return lambda images: round(sum(score_images(prompts, images.numpy())) / len(prompts), 3)
 
 
+def edit_follow_score(edits, inputs):
+    from omni_backend.reference.edit_evaluate import score_edits
+
+    return lambda images: round(sum(score_edits(edits, inputs, images.numpy())) / len(edits), 3)
+
+
+def reference_edits(count: int):
+    """(edits, input renders [N, H, W, 3]): the first `count` held-out edits, kinds taken in turn."""
+    from omni_backend.reference.edit_evaluate import held_out_inputs
+
+    edits, _inputs, _targets = held_out_inputs()
+    per_kind = len(edits) // 3
+    order = [kind * per_kind + i for i in range(per_kind) for kind in range(3)][:count]
+    return held_out_inputs([edits[i] for i in order])[:2]
+
+
 def reference_prompts(count: int):
     from omni_backend.reference.evaluate import default_prompts
 
@@ -156,13 +178,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--prompts", type=int, default=8, help="held-out prompts of the reference model")
-    parser.add_argument("--skip-heavy", action="store_true", help="only the reference model")
+    parser.add_argument("--prompts", type=int, default=8, help="held-out prompts of the reference model (0: skip it)")
+    parser.add_argument("--edits", type=int, default=6, help="held-out edits of the reference edit model (0: skip it)")
+    parser.add_argument("--skip-heavy", action="store_true", help="only the reference models")
     args = parser.parse_args()
     rows = []
     from omni_backend.reference import MODEL_DIR
 
-    if Path(MODEL_DIR, "model_index.json").exists():
+    if Path(MODEL_DIR, "model_index.json").exists() and args.prompts:
         from omni_backend.reference import TEACACHE_COEFFICIENTS
 
         prompts = reference_prompts(args.prompts)
@@ -170,6 +193,13 @@ def main() -> None:
                   TeaCacheConfig(rel_l1_thresh=0.2, coefficients=TEACACHE_COEFFICIENTS)}
         rows += benchmark("reference", str(MODEL_DIR), prompts, steps=25, guidance=4.0, size=64,
                           repeats=args.repeats, with_peers=True, extra=fitted, score=follow_score(prompts))
+    from omni_backend.reference import EDIT_MODEL_DIR
+
+    if Path(EDIT_MODEL_DIR, "model_index.json").exists() and args.edits:
+        edits, inputs = reference_edits(args.edits)
+        rows += benchmark("reference-edit", str(EDIT_MODEL_DIR), [edit.instruction for edit in edits], steps=20,
+                          guidance=4.0, size=64, repeats=args.repeats, with_peers=False,
+                          score=edit_follow_score(edits, inputs), images=[torch.from_numpy(i)[None] for i in inputs])
     if not args.skip_heavy:
         with tempfile.TemporaryDirectory() as tmp:
             folder = heavy_random_model(Path(tmp) / "qwen-heavy")

@@ -1,9 +1,12 @@
-"""Prompt following of the trained reference model, per acceleration setting.
+"""Prompt following of the trained reference models, per acceleration setting.
 
     python benchmarks/prompt_following.py --json
 
-Prints one line per setting: {"setting", "prompts", "score", "psnr_db", "images", "speedup_estimate",
-"seconds"}.
+Prints one line per setting and task: {"setting", "task", "prompts", "score", "psnr_db", "images",
+"speedup_estimate", "seconds"}. Task "text-to-image" is the reference model on its held-out prompts;
+task "edit" is the reference edit model on its held-out edits ("prompts" counts the edits; "score"
+is the fraction of outputs that make the asked change and keep the rest, see
+omni_backend/reference/edit_evaluate.py; EDIT_SETTINGS are run).
 `score` is the fraction of images that follow their held-out prompt (see
 omni_backend/reference/evaluate.py); `psnr_db` compares the setting's images with the plain
 run's (null for plain itself); `speedup_estimate` is the cache's own count of transformer work
@@ -63,6 +66,10 @@ SETTINGS = {
 }
 
 
+# The edit task's settings: plain and each lossy feature at its default.
+EDIT_SETTINGS = ("plain", "teacache", "cache-dit", "fp8")
+
+
 def psnr_db(images, reference) -> float | None:
     """PSNR of images against the reference (both 0..1); None when they are identical."""
     import numpy as np
@@ -73,8 +80,7 @@ def psnr_db(images, reference) -> float | None:
 
 def main(argv=None) -> list[dict]:
     from omni_backend.engine import Engine
-    from omni_backend.reference import model_path
-    from omni_backend.reference.evaluate import GUIDANCE, IMAGES_PER_PROMPT, STEPS, default_prompts, evaluate
+    from omni_backend.reference.evaluate import GUIDANCE, IMAGES_PER_PROMPT, STEPS
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", action="store_true", help="one JSON object per line")
@@ -83,10 +89,55 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--guidance", type=float, default=GUIDANCE)
     parser.add_argument("--images-per-prompt", type=int, default=IMAGES_PER_PROMPT)
     parser.add_argument("--prompts", type=int, default=None, help="use only the first N held-out prompts")
+    parser.add_argument("--tasks", nargs="*", default=["text-to-image", "edit"], choices=["text-to-image", "edit"])
     args = parser.parse_args(argv)
 
-    prompts = default_prompts()[:args.prompts]
     engine = Engine()
+    lines = []
+    if "text-to-image" in args.tasks:
+        lines += text_to_image(engine, args)
+    if "edit" in args.tasks:
+        lines += edit(engine, args)
+    return lines
+
+
+def _print(line: dict, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(line), flush=True)
+        return
+    psnr = "-" if line["psnr_db"] is None else f"{line['psnr_db']:.1f} dB"
+    print(f"{line['task']:>13} {line['setting']:>10}: score {line['score']:.3f} on {line['images']} images of "
+          f"{line['prompts']} prompts, PSNR vs plain {psnr}, work skipped {line['speedup_estimate']:.2f}x, "
+          f"{line['seconds']:.1f}s", flush=True)
+
+
+def edit(engine, args) -> list[dict]:
+    from omni_backend.reference import edit_model_path
+    from omni_backend.reference.edit_evaluate import GUIDANCE, SEEDS_PER_EDIT, STEPS, evaluate_edits
+
+    names = [name for name in EDIT_SETTINGS if name in args.settings or name == "plain"]
+    plain_pixels, lines = None, []
+    for name in names:
+        result = evaluate_edits(edit_model_path(), engine, steps=STEPS, guidance=GUIDANCE,
+                                seeds_per_edit=SEEDS_PER_EDIT, with_feature=SETTINGS[name])
+        if plain_pixels is None:
+            plain_pixels = result["pixels"]
+        line = {"setting": name, "task": "edit", "prompts": result["edits"], "score": round(result["score"], 4),
+                "psnr_db": None if name == "plain" else _rounded(psnr_db(result["pixels"], plain_pixels)),
+                "images": result["images"], "speedup_estimate": round(result["speedup_estimate"], 2),
+                "seconds": round(result["seconds"], 2),
+                "by_kind": {kind: round(score, 3) for kind, score in result["by_kind"].items()}}
+        if name in args.settings:
+            lines.append(line)
+            _print(line, args.json)
+    return lines
+
+
+def text_to_image(engine, args) -> list[dict]:
+    from omni_backend.reference import model_path
+    from omni_backend.reference.evaluate import default_prompts, evaluate
+
+    prompts = default_prompts()[:args.prompts]
     names = ["plain"] + [name for name in args.settings if name != "plain"]  # plain is every PSNR's reference
     plain_pixels, lines = None, []
     for name in names:
@@ -94,18 +145,14 @@ def main(argv=None) -> list[dict]:
                           images_per_prompt=args.images_per_prompt, prompts=prompts, with_feature=SETTINGS[name])
         if plain_pixels is None:
             plain_pixels = result["pixels"]
-        line = {"setting": name, "prompts": result["prompts"], "score": round(result["score"], 4),
+        line = {"setting": name, "task": "text-to-image", "prompts": result["prompts"],
+                "score": round(result["score"], 4),
                 "psnr_db": None if name == "plain" else _rounded(psnr_db(result["pixels"], plain_pixels)),
                 "images": result["images"], "speedup_estimate": round(result["speedup_estimate"], 2),
                 "seconds": round(result["seconds"], 2)}
         if name in args.settings:
             lines.append(line)
-            if args.json:
-                print(json.dumps(line), flush=True)
-            else:
-                psnr = "-" if line["psnr_db"] is None else f"{line['psnr_db']:.1f} dB"
-                print(f"{name:>10}: score {line['score']:.3f} on {line['images']} images of {line['prompts']} "
-                      f"prompts, PSNR vs plain {psnr}, work skipped {line['speedup_estimate']:.2f}x, {line['seconds']:.1f}s", flush=True)
+            _print(line, args.json)
     return lines
 
 

@@ -99,7 +99,7 @@ def _cmd_make_tiny(args) -> int:
 def _cmd_demo(args) -> int:
     from .demo import run_demo
 
-    for path in run_demo(output_dir=args.output_dir):
+    for path in run_demo(output_dir=args.output_dir, edit=args.edit):
         print(path)
     return 0
 
@@ -161,6 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="run the default workflow on the built-in model")
     demo.add_argument("--output-dir", default="output")
+    demo.add_argument("--edit", action="store_true",
+                      help="then change the drawing with the built-in edit model (both images are written)")
     demo.set_defaults(handler=_cmd_demo)
     return parser
 

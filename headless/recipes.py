@@ -79,6 +79,28 @@ def demo_workflow(model_name: str) -> dict:
     return builder.to_json()
 
 
+DEMO_EDIT = "make the circle green"  # an instruction of the reference edit model's form
+
+
+def demo_edit_workflow(model_name: str, edit_model_name: str) -> dict:
+    """What `omni-diffusion demo --edit` runs: the demo's scene, then the reference edit model changes it
+    (the first decode's image is the edit's input); both images are saved."""
+    builder = WorkflowBuilder(all_node_classes())
+    model = builder.add("OmniLoadModel", model_name=model_name, dtype="fp32", device="cpu")
+    sample = builder.add("OmniSample", prompt=DEMO_PROMPT, seed=0, steps=25, guidance=4.0, width=64, height=64)
+    decode = builder.add("OmniVAEDecode")
+    save = builder.add("SaveImage", filename_prefix="omni-demo")
+    edit_model = builder.add("OmniLoadModel", model_name=edit_model_name, dtype="fp32", device="cpu")
+    edit = builder.add("OmniSample", prompt=DEMO_EDIT, seed=0, steps=20, guidance=4.0, width=64, height=64)
+    edit_decode = builder.add("OmniVAEDecode")
+    edit_save = builder.add("SaveImage", filename_prefix="omni-demo-edit")
+    builder.chain((model, sample, "model"), (model, decode, "model"), (sample, decode, "samples"),
+                  (decode, save, "images"), (decode, edit, "image"), (edit_model, edit, "model"),
+                  (edit_model, edit_decode, "model"), (edit, edit_decode, "samples"),
+                  (edit_decode, edit_save, "images"))
+    return builder.to_json()
+
+
 # The input image the image-conditioned workflows name (under ComfyUI's input/; users pick their own).
 EXAMPLE_IMAGE = "example.png"
 
@@ -102,7 +124,7 @@ def shipped_workflows() -> dict[str, dict]:
 
 
 # The families whose workflows load ComfyUI's single files, in the weight formats of ComfyUI's templates.
-COMFY_FILE_FAMILIES = {"qwen-image": "fp8_e4m3fn"}
+COMFY_FILE_FAMILIES = {"qwen-image": "fp8_e4m3fn", "wan2.2": "fp8_scaled", "flux": "bf16"}
 
 
 def comfy_file_workflows() -> dict[str, dict]:

@@ -152,9 +152,11 @@ def tokenizer_dirs() -> tuple[str, ...]:
     if IN_COMFYUI:
         import comfy  # type: ignore
 
-        candidates = [Path(comfy.__file__).parent / "text_encoders"]
+        root = Path(comfy.__file__).parent
     else:
-        candidates = [HEADLESS.models_dir.resolve().parent / "comfy" / "text_encoders"]
+        root = HEADLESS.models_dir.resolve().parent / "comfy"
+    # comfy/text_encoders/ holds e.g. t5_tokenizer and qwen25_tokenizer; CLIP's is comfy/sd1_tokenizer.
+    candidates = [root / "text_encoders", root]
     return tuple(str(c) for c in candidates if c.is_dir())
 
 

@@ -114,6 +114,11 @@ class GenerationRequest:
         return self
 
     def validate_conditioning(self, model_folder) -> "GenerationRequest":
+        if "text_encoder" not in model_folder.components and self.positive is None:
+            raise OmniInputError("positive", "not connected", "the model was loaded without its text encoder "
+                                 "(text_encoder = none), so it cannot encode the prompt text",
+                                 "connect CONDITIONING from a ComfyUI text encoder to Sample's positive (and "
+                                 "negative), or choose the text encoder file in the loader")
         check_conditioning(model_folder.family, model_folder.transformer_config, model_folder.model_index,
                            self.guidance, self.positive, self.negative)
         return self

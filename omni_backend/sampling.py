@@ -94,14 +94,20 @@ def sample(ctx: RunContext):
                 stack.enter_context(session(ctx))
         stack.enter_context(_interrupt_checks(ctx))
 
-        def on_step_end(_pipe, index, _timestep, _tensors):
+        def stop_agreed(index) -> bool:
             stop = ctx.control.stop_requested()
             for hook in ctx.step_end_hooks:
                 stop = hook(index, stop)
+            return stop
+
+        def on_step_end(_pipe, index, _timestep, _tensors):
+            stop = stop_agreed(index)
             ctx.control.report_progress(index + 1, request.steps)
             if stop:
                 raise OmniInterrupted("stopped by the user")
             return {}
+
+        stack.enter_context(_prior_stage_progress(ctx, stop_agreed))
 
         generator = torch.Generator(device="cpu").manual_seed(request.seed)
         kwargs = dict(
@@ -137,6 +143,7 @@ def sample(ctx: RunContext):
                                       "layers": request.layers, "size": [width, height]})
             if not request.prompt.strip() and request.positive is None:
                 ctx.report.add("Prompt", {"text": "empty: the pipeline captions the image with its text encoder"})
+        stack.enter_context(family.call_context(ctx.spec.model_folder, request))
         ctx.control.report_progress(0, request.steps)
         with torch.inference_mode():
             latents = family.run_pipeline(pipe, kwargs, request.steps)
@@ -167,6 +174,30 @@ def _step_ends_from_transformer(ctx: RunContext, on_step_end):
     finally:
         for handle in handles:
             handle.remove()
+
+
+@contextlib.contextmanager
+def _prior_stage_progress(ctx: RunContext, stop_agreed):
+    """Progress and Cancel through a stage before denoising (GLM-Image's autoregressive model): a
+    forward hook counts its calls, one per generated token, and asks for a stop after each. Every
+    rank of a worker group runs the same stage with the same seed, so all vote equally often."""
+    module = ctx.family.prior_stage(ctx.pipe)
+    if module is None:
+        yield
+        return
+    total, calls = ctx.family.prior_stage_calls(ctx.request), [0]
+
+    def after_call(_module, _args, _output):
+        calls[0] += 1
+        ctx.control.report_progress(min(calls[0], total), total)
+        if stop_agreed(-calls[0]):
+            raise OmniInterrupted("stopped by the user")
+
+    handle = module.register_forward_hook(after_call)
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 @contextlib.contextmanager

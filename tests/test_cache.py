@@ -15,7 +15,8 @@ from omni_backend.errors import OmniIncompatibleError, OmniInputError
 from omni_backend.request import GenerationRequest
 
 TEACACHE_FAMILIES = ["qwen-image", "z-image", "flux", "flux2-klein", "longcat-image"]
-ALL_FAMILIES = ["qwen-image", "z-image", "flux", "flux2-klein", "sd3", "wan2.2", "longcat-image", "ovis-image"]
+ALL_FAMILIES = ["qwen-image", "z-image", "flux", "flux2-klein", "sd3", "wan2.2", "longcat-image", "ovis-image",
+                "glm-image"]
 
 
 def request_for(family_key, **changes):

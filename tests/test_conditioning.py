@@ -148,7 +148,7 @@ def test_readme_matrix_agrees_with_the_families():
             "Qwen-Image-Edit, -2509": ["qwen-image-edit", "qwen-image-edit-2509"], "FLUX.1-dev": ["flux"],
             "Stable-Diffusion-3.5": ["sd3"], "Stable-Audio-Open": ["stable-audio"],
             "LongCat-Image, -Edit": ["longcat-image", "longcat-image-edit"], "Ovis-Image": ["ovis-image"],
-            "Qwen-Image-Layered": ["qwen-image-layered"]}
+            "GLM-Image": ["glm-image"], "Qwen-Image-Layered": ["qwen-image-layered"]}
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     table = readme[readme.index("| Model | CONDITIONING | Why |"):].split("\n\n")[0].splitlines()[2:]
     said = {line.split("|")[1].strip(): line.split("|")[2].strip() for line in table}

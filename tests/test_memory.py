@@ -289,6 +289,11 @@ FP8_EXPECTATIONS["longcat-image"] = FP8_EXPECTATIONS["longcat-image-edit"] = (
 FP8_EXPECTATIONS["ovis-image"] = (_FLUX_LIKE_QUANTIZED, _FLUX_LIKE_MODULATION,
                                   _FLUX_LIKE_KEPT + ["timestep_embedder.linear_1"])
 
+FP8_EXPECTATIONS["glm-image"] = (["transformer_blocks.0.attn1.to_q", "transformer_blocks.1.ff.net.2"],
+                                 ["transformer_blocks.0.norm1.linear", "transformer_blocks.1.norm1.linear"],
+                                 ["image_projector.proj", "glyph_projector.net.0.proj", "prior_projector.net.2",
+                                  "proj_out", "norm_out.linear", "time_condition_embed.timestep_embedder.linear_1"])
+
 
 @pytest.mark.parametrize("family_key", list(FAMILIES))
 def test_fp8_quantizes_attention_mlp_and_modulation_and_halves_their_bytes(models_dir, family_key):

@@ -54,6 +54,47 @@ def test_fp8_scaled_file_reads_back_as_the_unscaled_weights(tmp_path):
         "the raw FP8 values are far from the weights: the scale matters"
 
 
+def test_newer_per_layer_fp8_file_reads_back_as_the_unscaled_weights(tmp_path):
+    """ComfyUI's newer quantized files: `X.weight_scale` (here one per output row) and an `X.comfy_quant`
+    JSON entry beside each FP8 weight; the scale is applied, the markers dropped."""
+    weights = _weights(1)
+    stored = {}
+    for key, tensor in weights.items():
+        if tensor.ndim == 2:
+            scale = tensor.abs().amax(dim=1) / 448.0
+            stored[key] = (tensor / scale[:, None]).to(torch.float8_e4m3fn)
+            stored[key[:-len("weight")] + "weight_scale"] = scale
+            stored[key[:-len("weight")] + "comfy_quant"] = torch.tensor(list(b'{"format": "float8_e4m3fn"}'),
+                                                                      dtype=torch.uint8)
+        else:
+            stored[key] = tensor
+    path = tmp_path / "dit_fp8_mixed.safetensors"
+    safetensors.torch.save_file({f"model.diffusion_model.{k}": v for k, v in stored.items()}, path)
+    file = inspect_weights_file(path, "diffusion_model")
+    assert file.weight_format == "fp8_scaled"
+    read = read_tensors(file, torch.float32)
+    assert set(read) == set(weights)
+    for key, tensor in weights.items():
+        assert (read[key] - tensor).abs().max() / tensor.abs().max() < 0.07, key
+
+
+def test_packed_integer_weights_are_refused_by_name(tmp_path):
+    path = tmp_path / "dit_nvfp4.safetensors"
+    safetensors.torch.save_file({"blocks.0.attn.to_q.weight": torch.zeros(64, 16, dtype=torch.uint8),
+                                 "blocks.0.attn.to_q.weight_scale": torch.ones(64, 2),
+                                 "blocks.0.attn.to_q.weight_scale_2": torch.ones(())}, path)
+    with pytest.raises(OmniInputError, match="nvfp4.*Fix: use the bf16"):
+        inspect_weights_file(path, "diffusion_model")
+
+
+def test_block_scaled_fp8_weights_are_refused_not_misread(tmp_path):
+    path = tmp_path / "dit_fp8_blocks.safetensors"
+    safetensors.torch.save_file({"blocks.0.attn.to_q.weight": torch.ones(64, 32).to(torch.float8_e4m3fn),
+                                 "blocks.0.attn.to_q.weight_scale": torch.ones(2, 1)}, path)
+    with pytest.raises(OmniInputError, match="diffusion_model = 'dit_fp8_blocks.safetensors'.*block scales"):
+        read_tensors(inspect_weights_file(path, "diffusion_model"), torch.float32)
+
+
 def test_plain_fp8_file_can_stay_fp8(tmp_path):
     weights = {key: value.to(torch.float8_e4m3fn) if value.ndim == 2 else value for key, value in _weights().items()}
     path = tmp_path / "dit_fp8_e4m3fn.safetensors"
@@ -180,3 +221,53 @@ def test_load_node_reads_files_only_inside_their_folders(headless, nodes):
     (spec,) = loader().load("qwen_image_fp8_e4m3fn.safetensors", "qwen_2.5_vl_7b_fp8_scaled.safetensors",
                             "qwen_image_vae.safetensors", "fp32", "cpu")
     assert spec.family_key == "qwen-image" and spec.files is not None
+
+
+def test_without_a_text_encoder_conditioning_gives_the_prompt_texts_latents(qwen_twins):
+    """text_encoder = none: nothing of the encoder loads, and the prompt comes as CONDITIONING (here the
+    pipeline's own encoding, which ComfyUI's Qwen-Image text encode matches: test_comfyui_text_encode.py)."""
+    from dataclasses import replace
+
+    from omni_backend.conditioning import TextEmbedding
+
+    _folder, files, engine, _reference = qwen_twins
+    with_encoder = ModelSpec.from_files(files["fp32"], dtype="fp32", device="cpu")
+    from_text = engine.generate(with_encoder, REQUEST).latents
+    pipe = engine.loaded(with_encoder).pipe
+    with torch.inference_mode():
+        embeddings = {role: TextEmbedding(pipe.encode_prompt(text, device=pipe.device)[0].clone(), role=role)
+                      for role, text in (("positive", REQUEST.prompt), ("negative", REQUEST.negative_prompt))}
+    without = ModelSpec.from_files(replace(files["fp32"], text_encoder=""), dtype="fp32", device="cpu")
+    result = engine.generate(without, replace(REQUEST, prompt="", negative_prompt="", **embeddings))
+    assert torch.equal(result.latents, from_text)
+    assert engine.loaded(without).pipe.text_encoder is None
+    with pytest.raises(OmniInputError, match="positive = 'not connected'.*without its text encoder"):
+        engine.generate(without, REQUEST)
+
+
+def test_a_model_that_needs_its_text_encoder_refuses_none(tmp_path):
+    written = write_comfy_files("qwen-image-edit", tmp_path, "bf16")
+    files = ModelFiles(str(written["diffusion_model"]), "", str(written["vae"]), family="qwen-image-edit")
+    with pytest.raises(OmniInputError, match="text_encoder = 'none'.*needs its text encoder"):
+        inspect_model_files(files)
+
+
+def test_an_fp8_files_weights_stay_its_values_under_the_fp8_node(tmp_path):
+    """fp8_e4m3fn weights are upcast to the compute dtype (exactly: e4m3 fits in bf16/fp32); the FP8 node
+    then stores those very values again (scale 1), not a per-row rescaling that would round them twice."""
+    from omni_backend.memory import MemoryConfig
+    from omni_backend.memory.fp8 import FP8Linear
+
+    written = write_comfy_files("qwen-image", tmp_path, "fp8_e4m3fn")
+    spec = ModelSpec.from_files(_files(written), dtype="fp32", device="cpu").replace(
+        memory=MemoryConfig(fp8="weight_only"))
+    engine = Engine()
+    try:
+        layer = engine.loaded(spec).pipe.transformer.transformer_blocks[0].attn.to_q
+        raw = safetensors.torch.load_file(written["diffusion_model"])[
+            "model.diffusion_model.transformer_blocks.0.attn.to_q.weight"]
+        assert isinstance(layer, FP8Linear) and raw.dtype == torch.float8_e4m3fn
+        assert torch.equal(layer.weight.view(torch.uint8), raw.view(torch.uint8)), "the file's FP8 values, bit for bit"
+        assert bool((layer.weight_scale == 1).all())
+    finally:
+        engine.unload_all()

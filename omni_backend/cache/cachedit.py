@@ -87,6 +87,10 @@ class CacheDiTConfig:
         family, pipe, request = ctx.family, ctx.pipe, ctx.request
         for problem in self.problems(ctx.spec):
             raise problem.error()
+        refusal = family.cache_dit_refusal(request)
+        if refusal:
+            raise OmniInputError("Apply Cache-DiT", family.title, refusal,
+                                 "remove Apply Cache-DiT for this run (or run without the reference images)")
         _quiet_cache_dit()
         steps = split_steps(family, pipe, request.steps)
         from ..parallel.runtime import cfg_parallel_active

@@ -8,6 +8,7 @@ from __future__ import annotations
 from .base import GuidanceStyle, ModelFamily
 from .flux import Flux
 from .flux2_klein import Flux2Klein
+from .glm_image import GlmImage
 from .longcat_image import LongCatImage, LongCatImageEdit
 from .ovis_image import OvisImage
 from .qwen_image import QwenImage
@@ -22,7 +23,7 @@ from .z_image import ZImage
 FAMILIES: dict[str, ModelFamily] = {
     family.key: family for family in (QwenImage(), ZImage(), Flux(), Flux2Klein(), StableDiffusion3(), Wan(),
                                       QwenImageEdit(), QwenImageEditPlus(), WanI2V(), WanTI2V(), StableAudio(),
-                                      LongCatImage(), LongCatImageEdit(), OvisImage(),
+                                      LongCatImage(), LongCatImageEdit(), OvisImage(), GlmImage(),
                                       QwenImageLayered())
 }
 

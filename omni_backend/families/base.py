@@ -123,6 +123,12 @@ class ModelFamily:
         """Extra keyword arguments for the pipeline's from_pretrained (e.g. a component built in memory)."""
         return {}
 
+    def call_context(self, folder, request: GenerationRequest):
+        """A context the pipeline call runs in, from the model folder (a ModelFolder); none by default."""
+        import contextlib
+
+        return contextlib.nullcontext()
+
     def call_kwargs(self, pipe, request: GenerationRequest) -> dict:
         """Keyword arguments for `pipe(...)` beyond prompt/steps/size/generator/output_type."""
         kwargs: dict[str, Any] = {self.guidance.argument: request.guidance}
@@ -221,6 +227,18 @@ class ModelFamily:
     supports_sequence_parallel: bool = True
     supports_tensor_parallel: bool = True
 
+    def cfg_branch(self, kwargs) -> str | None:
+        """The CFG branch ("cond"/"uncond") of a transformer call, for pipelines that do not enter a
+        `cache_context` per branch (GLM-Image); None: the pipeline's cache_context tells it."""
+        return None
+
+    def cfg_deferred_call(self, kwargs):
+        """A context-manager factory restoring what a positive call deferred by CFG-parallel needs when
+        it runs during the negative call (state the pipeline changed in between)."""
+        import contextlib
+
+        return contextlib.nullcontext
+
     def has_true_cfg(self, model_index: dict) -> bool:
         """Whether guidance > 1 runs a negative branch (what CFG-parallel splits)."""
         return self.guidance.kind in ("true_cfg", "cfg")
@@ -256,7 +274,21 @@ class ModelFamily:
             widths["MLP width"] = 4 * heads * head_dim
         return widths
 
+    # ---- a stage before the denoising loop ----------------------------------------------------
+    def prior_stage(self, pipe):
+        """The module whose forward calls make a stage before denoising (GLM-Image's autoregressive
+        model, one call per generated token), for progress and Cancel; None where there is none."""
+        return None
+
+    def prior_stage_calls(self, request: GenerationRequest) -> int:
+        """How many forward calls that stage makes for `request`."""
+        return 0
+
     # ---- caches ----------------------------------------------------------------------------
+    def cache_dit_refusal(self, request: GenerationRequest) -> str | None:
+        """Why Cache-DiT cannot run this request (None: it can)."""
+        return None
+
     # TeaCache: polynomial rescaling the relative L1 change of the first block's modulated input
     # (highest order first). None means the family has no extractor and TeaCache is refused.
     teacache_coefficients: tuple[float, ...] | None = None

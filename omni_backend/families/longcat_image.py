@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..errors import OmniInputError
 from ..images import one_pil
 from . import flux_like
 from .base import GATHERED_COLWISE, GuidanceStyle, ModelFamily, embedding_mlp
@@ -56,6 +57,12 @@ class LongCatImage(ModelFamily):
         kwargs = super().call_kwargs(pipe, request)
         kwargs.update(enable_cfg_renorm=request.cfg_renorm, cfg_renorm_min=request.cfg_renorm_min,
                       enable_prompt_rewrite=False)
+        if request.prompt_rewrite and "lm_head.weight" in getattr(pipe.text_encoder, "_omni_stood_in", ()):
+            # ComfyUI's Qwen2.5-VL files leave out the output head (its text is never generated there);
+            # the loader stood the embedding in for it, which encodes right but would generate nonsense.
+            raise OmniInputError("prompt_rewrite", True, "the text encoder was loaded from a ComfyUI file without "
+                                 "the language-model output head the rewrite generates text with",
+                                 "turn prompt_rewrite off, or load LongCat from its diffusers folder")
         if request.prompt_rewrite:
             # The pipeline's own rewrite (its VL model's generate), run here rather than inside the call
             # so that the prompt it wrote can be reported; the call then gets that prompt as is.

@@ -8,11 +8,49 @@ transformer denoises; it resizes the VAE image to about 1024x1024 px whatever th
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import importlib
 from pathlib import Path
 
+from ..errors import OmniInputError
 from ..images import one_pil
 from .qwen_image import QwenImage
 from .qwen_vl_processor import image_only_processor, load_processor, torchvision_available
+
+
+# A folder's model_index.json may declare the area in pixels that QwenImageEditPipeline resizes the input
+# image to (diffusers: about 1024x1024, a literal in its __call__). Only a small model trained at another
+# size needs it: the reference edit model works at 64x64 px, as the text-to-image reference draws, where
+# the 1 MP default would feed its 16-token scene to the transformer as 4096 tokens (seconds per call).
+INPUT_AREA_KEY = "_omni_input_image_area"
+_INPUT_AREA: contextvars.ContextVar[int | None] = contextvars.ContextVar("qwen_edit_input_area", default=None)
+
+
+def _install_area_aware_dimensions() -> None:
+    """Wrap the edit pipeline module's calculate_dimensions (the function its __call__ sizes the input
+    image with) once, so that it takes the area of the run in progress where one is set. The wrapper
+    reads a ContextVar: every other run, thread and pipeline keeps diffusers' own 1 MP."""
+    module = importlib.import_module("diffusers.pipelines.qwenimage.pipeline_qwenimage_edit")
+    original = module.calculate_dimensions
+    if getattr(original, "omni_area_aware", False):
+        return
+
+    def calculate_dimensions(target_area, ratio):
+        return original(_INPUT_AREA.get() or target_area, ratio)
+
+    calculate_dimensions.omni_area_aware = True
+    module.calculate_dimensions = calculate_dimensions
+
+
+@contextlib.contextmanager
+def _input_area(area: int):
+    _install_area_aware_dimensions()
+    token = _INPUT_AREA.set(area)
+    try:
+        yield
+    finally:
+        _INPUT_AREA.reset(token)
 
 
 class QwenImageEdit(QwenImage):
@@ -41,6 +79,18 @@ class QwenImageEdit(QwenImage):
         kwargs = super().call_kwargs(pipe, request)
         kwargs["image"] = one_pil(request.images[0])
         return kwargs
+
+    def call_context(self, folder, request):
+        area = folder.model_index.get(INPUT_AREA_KEY)
+        if area is None:
+            return contextlib.nullcontext()
+        if folder.pipeline_class != "QwenImageEditPipeline":
+            raise OmniInputError("model", folder.name, f"its model_index.json sets {INPUT_AREA_KEY}, which only "
+                                 "QwenImageEditPipeline folders may set", f"remove {INPUT_AREA_KEY} from it")
+        if not isinstance(area, int) or isinstance(area, bool) or area < 32 * 32:
+            raise OmniInputError("model", folder.name, f"its model_index.json sets {INPUT_AREA_KEY} to {area!r}",
+                                 "make it a whole number of pixels of at least 1024 (32x32), or remove it")
+        return _input_area(area)
 
     def build_tiny(self):
         import torch

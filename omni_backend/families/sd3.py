@@ -51,6 +51,7 @@ class StableDiffusion3(ModelFamily):
         return StableDiffusion3Pipeline(
             scheduler=flow_match_scheduler(), vae=autoencoder_kl(1.5305, 0.0609),
             text_encoder=clip_text_encoder(True), tokenizer=clip_tokenizer(),
-            text_encoder_2=clip_text_encoder(True), tokenizer_2=clip_tokenizer(),
+            # CLIP-G's tokenizer pads with "!" (token 0), as the release's tokenizer_2 does.
+            text_encoder_2=clip_text_encoder(True), tokenizer_2=clip_tokenizer(pad_token="!"),
             text_encoder_3=t5_text_encoder(), tokenizer_3=t5_tokenizer(), transformer=transformer,
         )

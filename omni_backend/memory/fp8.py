@@ -43,8 +43,14 @@ _MIN_SCALE = 1e-12  # an all-zero row or token gets a tiny scale instead of 0/0
 
 
 def quantize_per_channel(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """[out, in] weight -> (e4m3 [out, in], float32 scale [out, 1]) with weight ~= fp8 * scale."""
+    """[out, in] weight -> (e4m3 [out, in], float32 scale [out, 1]) with weight ~= fp8 * scale.
+
+    A weight whose values are all e4m3 numbers already (read from a ComfyUI fp8_e4m3fn file and upcast)
+    keeps exactly those values with scale 1: rescaling them per row would round them a second time."""
     high = weight.detach().float()
+    as_fp8 = high.to(E4M3)
+    if torch.equal(as_fp8.float(), high):
+        return as_fp8, torch.ones(high.shape[0], 1, device=high.device)
     scale = (high.abs().amax(dim=1, keepdim=True) / E4M3_MAX).clamp(min=_MIN_SCALE)
     return (high / scale).clamp(-E4M3_MAX, E4M3_MAX).to(E4M3), scale
 

@@ -4,7 +4,8 @@ The diffusers pipelines stay untouched; we wrap the transformer's forward for th
 - Pipelines that batch CFG into one call (SD3, Z-Image): each rank runs its half of the batch
   and the halves are all-gathered back in order.
 - Pipelines that call the transformer twice per step (Qwen-Image, FLUX.2, Wan): the first call
-  (inside `cache_context("cond")`) returns a buffer without computing; the second call runs both
+  (inside `cache_context("cond")`, or whatever the family's `cfg_branch` reads from the call's
+  inputs where the pipeline enters no context: GLM-Image) returns a buffer without computing; the second call runs both
   branches at once, rank 0 the positive with the first call's inputs and rank 1 the negative,
   all-gathers them, writes the positive result into the buffer the pipeline already holds and
   returns the negative. The pipelines read the first result only after the second call, so the
@@ -48,24 +49,26 @@ class BatchSplitCFG:
 class DeferredCondCFG:
     """Two calls per step: defer the positive one, run both branches together on the negative one."""
 
-    def __init__(self, transformer, forward, group):
-        self.transformer, self.forward, self.group = transformer, forward, group
+    def __init__(self, transformer, forward, group, family):
+        self.transformer, self.forward, self.group, self.family = transformer, forward, group, family
         self.rank = dist.get_rank(group)
         self.branch = None  # the cache_context the pipeline entered for this call
-        self.pending = None  # (args, kwargs, buffer) of the deferred positive call
+        self.pending = None  # (args, kwargs, buffer, state restorer) of the deferred positive call
 
     def __call__(self, *args, **kwargs):
-        if self.branch == COND:
+        branch = self.branch or self.family.cfg_branch(kwargs)
+        if branch == COND:
             hidden = kwargs.get("hidden_states", args[0] if args else None)
             buffer = torch.empty_like(hidden)
-            self.pending = (args, kwargs, buffer)
+            self.pending = (args, kwargs, buffer, self.family.cfg_deferred_call(kwargs))
             return (buffer,) if kwargs.get("return_dict") is False else _output_like(buffer)
-        if self.branch != UNCOND or self.pending is None:
+        if branch != UNCOND or self.pending is None:
             return self.forward(*args, **kwargs)  # CFG off this step: every rank computes it
-        cond_args, cond_kwargs, buffer = self.pending
+        cond_args, cond_kwargs, buffer, cond_state = self.pending
         self.pending = None
         mine = (cond_args, cond_kwargs) if self.rank == 0 else (args, kwargs)
-        with self.transformer.cache_context(COND if self.rank == 0 else UNCOND):
+        state = cond_state() if self.rank == 0 else contextlib.nullcontext()
+        with self.transformer.cache_context(COND if self.rank == 0 else UNCOND), state:
             output = self.forward(*mine[0], **mine[1])
         sample = output[0] if isinstance(output, tuple) else output.sample
         cond, uncond = _gather(sample, self.group)
@@ -76,7 +79,7 @@ class DeferredCondCFG:
 
 
 @contextlib.contextmanager
-def cfg_parallel_forward(transformer, group, batched: bool):
+def cfg_parallel_forward(transformer, group, batched: bool, family):
     """Install the wrapper as the transformer's outermost forward for one run."""
     previous = transformer.__dict__.get("forward")
     forward = transformer.forward
@@ -85,7 +88,7 @@ def cfg_parallel_forward(transformer, group, batched: bool):
         transformer.forward = wrapper
         restore_context = None
     else:
-        wrapper = DeferredCondCFG(transformer, forward, group)
+        wrapper = DeferredCondCFG(transformer, forward, group, family)
         transformer.forward = wrapper
         restore_context = _track_branch(transformer, wrapper)
     try:

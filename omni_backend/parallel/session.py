@@ -46,7 +46,8 @@ def parallel_run(ctx, context):
             if ctx.family.runs_two_branches(ctx.pipe, ctx.request):
                 for _name, transformer in ctx.family.transformers(ctx.pipe):
                     stack.enter_context(cfg_parallel_forward(transformer, context.group("cfg"),
-                                                             batched=not ctx.family.cfg_in_separate_calls))
+                                                             batched=not ctx.family.cfg_in_separate_calls,
+                                                             family=ctx.family))
             else:
                 ctx.report.notice(f"guidance {ctx.request.guidance} runs no negative branch: CFG-parallel ranks "
                                   "computed the same branch (set guidance > 1, or cfg_parallel 1)")

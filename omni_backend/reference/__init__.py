@@ -10,6 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 
 MODEL_DIR = Path(__file__).resolve().parent / "qwen-image-shapes"
+# The edit model (QwenImageEditPipeline) made from it by `python -m omni_backend.reference.train_edit`.
+EDIT_MODEL_DIR = Path(__file__).resolve().parent / "qwen-image-edit-shapes"
 
 # TeaCache polynomial fitted for this model (Apply TeaCache's `coefficients`), from 16 runs of
 # training-distribution captions (not the held-out ones), 768 step pairs, R^2 0.51:
@@ -25,3 +27,11 @@ def model_path() -> Path:
         raise FileNotFoundError(f"the reference model is missing at {MODEL_DIR}; train it with "
                                 "`python -m omni_backend.reference.train --out <that folder>`")
     return MODEL_DIR
+
+
+def edit_model_path() -> Path:
+    """The committed edit model folder; raises if its weights are missing."""
+    if not (EDIT_MODEL_DIR / "model_index.json").is_file():
+        raise FileNotFoundError(f"the reference edit model is missing at {EDIT_MODEL_DIR}; train it with "
+                                "`python -m omni_backend.reference.train_edit --out <that folder>`")
+    return EDIT_MODEL_DIR

@@ -99,6 +99,23 @@ def train_dit(transformer, pipe, pool: LatentPool, embeddings: dict, *, steps: i
     the held-out prompts; at lr 1e-3 with 0.995 (~200 steps) both the EMA and the raw weights
     followed 0.98.
     """
+
+    def batch_loss(rng, generator):
+        index = rng.integers(len(pool.captions), size=batch)
+        # Dropped captions (10%) teach the unconditional branch that true CFG subtracts.
+        dropped = rng.random(batch) < caption_dropout
+        prompt_embeds, prompt_mask = padded_batch(
+            [embeddings["" if drop else pool.captions[i]] for i, drop in zip(index, dropped)])
+        return flow_matching_loss(transformer, pipe, pool.latents[index], prompt_embeds, prompt_mask, generator)
+
+    return train_loop(transformer, batch_loss, steps=steps, lr=lr, ema_decay=ema_decay, seed=seed,
+                      max_seconds=max_seconds, log_every=log_every, log=log, name="dit")
+
+
+def train_loop(transformer, batch_loss, *, steps: int, lr: float, ema_decay: float, seed: int,
+               max_seconds: float | None, log_every: int, log, name: str):
+    """AdamW with warm-up and cosine decay, gradient clipping and an EMA copy; `batch_loss(rng, generator)`
+    draws a batch and returns its loss. Returns (EMA copy, {"steps", "loss", "first_loss", "seconds"})."""
     generator = torch.Generator().manual_seed(seed)
     rng = np.random.default_rng(seed)
     ema = copy.deepcopy(transformer).eval().requires_grad_(False)
@@ -109,12 +126,7 @@ def train_dit(transformer, pipe, pool: LatentPool, embeddings: dict, *, steps: i
     for step in range(steps):
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, steps, lr, warmup)
-        index = rng.integers(len(pool.captions), size=batch)
-        # Dropped captions (10%) teach the unconditional branch that true CFG subtracts.
-        dropped = rng.random(batch) < caption_dropout
-        prompt_embeds, prompt_mask = padded_batch(
-            [embeddings["" if drop else pool.captions[i]] for i, drop in zip(index, dropped)])
-        loss = flow_matching_loss(transformer, pipe, pool.latents[index], prompt_embeds, prompt_mask, generator)
+        loss = batch_loss(rng, generator)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(transformer.parameters(), 1.0)
@@ -123,14 +135,13 @@ def train_dit(transformer, pipe, pool: LatentPool, embeddings: dict, *, steps: i
         losses.append(loss.item())
         out_of_time = max_seconds is not None and time.time() - start > max_seconds
         if (step + 1) % log_every == 0 or step + 1 == steps or out_of_time:
-            log(f"dit step {step + 1}/{steps} loss {np.mean(losses[-log_every:]):.4f} "
+            log(f"{name} step {step + 1}/{steps} loss {np.mean(losses[-log_every:]):.4f} "
                 f"lr {optimizer.param_groups[0]['lr']:.2e}  {time.time() - start:.0f}s")
         if out_of_time:
-            log(f"dit: time budget reached after {step + 1} steps")
+            log(f"{name}: time budget reached after {step + 1} steps")
             break
     transformer.eval()
     window = max(1, min(log_every, len(losses) // 2))
     stats = {"steps": step + 1, "first_loss": float(np.mean(losses[:window])),
              "loss": float(np.mean(losses[-window:])), "seconds": time.time() - start}
     return ema, stats
-

@@ -84,3 +84,56 @@ def num_res_blocks_of_original(keys) -> int:
     if first_resample is None:
         raise ValueError("no encoder resample found: not a Wan-layout VAE")
     return first_resample
+
+
+# The Wan2.2 VAE (TI2V 5B, `vae/wan2.2_vae.safetensors`, diffusers' `is_residual=True`) nests each
+# level's blocks one deeper; the rest (conv1/conv2, middle, head) is named as in the 2.1 VAE. Per
+# diffusers' conversion script (scripts/convert_wan_to_diffusers.py, convert_vae_22) and ComfyUI's
+# comfy/ldm/wan/vae2_2.py:
+#
+#     original                                            diffusers
+#     encoder.downsamples.L.downsamples.J (J < R)         encoder.down_blocks.L.resnets.J
+#     encoder.downsamples.L.downsamples.R (resample)      encoder.down_blocks.L.downsampler
+#     decoder.upsamples.L.upsamples.J (J <= R)            decoder.up_blocks.L.resnets.J
+#     decoder.upsamples.L.upsamples.R+1 (resample)        decoder.up_blocks.L.upsampler
+#
+# (R = num_res_blocks; the decoder has one residual block more per level. The levels' averaging
+# shortcuts hold no weights.)
+_LEVEL_22 = re.compile(r"(encoder|decoder)\.(downsamples|upsamples)\.(\d+)\.(downsamples|upsamples)\.(\d+)\.(.*)")
+_BLOCK_22 = re.compile(r"(encoder\.down|decoder\.up)_blocks\.(\d+)\.(resnets\.(\d+)|downsampler|upsampler)\.(.*)")
+
+
+def is_wan22_layout(keys) -> bool:
+    """ComfyUI's own test (comfy/sd.py): the 2.2 VAE's decoder nests its blocks."""
+    return "decoder.upsamples.0.upsamples.0.residual.2.weight" in keys
+
+
+def to_diffusers_22(key: str, num_res_blocks: int) -> str:
+    if match := _LEVEL_22.match(key):
+        side, _, level, _, index, rest = match.groups()
+        blocks = "encoder.down_blocks" if side == "encoder" else "decoder.up_blocks"
+        if rest.startswith(("resample.", "time_conv.")):
+            return f"{blocks}.{level}.{'downsampler' if side == 'encoder' else 'upsampler'}.{rest}"
+        return f"{blocks}.{level}.resnets.{index}.{_residual_names(rest, _RESIDUAL)}"
+    return to_diffusers(key, num_res_blocks)
+
+
+def to_original_22(key: str, num_res_blocks: int) -> str:
+    if match := _BLOCK_22.match(key):
+        side, level, block, index, rest = match.groups()
+        nested = "encoder.downsamples" if side == "encoder.down" else "decoder.upsamples"
+        inner = nested.split(".")[1]
+        if index is not None:
+            inverse_residual = {new: old for old, new in _RESIDUAL.items()}
+            return f"{nested}.{level}.{inner}.{index}.{_residual_names(rest, inverse_residual)}"
+        resample_index = num_res_blocks if side == "encoder.down" else num_res_blocks + 1
+        return f"{nested}.{level}.{inner}.{resample_index}.{rest}"
+    return to_original(key, num_res_blocks)
+
+
+def num_res_blocks_of_original_22(keys) -> int:
+    """Residual blocks per encoder level: the first level's nested residual blocks."""
+    found = {int(m.group(1)) for key in keys if (m := re.match(r"encoder\.downsamples\.0\.downsamples\.(\d+)\.residual\.", key))}
+    if not found:
+        raise ValueError("no nested encoder blocks found: not a Wan2.2-layout VAE")
+    return len(found)

@@ -23,8 +23,19 @@ PICKLE_SUFFIXES = {".ckpt", ".pt", ".pth", ".bin", ".pkl"}
 # plus the one diffusers' own exports of a lone transformer sometimes carry.
 KEY_PREFIXES = ("model.diffusion_model.", "model.model.", "net.", "diffusion_model.")
 SCALE_SUFFIXES = (".scale_weight", ".scale_input", ".weight_scale", ".input_scale")
+# The scale of `X.weight`: `X.scale_weight` in ComfyUI's fp8_scaled files, `X.weight_scale` in its newer
+# per-layer quantized files (which also carry an `X.comfy_quant` JSON entry naming the format).
+WEIGHT_SCALES = (".scale_weight", ".weight_scale")
+QUANT_MARKERS = (".comfy_quant",)
 FP8_DTYPES = {"F8_E4M3": "fp8_e4m3fn", "F8_E5M2": "fp8_e5m2"}
 HEADER_LIMIT = 100 * 1024 * 1024  # safetensors' own limit for the JSON header
+# Checkpoints that bundle several parts (ComfyUI's checkpoints/, e.g. Stability's sd3.5_medium.safetensors:
+# the DiT under model.diffusion_model., the VAE under first_stage_model.): the part an input reads.
+# Stable-Audio-Open's model.safetensors: the DiT under model.model., its VAE under pretransform.model., the
+# seconds conditioners (the pipeline's projection model) under conditioner.conditioners.
+BUNDLE_PREFIXES = {"diffusion_model": ("model.diffusion_model.", "model.model."),
+                   "vae": ("first_stage_model.", "vae.", "pretransform.model."),
+                   "projection_model": ("conditioner.conditioners.",)}
 
 
 @dataclass(frozen=True)
@@ -35,6 +46,7 @@ class WeightsFile:
     tensors: dict = field(hash=False, compare=False)  # key without prefix -> (safetensors dtype, shape)
     metadata: dict = field(hash=False, compare=False)
     prefix: str = ""
+    input_name: str = field(default="", compare=False)  # the loader input it was given on (for errors)
 
     @property
     def name(self) -> str:
@@ -42,8 +54,8 @@ class WeightsFile:
 
     @property
     def scaled_fp8(self) -> bool:
-        """ComfyUI's fp8_scaled layout: FP8 weights with a `.scale_weight` beside them."""
-        return any(key.endswith(".scale_weight") or key == "scaled_fp8" for key in self.tensors)
+        """ComfyUI's fp8_scaled layouts: FP8 weights with a `.scale_weight` (or `.weight_scale`) beside them."""
+        return any(key.endswith(tuple(WEIGHT_SCALES)) or key == "scaled_fp8" for key in self.tensors)
 
     @property
     def weight_format(self) -> str:
@@ -101,15 +113,36 @@ def inspect_weights_file(path: str | Path, input_name: str) -> WeightsFile:
     data_end = max((entry["data_offsets"][1] for entry in header.values()), default=0)
     if 8 + header_length + data_end > size:
         raise _truncated(input_name, path, size, f"its tensors need {8 + header_length + data_end} bytes")
-    prefix = _common_prefix(header)
+    prefix = _bundle_prefix(header, input_name) or _common_prefix(header)
     tensors = {key[len(prefix):]: (entry["dtype"], tuple(entry["shape"])) for key, entry in header.items()
                if key.startswith(prefix)}
-    return WeightsFile(path=str(path), tensors=tensors, metadata=metadata, prefix=prefix)
+    _refuse_packed_weights(tensors, input_name, path)
+    return WeightsFile(path=str(path), tensors=tensors, metadata=metadata, prefix=prefix, input_name=input_name)
+
+
+def _refuse_packed_weights(tensors: dict, input_name: str, path: Path) -> None:
+    """Weights stored as packed integers with block scales (ComfyUI's nvfp4 / mxfp8 / int8 quantized
+    files) would load as garbage if cast: refuse them by name before anything is read."""
+    for key, (dtype, shape) in tensors.items():
+        if key.endswith(".weight") and len(shape) >= 2 and dtype in ("U8", "I8", "U4", "I4"):
+            fmt = "nvfp4" if f"{key[:-len('.weight')]}.weight_scale_2" in tensors else f"{dtype} integer"
+            raise OmniInputError(input_name, path.name, f"its weights are stored in a packed quantized format "
+                                 f"({fmt}: {key} is {dtype}), which this pack does not read",
+                                 "use the bf16, fp16, fp8_e4m3fn or fp8_scaled release of this file")
 
 
 def _truncated(input_name: str, path: Path, size: int, why: str) -> OmniInputError:
     return OmniInputError(input_name, path.name, f"the file is incomplete or not a safetensors file ({size} bytes; "
                           f"{why})", "download it again (an interrupted download leaves a file like this)")
+
+
+def _bundle_prefix(header: dict, input_name: str) -> str:
+    """The prefix of this input's part when the file bundles parts (a DiT-only file gives the same
+    prefix either way; a VAE-only file has none of these)."""
+    for prefix in BUNDLE_PREFIXES.get(input_name, ()):
+        if any(key.startswith(prefix) for key in header):
+            return prefix
+    return ""
 
 
 def _common_prefix(header: dict) -> str:
@@ -119,12 +152,13 @@ def _common_prefix(header: dict) -> str:
     return best if counts[best] > len(header) // 2 else ""
 
 
-def read_tensors(file: WeightsFile, dtype, *, keep_fp8: bool = False) -> dict:
+def read_tensors(file: WeightsFile, dtype, *, keep_fp8: bool = False, float32_keys: frozenset = frozenset()) -> dict:
     """The file's tensors under their prefix-free keys, as `dtype`.
 
     Scaled FP8 weights are multiplied by their scale (their `.scale_*` keys and the `scaled_fp8`
     marker are dropped). With `keep_fp8`, plain FP8 weights stay FP8 (the FP8 feature then keeps them
     as they are); scaled ones are always dequantized here, so no caller can forget the scale.
+    `float32_keys` (prefix-free) are read as float32 whatever `dtype` is (modules a class keeps in float32).
     """
     import torch
     from safetensors import safe_open
@@ -132,16 +166,34 @@ def read_tensors(file: WeightsFile, dtype, *, keep_fp8: bool = False) -> dict:
     out = {}
     with safe_open(file.path, framework="pt", device="cpu") as handle:
         keys = [file.prefix + key for key in file.tensors]
-        scales = {key[:-len(".scale_weight")]: handle.get_tensor(key) for key in keys if key.endswith(".scale_weight")}
+        scales = {key[:-len(suffix)] + ".weight": handle.get_tensor(key)
+                  for key in keys for suffix in WEIGHT_SCALES if key.endswith(suffix)}
         for full_key in keys:
             key = full_key[len(file.prefix):]
-            if key == "scaled_fp8" or key.endswith(SCALE_SUFFIXES):
+            if key == "scaled_fp8" or key.endswith(SCALE_SUFFIXES) or key.endswith(QUANT_MARKERS):
                 continue
             tensor = handle.get_tensor(full_key)
-            scale = scales.get(full_key[:-len(".weight")]) if full_key.endswith(".weight") else None
+            wanted = torch.float32 if key in float32_keys else dtype
+            scale = scales.get(full_key)
             if scale is not None:
-                tensor = (tensor.to(torch.float32) * scale.to(torch.float32)).to(dtype)
+                if scale.numel() not in (1, tensor.shape[0]):
+                    raise OmniInputError(file.input_name or "file", file.name, f"{key} is quantized with block scales "
+                                         f"({tuple(scale.shape)}), a format this pack does not read",
+                                         "use the bf16, fp16, fp8_e4m3fn or fp8_scaled release of this file")
+                tensor = dequantized(tensor, scale).to(wanted)
+            elif not tensor.is_floating_point():
+                pass  # e.g. the tokenizer bytes a text encoder file carries: not a weight to cast
             elif not (keep_fp8 and tensor.dtype in (torch.float8_e4m3fn, torch.float8_e5m2)):
-                tensor = tensor.to(dtype)
+                tensor = tensor.to(wanted)
             out[key] = tensor
     return out
+
+
+def dequantized(weight, scale):
+    """FP8 values times their scale: one number per tensor, or one per output row ([rows] or [rows, 1])."""
+    import torch
+
+    scale = scale.to(torch.float32)
+    if scale.numel() > 1 and weight.dim() > 1:
+        scale = scale.reshape(weight.shape[0], *([1] * (weight.dim() - 1)))
+    return weight.to(torch.float32) * scale

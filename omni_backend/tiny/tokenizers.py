@@ -59,7 +59,21 @@ def qwen_tokenizer(corpus: list[str] | None = None, vocab_size: int = 470):
     return tokenizer
 
 
-def clip_tokenizer():
+def glm_image_tokenizer(chat_template: str):
+    """GLM-Image's AR tokenizer: a byte-level BPE with the image and grid tokens its processor reads by
+    name (`image_token`, `grid_bos_token`, `grid_eos_token`; the begin-of-image token is its bos)."""
+    from transformers import Qwen2Tokenizer
+
+    vocab, merges = train_byte_level_bpe(_CORPUS, 470, ["<|endoftext|>"])
+    tokenizer = Qwen2Tokenizer(
+        vocab=vocab, merges=merges, bos_token="<|begin_of_image|>", eos_token="<|end_of_image|>",
+        pad_token="<|endoftext|>",
+        extra_special_tokens={"image_token": "<|image|>", "grid_bos_token": "<sop>", "grid_eos_token": "<eop>"})
+    tokenizer.chat_template = chat_template
+    return tokenizer
+
+
+def clip_tokenizer(pad_token: str | None = None):
     from transformers import CLIPTokenizer
 
     chars = list(string.printable.strip()) + [" "]
@@ -68,6 +82,8 @@ def clip_tokenizer():
         vocab.setdefault(piece, len(vocab))
     tokenizer = CLIPTokenizer(vocab=vocab, merges=[])
     tokenizer.model_max_length = 77
+    if pad_token is not None:
+        tokenizer.pad_token = pad_token
     return tokenizer
 
 

@@ -1,0 +1,43 @@
+"""Qwen-Image-Edit / Edit-2509 from ComfyUI's files: Qwen-Image's DiT layout, so the `family` input names
+them; the processor the edit pipelines need is built beside the tokenizer."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from omni_backend.engine import Engine
+from omni_backend.errors import OmniInputError
+from omni_backend.families import FAMILIES
+from omni_backend.request import GenerationRequest
+from omni_backend.single_file.comfy_layout import write_comfy_files
+from omni_backend.single_file.model_files import ModelFiles, inspect_model_files
+from omni_backend.spec import ModelSpec
+
+
+def test_edit_2509_files_give_the_folder_twins_output(tmp_path):
+    family = "qwen-image-edit-2509"
+    folder = FAMILIES[family].make_tiny(tmp_path / "folder")
+    written = {name: str(path) for name, path in write_comfy_files(family, tmp_path / "files", "fp32").items()}
+    assert written["diffusion_model"].endswith("qwen_image_edit_2509_fp32.safetensors")
+    plain = ModelFiles(written["diffusion_model"], written["text_encoder"], written["vae"])
+    # The shapes are Qwen-Image's: auto reads a Qwen-Image; the family input names the edit model.
+    assert inspect_model_files(plain).family_key == "qwen-image"
+    files = ModelFiles(written["diffusion_model"], written["text_encoder"], written["vae"], family=family)
+    info = inspect_model_files(files)
+    assert info.family_key == family and info.components["processor"] == ("transformers", "Qwen2VLProcessor")
+    with pytest.raises(OmniInputError, match="family = 'wan2.2': .*holds the DiT of qwen-image.*set family to auto"):
+        inspect_model_files(ModelFiles(written["diffusion_model"], written["text_encoder"], written["vae"],
+                                       family="wan2.2"))
+
+    image = torch.rand(1, 64, 64, 3, generator=torch.Generator().manual_seed(0))
+    request = GenerationRequest(prompt="make it red", negative_prompt="blurry", steps=3, guidance=4.0, width=64,
+                                height=64, images=(image, image.flip(1)))
+    engine = Engine()
+    try:
+        reference = engine.generate(ModelSpec.from_folder(str(folder), dtype="fp32", device="cpu"), request).latents
+        latents = engine.generate(ModelSpec.from_files(files, dtype="fp32", device="cpu"), request).latents
+    finally:
+        engine.unload_all()
+    # Same weights and processor settings (the tiny ones, kept beside the tokenizer); float32 rounding only.
+    assert torch.allclose(latents, reference, atol=2e-5), float((latents - reference).abs().max())
