@@ -102,3 +102,30 @@ def test_what_cannot_work_is_refused_with_the_reason(models_dir, engine, change,
     with pytest.raises(Exception) as error:
         engine.generate(spec_for(models_dir, "glm-image").replace(**change), REQUEST)
     assert fragment.lower() in str(error.value).lower() and "GLM-Image" in str(error.value)
+
+
+def test_model_offload_moves_the_autoregressive_model_off_while_the_dit_runs(models_dir):
+    from omni_backend.engine import Engine
+    from omni_backend.memory import MemoryConfig
+    from omni_backend.memory.apply import memory_state
+
+    def has_storage(param):
+        return param.untyped_storage().nbytes() >= param.numel() * param.element_size()
+
+    engine = Engine()
+    try:
+        spec = spec_for(models_dir, "glm-image").replace(memory=MemoryConfig(offload="model"))
+        pipe = engine.loaded(spec).pipe
+        resident_during_dit = []
+        hook = pipe.transformer.register_forward_pre_hook(lambda *_: resident_during_dit.append(
+            any(has_storage(p) for p in pipe.vision_language_encoder.parameters())))
+        try:
+            offloaded = engine.generate(spec, REQUEST).latents
+        finally:
+            hook.remove()
+        turns = memory_state(pipe).turns.turns
+        assert turns.index("vision_language_encoder") < turns.index("transformer"), turns
+        assert resident_during_dit and not any(resident_during_dit), "the AR model is off the device during the DiT"
+        assert torch.equal(offloaded, plain_pipeline_latents(models_dir, REQUEST))
+    finally:
+        engine.unload_all()
