@@ -163,3 +163,25 @@ def test_core_load_images_mask_of_a_file_without_alpha_means_opaque(engine, spec
 
     pil = rgba_pil(picture(1), torch.zeros(1, 64, 64))
     assert pil.mode == "RGBA" and pil.size == (56, 40) and pil.getextrema()[3] == (255, 255)
+
+
+def test_comfyui_single_files_give_the_folder_twins_layers(tmp_path):
+    """qwen_image_layered_*.safetensors (Qwen-Image's layout plus the extra time condition, found by
+    `auto`), the Qwen2.5-VL encoder and the RGBA VAE give the diffusers-folder twin's latents."""
+    from omni_backend.families import FAMILIES
+    from omni_backend.single_file.comfy_layout import write_comfy_files
+    from omni_backend.single_file.model_files import ModelFiles
+
+    written = write_comfy_files("qwen-image-layered", tmp_path / "files", "fp32")
+    folder = FAMILIES["qwen-image-layered"].make_tiny(tmp_path / "folder")
+    files = ModelFiles(*(str(written[name]) for name in ("diffusion_model", "text_encoder", "vae")))
+    engine = Engine()
+    try:
+        spec = ModelSpec.from_files(files, dtype="fp32", device="cpu")
+        assert spec.family_key == "qwen-image-layered"
+        from_files = engine.generate(spec, request())
+        assert from_files.latents.shape[2] == LAYERS + 1
+        twin = engine.generate(ModelSpec.from_folder(str(folder), dtype="fp32", device="cpu"), request()).latents
+        assert (from_files.latents - twin).abs().max() <= 1e-4 * twin.abs().max()
+    finally:
+        engine.unload_all()

@@ -32,7 +32,7 @@ def parse_args(argv=None):
     parser.add_argument("--base", default=str(MODEL_DIR), help="the text-to-image reference model folder")
     parser.add_argument("--from-scratch", action="store_true", help="start the DiT from random weights")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--steps", type=int, default=2800)
+    parser.add_argument("--steps", type=int, default=4800)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--ema-decay", type=float, default=0.995)

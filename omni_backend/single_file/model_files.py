@@ -16,14 +16,15 @@ from pathlib import Path
 
 from ..errors import OmniInputError
 from ..model_folder import ModelFolder
-from . import flux, flux2_klein, longcat_image, ovis_image, qwen_image, qwen_image_edit, sd3, stable_audio, wan, z_image
+from . import (flux, flux2_klein, longcat_image, ovis_image, qwen_image, qwen_image_edit, qwen_image_layered, sd3,
+               stable_audio, wan, z_image)
 from .profile import FilesProfile
 from .text_encoders import kind_of
 from .weights_file import WeightsFile, inspect_weights_file, read_tensors
 
 PROFILES: dict[str, FilesProfile] = {profile.family_key: profile for profile in (
-    qwen_image.PROFILE, *qwen_image_edit.PROFILES, *wan.PROFILES, flux.PROFILE, z_image.PROFILE, sd3.PROFILE,
-    flux2_klein.PROFILE, stable_audio.PROFILE, *longcat_image.PROFILES,
+    qwen_image.PROFILE, *qwen_image_edit.PROFILES, qwen_image_layered.PROFILE, *wan.PROFILES, flux.PROFILE,
+    z_image.PROFILE, sd3.PROFILE, flux2_klein.PROFILE, stable_audio.PROFILE, *longcat_image.PROFILES,
     ovis_image.PROFILE)}
 AUTO = "auto"
 

@@ -93,6 +93,8 @@ def text_encoder_file_keys(state_dict: dict, config: dict) -> dict:
 PROFILE = FilesProfile(
     family_key="qwen-image", pipeline_class="QwenImagePipeline",
     identifying_keys=("transformer_blocks.0.img_mod.1.weight", "txt_norm.weight", "img_in.weight"),
+    # Qwen-Image-Layered's DiT adds an extra time condition: its files are that family's (qwen_image_layered.py).
+    claims=lambda file: not file.has("time_text_embed.addition_t_embedding.weight"),
     transformer=Component("diffusers", "QwenImageTransformer2DModel", transformer_config),
     vae=Component("diffusers", "AutoencoderKLQwenImage", vae_config, vae_keys, vae_file_keys),
     text_encoder=Component("transformers", "Qwen2_5_VLForConditionalGeneration", text_encoder_config,
