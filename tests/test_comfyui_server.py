@@ -105,7 +105,7 @@ def test_the_check_route_answers_for_the_graph_posted(server):
         assert status == 200
         answer = json.loads(body)
         assert [p["rule"] for p in answer["problems"]["2"]] == ["teacache.family"]
-        assert answer["support"]["1"][0].startswith("Stable Diffusion")
+        assert answer["support"]["1"][0].startswith("Stable-Diffusion-3.5")
 
 
 def test_the_extension_files_are_served(server):
@@ -117,12 +117,16 @@ def test_the_extension_files_are_served(server):
     assert not any(e.endswith(".mjs") for e in extensions), "the node tests are not loaded as extensions"
 
 
-def test_a_setting_one_node_can_check_is_refused_before_queueing(server):
+def test_a_fault_of_two_inputs_of_one_node_fails_at_that_node_naming_it(server):
+    """fp8_text_encoder without an fp8 mode: no VALIDATE_INPUTS (ComfyUI would repeat its verdict once
+    per input named), so the node fails when it runs, with the input, value and fix."""
     prompt = to_prompt(load_workflow(FIXTURES / "fp8-text-encoder-without-fp8.json"))
     status, body = queue(server, prompt)
-    assert status == 400
-    error = json.loads(body)["node_errors"]["2"]["errors"][0]
-    assert error["type"] == "custom_validation_failed" and "fp8_text_encoder = True" in error["details"]
+    assert status == 200, body
+    run = finished(server, json.loads(body)["prompt_id"])
+    assert run["status"]["status_str"] == "error"
+    error = next(detail for kind, detail in run["status"]["messages"] if kind == "execution_error")
+    assert error["node_id"] == "2" and "fp8_text_encoder = True" in error["exception_message"]
 
 
 def test_an_incompatible_pair_fails_at_its_node_with_both_names(server):
