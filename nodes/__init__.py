@@ -21,7 +21,7 @@ NODE_CLASSES = {
     "OmniApplyTeaCache": (OmniApplyTeaCache, "Apply TeaCache"),
     "OmniApplyCacheDiT": (OmniApplyCacheDiT, "Apply Cache-DiT"),
     "OmniParallelConfig": (OmniParallelConfig, "Parallel Config"),
-    "OmniLoadLoRA": (OmniLoadLoRA, "Load LoRA"),
+    "OmniLoadLoRA": (OmniLoadLoRA, "Load Omni LoRA"),  # core LoraLoader is "Load LoRA"
     "OmniOffloadFP8": (OmniOffloadFP8, "Offload/FP8"),
     "OmniCompile": (OmniCompile, "Compile DiT Blocks"),
     "OmniSample": (OmniSample, "Sample"),
@@ -33,5 +33,7 @@ NODE_DISPLAY_NAME_MAPPINGS = {node_id: title for node_id, (_cls, title) in NODE_
 
 # ComfyUI's "Unload models" (and POST /free) also frees the pipelines this pack holds.
 comfy_bridge.on_unload(lambda: default_engine().unload_all())
+# A refusal is one line in ComfyUI's log, not a traceback.
+comfy_bridge.quiet_refusal_tracebacks()
 # POST /omni_diffusion/check for the browser extension (web/), inside ComfyUI only.
 check_route.register()

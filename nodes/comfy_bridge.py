@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -152,7 +153,9 @@ def tokenizer_dirs() -> tuple[str, ...]:
     if IN_COMFYUI:
         import comfy  # type: ignore
 
-        root = Path(comfy.__file__).parent
+        # ComfyUI's `comfy` folder has no __init__.py: a namespace package, whose __file__ is None.
+        # Its __path__ is the folder (a list of one, or more if other installs extend the namespace).
+        root = Path(next(iter(comfy.__path__)))
     else:
         root = HEADLESS.models_dir.resolve().parent / "comfy"
     # comfy/text_encoders/ holds e.g. t5_tokenizer and qwen25_tokenizer; CLIP's is comfy/sd1_tokenizer.
@@ -212,3 +215,31 @@ def blocked(message: str):
     """An output value that stops whatever node consumes it, with `message` as the error (ComfyUI's way
     for a node whose outputs depend on the model: the other output must not silently carry nothing)."""
     return ExecutionBlocker(message)
+
+
+# ---- the server log ------------------------------------------------------------------------
+class _RefusalTracebackFilter(logging.Filter):
+    """ComfyUI logs every exception a node raises twice: "!!! Exception during processing !!! <message>"
+    and then the whole traceback, both at ERROR. For a refusal (bad input, features that cannot be
+    combined) the message is the whole story and the traceback is noise in the user's log, so the
+    traceback goes to DEBUG; bugs and worker failures keep theirs. ComfyUI logs the traceback from
+    inside its `except` block, so the exception being handled is the one the traceback shows."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from omni_backend.errors import OmniIncompatibleError, OmniInputError
+
+        handled = sys.exc_info()[1]
+        if (record.levelno < logging.ERROR or not isinstance(handled, (OmniInputError, OmniIncompatibleError))
+                or not str(record.msg).startswith("Traceback")):
+            return True
+        logging.getLogger("omni_diffusion").debug("refusal traceback:\n%s", record.getMessage())
+        return False
+
+
+def quiet_refusal_tracebacks() -> None:
+    """Inside ComfyUI: a refusal is one line in the server log (the traceback at debug level)."""
+    if not IN_COMFYUI:
+        return
+    root = logging.getLogger()
+    if not any(isinstance(f, _RefusalTracebackFilter) for f in root.filters):
+        root.addFilter(_RefusalTracebackFilter())

@@ -1,4 +1,4 @@
-"""Load LoRA: add a LoRA file to the model's stack (chain several; each keeps its own strength)."""
+"""Load Omni LoRA: add a LoRA file to the model's stack (chain several; each keeps its own strength)."""
 
 from __future__ import annotations
 

@@ -123,7 +123,7 @@ def test_a_family_without_a_lora_loader(models_dir, monkeypatch):
     tripped = dataclasses.replace(spec, loras=(lora(models_dir),))
     assert rules_of(tripped) == ["lora.loader"]
     assert str(check_spec(tripped)[0].error()).startswith(
-        "Load LoRA (qwen-image-style-lora.safetensors) cannot be combined with No-LoRA-Loader")
+        "Load Omni LoRA (qwen-image-style-lora.safetensors) cannot be combined with No-LoRA-Loader")
 
 
 def test_one_cache_method_per_model_is_refused_at_the_second_cache_node(headless, nodes):

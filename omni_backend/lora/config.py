@@ -23,11 +23,11 @@ COMPONENT_CHOICES = ("auto", "transformer", "transformer_2", "text_encoder", "te
 
 NO_LORA_LOADER = define_rule(
     "lora.loader", ("lora", "family"), "diffusers has no LoRA loader for the family's pipeline",
-    first="Load LoRA ({lora})", second="{family}", reason="diffusers has no LoRA loader for this pipeline",
-    fix="remove the Load LoRA node")
+    first="Load Omni LoRA ({lora})", second="{family}", reason="diffusers has no LoRA loader for this pipeline",
+    fix="remove the Load Omni LoRA node")
 LORA_COMPONENT_MISSING = define_rule(
     "lora.component", ("lora", "family"), "a LoRA's component must be one the model loads LoRA layers into",
-    first="Load LoRA ({lora}, component={component})", second="{family}",
+    first="Load Omni LoRA ({lora}, component={component})", second="{family}",
     reason="this model takes LoRA layers only in {available}", fix="set component to auto or one of those")
 
 

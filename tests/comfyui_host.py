@@ -1,0 +1,249 @@
+"""The real ComfyUI, for the test tier that runs the pack where users run it (pytest marker `comfyui`).
+
+COMFYUI_PATH names a ComfyUI source tree, or a folder holding several (one per version, each with its
+main.py); without it, every test of the tier is skipped with that reason. COMFYUI_PYTHON is the
+interpreter that runs them (ComfyUI's requirements and this pack's; default: this one). A version
+whose frontend differs from the interpreter's may have its own packages in COMFYUI_OVERLAYS/<version>
+(`pip install --target`, put before the interpreter's on PYTHONPATH): `.ci/run` puts 0.3.64's pinned
+frontend there.
+
+A tree is never run where it lies: each is copied once per session to a temporary folder (ComfyUI
+writes its database and caches beside its code), and each server gets its own base directory with
+this checkout linked into custom_nodes/ and the tiny stand-ins as its models.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+PACK_ROOT = Path(__file__).resolve().parent.parent
+COMFYUI_PATH = os.environ.get("COMFYUI_PATH")
+PYTHON = os.environ.get("COMFYUI_PYTHON", sys.executable)
+OVERLAYS = os.environ.get("COMFYUI_OVERLAYS")
+SKIP_REASON = "COMFYUI_PATH is not set (a ComfyUI source tree, or a folder of them, to run the real host)"
+STARTUP_SECONDS = 300  # importing torch, ComfyUI and the pack on two shared cores
+RUN_SECONDS = 600
+
+# The tier's marks: `pytest -m comfyui` selects it, `-m "not comfyui"` leaves it out.
+tier = [pytest.mark.comfyui, pytest.mark.skipif(not COMFYUI_PATH, reason=SKIP_REASON)]
+
+
+def real_comfyui(test):
+    """Mark one test as the tier's (a module can instead set `pytestmark = tier`)."""
+    for mark in tier:
+        test = mark(test)
+    return test
+
+
+@dataclass(frozen=True)
+class Tree:
+    version: str
+    source: Path
+
+    @property
+    def overlay(self) -> Path | None:
+        path = Path(OVERLAYS) / self.version if OVERLAYS else None
+        return path if path and path.is_dir() else None
+
+
+def _version_of(tree: Path) -> str:
+    text = (tree / "comfyui_version.py").read_text() if (tree / "comfyui_version.py").exists() else ""
+    found = re.search(r'__version__\s*=\s*"([^"]+)"', text)
+    return found.group(1) if found else tree.name
+
+
+def _version_key(version: str):
+    return tuple(int(part) if part.isdigit() else 0 for part in re.split(r"[.+-]", version))
+
+
+def trees() -> list[Tree]:
+    """The ComfyUI trees COMFYUI_PATH names, oldest first."""
+    if not COMFYUI_PATH:
+        return []
+    root = Path(COMFYUI_PATH)
+    found = [root] if (root / "main.py").exists() else [p for p in root.iterdir() if (p / "main.py").exists()]
+    if not found:
+        raise RuntimeError(f"COMFYUI_PATH = {COMFYUI_PATH}: no ComfyUI main.py there or in its subfolders")
+    return sorted((Tree(_version_of(p), p) for p in found), key=lambda t: _version_key(t.version))
+
+
+def newest() -> Tree | None:
+    found = trees()
+    return found[-1] if found else None
+
+
+_COPIES: dict[Path, Path] = {}
+
+
+def working_copy(tree: Tree, scratch: Path) -> Path:
+    """The tree copied once into `scratch` (its own __pycache__ and database go there, not into the source)."""
+    if tree.source not in _COPIES:
+        target = scratch / f"ComfyUI-{tree.version}"
+        shutil.copytree(tree.source, target, symlinks=True,
+                        ignore=shutil.ignore_patterns(".git", "__pycache__", "*.pyc"))
+        _COPIES[tree.source] = target
+    return _COPIES[tree.source]
+
+
+def environment(tree: Tree, code_dir: Path, **extra) -> dict:
+    """The environment ComfyUI runs in: its tree (and the version's overlay) first on the import path."""
+    paths = [str(code_dir)] + ([str(tree.overlay)] if tree.overlay else [])
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", **extra}
+    env["PYTHONPATH"] = os.pathsep.join(paths + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    return env
+
+
+def run_script(tree: Tree, code_dir: Path, script: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run `script` in ComfyUI's interpreter with its modules importable (`comfy`, `nodes`, ...)."""
+    return subprocess.run([PYTHON, str(script), *args], cwd=code_dir, capture_output=True, text=True,
+                          timeout=timeout, env=environment(tree, code_dir))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def http(url: str, body=None, timeout: float = 30):
+    """(status, bytes) of a GET, or of a POST of `body` as JSON."""
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"} if data else {})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()
+
+
+@dataclass
+class ComfyServer:
+    """One real ComfyUI server (main.py --cpu on loopback) with this pack as its only custom node pack."""
+
+    tree: Tree
+    code_dir: Path
+    base: Path
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.base / "comfyui.log"
+
+    def log_tail(self, chars: int = 4000) -> str:
+        return self.log_path.read_text(errors="replace")[-chars:] if self.log_path.exists() else ""
+
+    def start(self) -> "ComfyServer":
+        self._log = open(self.log_path, "w")
+        self.process = subprocess.Popen(
+            [PYTHON, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
+             "--base-directory", str(self.base), "--disable-auto-launch",
+             "--database-url", f"sqlite:///{self.base / 'comfyui.db'}"],
+            cwd=self.code_dir, stdout=self._log, stderr=subprocess.STDOUT, env=environment(self.tree, self.code_dir),
+            start_new_session=True)  # its own process group: stop() ends the workers it started too
+        deadline = time.monotonic() + STARTUP_SECONDS
+        while True:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"ComfyUI {self.tree.version} exited:\n{self.log_tail()}")
+            try:
+                if self.get("/object_info/OmniLoadModel")[0] == 200:
+                    break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"ComfyUI {self.tree.version} did not start in {STARTUP_SECONDS} s:\n"
+                                   f"{self.log_tail()}")
+            time.sleep(1)
+        # A first visit would open the template browser over the graph; a user who has used ComfyUI
+        # before sees none, and neither should the browser tests.
+        self.post("/settings/Comfy.TutorialCompleted", True)
+        return self
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        if getattr(self, "_log", None):
+            self._log.close()
+
+    # ---- the HTTP API ---------------------------------------------------------------------------
+    def get(self, path: str):
+        return http(self.url + path)
+
+    def post(self, path: str, body):
+        return http(self.url + path, body)
+
+    def get_json(self, path: str):
+        status, body = self.get(path)
+        assert status == 200, (path, status, body[:500])
+        return json.loads(body)
+
+    def queue(self, prompt: dict, client_id: str = "omni-tests") -> str:
+        status, body = self.post("/prompt", {"prompt": prompt, "client_id": client_id})
+        assert status == 200, body.decode(errors="replace")
+        return json.loads(body)["prompt_id"]
+
+    def wait(self, prompt_id: str, timeout: float = RUN_SECONDS) -> dict:
+        """The prompt's /history entry once it ended (success, error or interrupted)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            entry = self.get_json(f"/history/{urllib.parse.quote(prompt_id)}").get(prompt_id)
+            if entry and entry.get("status", {}).get("completed") is not None:
+                return entry
+            if self.process.poll() is not None:
+                raise RuntimeError(f"ComfyUI exited during prompt {prompt_id}:\n{self.log_tail()}")
+            time.sleep(0.5)
+        raise TimeoutError(f"prompt {prompt_id} did not end in {timeout} s:\n{self.log_tail()}")
+
+    def run(self, prompt: dict) -> dict:
+        return self.wait(self.queue(prompt))
+
+    def output_files(self, entry: dict) -> list[Path]:
+        """The files a run's output nodes report (images, animated images, audio), under the base's output/."""
+        files = []
+        for node_output in entry.get("outputs", {}).values():
+            for kind in ("images", "gifs", "audio", "video"):
+                for item in node_output.get(kind, []) or []:
+                    if isinstance(item, dict) and item.get("type") == "output":
+                        files.append(self.base / "output" / item.get("subfolder", "") / item["filename"])
+        return files
+
+
+def error_of(entry: dict) -> dict | None:
+    """The execution_error message of a /history entry, if the run failed."""
+    return next((detail for kind, detail in entry["status"].get("messages", []) if kind == "execution_error"), None)
+
+
+def make_base(base: Path, models_dir: Path, input_image: Path) -> Path:
+    """A ComfyUI base directory: this pack in custom_nodes/, the stand-in models, the example input."""
+    (base / "custom_nodes").mkdir(parents=True)
+    (base / "custom_nodes" / "omni-diffusion-nodes").symlink_to(PACK_ROOT, target_is_directory=True)
+    (base / "models").mkdir()
+    for kind in models_dir.iterdir():
+        (base / "models" / kind.name).symlink_to(kind, target_is_directory=True)
+    (base / "input").mkdir()
+    shutil.copy(input_image, base / "input" / input_image.name)
+    return base

@@ -1,0 +1,194 @@
+"""Every shipped workflow in a real ComfyUI server and its real web frontend (the `comfyui` tier).
+
+For each ComfyUI tree COMFYUI_PATH names (see tests/comfyui_host.py), one server runs with this pack
+linked into its custom_nodes/ and tiny stand-ins under the exact names the workflows use. Debian's
+chromium, driven by Playwright, opens the editor, loads each workflow file as a user would (drag and
+drop ends in the same `app.loadGraphData`), fails on the frontend's schema alert or missing-nodes
+dialog, and queues it with the frontend's own graph-to-prompt conversion. The run must succeed and
+every file its output nodes report must exist and not be empty.
+
+All shipped workflows run on the newest tree; older trees run a subset that still covers every node
+type, every output kind and every single-file workflow (`older_version_subset`).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from comfyui_host import ComfyServer, error_of, make_base, newest, real_comfyui, trees, working_copy
+from conftest import write_example_image
+from omni_diffusion_nodes.headless import recipes
+
+WORKFLOWS = sorted((Path(__file__).resolve().parent.parent / "workflows").glob("*.json"))
+CHROMIUM = "/usr/bin/chromium"
+# What the machine's closed network needs: no background fetches, no first-run work (see the README).
+CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def _node_types(path: Path) -> set[str]:
+    return {node["type"] for node in json.loads(path.read_text())["nodes"]}
+
+
+def _output_kind(path: Path) -> str:
+    types = _node_types(path)
+    return ("audio" if "SaveAudio" in types else "layered" if "JoinImageWithAlpha" in types
+            else "video" if "SaveAnimatedPNG" in types else "image")
+
+
+def older_version_subset(paths: list[Path]) -> list[Path]:
+    """The workflows an older ComfyUI runs: every single-file workflow, then the fewest more that cover
+    every node type and output kind (greedy, most new coverage first, names breaking ties)."""
+    chosen = [p for p in paths if p.stem.endswith("-comfy-files")]
+    covered = set().union(*(_node_types(p) | {_output_kind(p)} for p in chosen))
+    wanted = set().union(*(_node_types(p) | {_output_kind(p)} for p in paths))
+    while covered != wanted:
+        best = max((p for p in paths if p not in chosen),
+                   key=lambda p: (len((_node_types(p) | {_output_kind(p)}) - covered), -len(p.name), p.name))
+        chosen.append(best)
+        covered |= _node_types(best) | {_output_kind(best)}
+    return sorted(chosen)
+
+
+def _cases():
+    found = trees()
+    if not found:  # collected anyway, so the skip says why
+        return [pytest.param(None, path, id=path.name) for path in WORKFLOWS]
+    latest = newest()
+    return [pytest.param(tree, path, id=f"{tree.version}-{path.name}")
+            for tree in found for path in (WORKFLOWS if tree == latest else older_version_subset(WORKFLOWS))]
+
+
+@pytest.fixture(scope="session")
+def comfy_scratch(tmp_path_factory):
+    return tmp_path_factory.mktemp("comfyui-trees")
+
+
+@pytest.fixture(scope="module")
+def server(request, models_dir, comfy_scratch, tmp_path_factory):
+    tree = request.param
+    if tree is None:
+        pytest.skip("no ComfyUI tree")
+    input_image = write_example_image(tmp_path_factory.mktemp("input") / recipes.EXAMPLE_IMAGE)
+    base = make_base(tmp_path_factory.mktemp(f"comfyui-{tree.version}-base"), models_dir, input_image)
+    running = ComfyServer(tree, working_copy(tree, comfy_scratch), base).start()
+    yield running
+    running.stop()
+
+
+class Editor:
+    """The real frontend in chromium: load a workflow file, see what it complains about, queue it."""
+
+    def __init__(self, page, server: ComfyServer):
+        self.page = page
+        self.server = server
+        self.native_dialogs: list[str] = []
+        page.on("dialog", self._on_dialog)
+
+    def _on_dialog(self, dialog):
+        self.native_dialogs.append(dialog.message)
+        dialog.dismiss()
+
+    def open(self):
+        self.page.goto(self.server.url, wait_until="domcontentloaded")
+        self.page.wait_for_function("() => window.app && window.app.graph && window.LiteGraph", timeout=120_000)
+        self.page.wait_for_function(
+            "() => window.LiteGraph.registered_node_types && 'OmniSample' in window.LiteGraph.registered_node_types",
+            timeout=60_000)
+        self.dismiss_all()
+
+    def dismiss_all(self):
+        self.native_dialogs.clear()
+        self.page.evaluate("""() => {
+            for (const b of document.querySelectorAll('.p-dialog .p-dialog-header-close, .p-toast-icon-close'))
+                b.click();
+        }""")
+        self.page.wait_for_timeout(300)
+
+    def complaints(self) -> list[str]:
+        """What the frontend shows after a load: native alerts, dialogs, warning or error toasts."""
+        shown = self.page.evaluate("""() => {
+            const visible = e => !!(e.offsetWidth || e.offsetHeight || e.getClientRects().length);
+            const texts = [];
+            for (const d of document.querySelectorAll('.p-dialog')) if (visible(d)) texts.push('dialog: ' + d.innerText);
+            for (const t of document.querySelectorAll(
+                    '.p-toast-message-warn, .p-toast-message-error, .p-toast-message-warning'))
+                if (visible(t)) texts.push('toast: ' + t.innerText);
+            return texts;
+        }""")
+        return [f"alert: {m}" for m in self.native_dialogs] + shown
+
+    def load(self, workflow: dict) -> list[str]:
+        self.dismiss_all()
+        self.page.evaluate("async (w) => { await window.app.loadGraphData(w); }", workflow)
+        self.page.wait_for_timeout(700)  # toasts and dialogs open after the graph is configured
+        return self.complaints()
+
+    def queue(self) -> dict:
+        """Queue the loaded graph as the Queue button does; the /prompt answer."""
+        with self.page.expect_response(lambda r: r.url.endswith("/prompt") and r.request.method == "POST",
+                                       timeout=60_000) as answer:
+            self.page.evaluate("async () => { await window.app.queuePrompt(0, 1); }")
+        return answer.value.json()
+
+
+@pytest.fixture(scope="module")
+def editor(server, tmp_path_factory):
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing: the browser tests need Debian's chromium (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
+        page = browser.new_page(viewport={"width": 1600, "height": 1000})
+        page.set_default_timeout(60_000)
+        try:
+            opened = Editor(page, server)
+            opened.open()
+            yield opened
+        finally:
+            browser.close()
+
+
+@real_comfyui
+@pytest.mark.parametrize("server, path", _cases(), indirect=["server"])
+def test_shipped_workflow_runs_in_the_real_editor(server, editor, path):
+    workflow = json.loads(path.read_text())
+    complaints = editor.load(workflow)
+    assert complaints == [], f"the editor complained about {path.name}: {complaints}"
+    answer = editor.queue()
+    assert answer.get("prompt_id") and not answer.get("node_errors"), answer
+    entry = server.wait(answer["prompt_id"])
+    assert entry["status"]["status_str"] == "success", (error_of(entry), server.log_tail())
+    files = server.output_files(entry)
+    saves = [n for n in workflow["nodes"] if n["type"].startswith("Save")]
+    assert len(files) >= len(saves), f"{path.name}: {len(saves)} save nodes reported {files}"
+    for file in files:
+        assert file.is_file() and file.stat().st_size > 0, f"{file} is missing or empty"
+
+
+@real_comfyui
+@pytest.mark.parametrize("server, path", [pytest.param(t, None, id=t.version) for t in trees()] or
+                         [pytest.param(None, None, id="none")], indirect=["server"])
+def test_the_editor_shows_a_bad_file_and_a_missing_node(server, editor, path):
+    """The control for the test above: the same look finds the frontend's complaints when there are some."""
+    broken = json.loads(WORKFLOWS[0].read_text())
+    broken["nodes"][0]["type"] = "NoSuchNodeFromAnotherPack"
+    assert any("NoSuchNodeFromAnotherPack" in text for text in editor.load(broken)), editor.complaints()
+    invalid = json.loads(WORKFLOWS[0].read_text())
+    invalid["links"][0][1] = "not a node id"  # a link whose origin is not a node id: against the schema
+    assert editor.load(invalid), "the schema alert was not seen"
+    editor.dismiss_all()
+
+
+def test_the_subset_covers_every_node_and_output_kind():
+    """Runs without ComfyUI: the older version's subset is computed, so it must keep its promise."""
+    subset = older_version_subset(WORKFLOWS)
+    assert set().union(*map(_node_types, subset)) == set().union(*map(_node_types, WORKFLOWS))
+    assert {_output_kind(p) for p in subset} == {"image", "video", "audio", "layered"}
+    assert all(p in subset for p in WORKFLOWS if p.stem.endswith("-comfy-files"))
+    assert len(subset) < len(WORKFLOWS)
+
