@@ -32,6 +32,7 @@ from pathlib import Path
 import pytest
 
 PACK_ROOT = Path(__file__).resolve().parent.parent
+TINY_ENCODER_PACK = PACK_ROOT / "tests" / "comfyui_scripts" / "tiny_qwen_text_encoder"
 COMFYUI_PATH = os.environ.get("COMFYUI_PATH")
 PYTHON = os.environ.get("COMFYUI_PYTHON", sys.executable)
 OVERLAYS = os.environ.get("COMFYUI_OVERLAYS")
@@ -108,10 +109,17 @@ def environment(tree: Tree, code_dir: Path, **extra) -> dict:
     return env
 
 
-def run_script(tree: Tree, code_dir: Path, script: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    """Run `script` in ComfyUI's interpreter with its modules importable (`comfy`, `nodes`, ...)."""
-    return subprocess.run([PYTHON, str(script), *args], cwd=code_dir, capture_output=True, text=True,
-                          timeout=timeout, env=environment(tree, code_dir))
+@dataclass(frozen=True)
+class ComfyCode:
+    """A working copy of one ComfyUI tree, to run scripts that import ComfyUI's modules."""
+
+    tree: Tree
+    path: Path
+
+    def run(self, script: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+        """Run `script` in ComfyUI's interpreter with its modules importable (`comfy`, `nodes`, ...)."""
+        return subprocess.run([PYTHON, str(script), *args], cwd=self.path, capture_output=True, text=True,
+                              timeout=timeout, env=environment(self.tree, self.path))
 
 
 def free_port() -> int:
@@ -241,9 +249,30 @@ def make_base(base: Path, models_dir: Path, input_image: Path) -> Path:
     """A ComfyUI base directory: this pack in custom_nodes/, the stand-in models, the example input."""
     (base / "custom_nodes").mkdir(parents=True)
     (base / "custom_nodes" / "omni-diffusion-nodes").symlink_to(PACK_ROOT, target_is_directory=True)
+    # Test-only, no nodes: lets core Load CLIP build the tiny Qwen-Image text encoder (see its docstring).
+    (base / "custom_nodes" / "tiny_qwen_text_encoder").symlink_to(TINY_ENCODER_PACK, target_is_directory=True)
     (base / "models").mkdir()
     for kind in models_dir.iterdir():
         (base / "models" / kind.name).symlink_to(kind, target_is_directory=True)
     (base / "input").mkdir()
     shutil.copy(input_image, base / "input" / input_image.name)
     return base
+
+
+def _version_params(found: list[Tree]):
+    return [pytest.param(tree, id=tree.version) for tree in found] or [pytest.param(None, id="no-comfyui")]
+
+
+# For tests that take the `comfyui_server` fixture (tests/conftest.py): one server per version, shared
+# by every test module of the session (pytest groups the tests by version and ends each server once its
+# tests have run).
+on_every_version = pytest.mark.parametrize("comfyui_server", _version_params(trees()), indirect=True)
+on_newest = pytest.mark.parametrize("comfyui_server", _version_params(trees()[-1:]), indirect=True)
+
+
+def only_cases(keep):
+    """Run only the parameter combinations for which keep(**params) is true; the rest are deselected
+    (tests/conftest.py), not skipped: a cross product of versions and workflows, say, where older
+    versions run a subset. (Pairing the parameters in one parametrize call instead would make pytest
+    start the session's server anew for every test.)"""
+    return pytest.mark.only_cases(keep)

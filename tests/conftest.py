@@ -123,3 +123,42 @@ def engine():
     engine = Engine()
     yield engine
     engine.unload_all()
+
+
+@pytest.fixture(scope="session")
+def comfyui_server(request, models_dir, tmp_path_factory):
+    """A real ComfyUI server of the version the test is parametrized with (tests/comfyui_host.py)."""
+    from comfyui_host import ComfyServer, make_base, working_copy
+
+    tree = request.param
+    if tree is None:
+        pytest.skip("no ComfyUI tree (COMFYUI_PATH)")
+    input_image = write_example_image(tmp_path_factory.mktemp("input") / recipes.EXAMPLE_IMAGE)
+    base = make_base(tmp_path_factory.mktemp(f"comfyui-{tree.version}-base"), models_dir, input_image)
+    code = working_copy(tree, tmp_path_factory.mktemp("comfyui-trees"))
+    server = ComfyServer(tree, code, base).start()
+    yield server
+    server.stop()
+
+
+def pytest_collection_modifyitems(config, items):
+    """Deselect the combinations a test's `only_cases` mark leaves out (tests/comfyui_host.py)."""
+    kept, dropped = [], []
+    for item in items:
+        mark = item.get_closest_marker("only_cases")
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        (kept if mark is None or mark.args[0](**params) else dropped).append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
+
+
+@pytest.fixture(scope="session")
+def comfyui_code(tmp_path_factory):
+    """The newest ComfyUI tree COMFYUI_PATH names, copied to run scripts that import its modules."""
+    from comfyui_host import ComfyCode, newest, working_copy
+
+    tree = newest()
+    if tree is None:
+        pytest.skip("COMFYUI_PATH is not set (a ComfyUI source tree, or a folder of them)")
+    return ComfyCode(tree, working_copy(tree, tmp_path_factory.mktemp("comfyui-trees")))

@@ -6,30 +6,24 @@ not prove the colours: this runs ComfyUI's own Wan VAE (comfy.ldm.wan.vae, the m
 Decode/Encode use for Qwen-Image and Wan 2.1, and its [-1, 1] <-> [0, 1] conversion) on the
 reference model's VAE weights in ComfyUI's key layout, in a ComfyUI interpreter, and compares.
 
-Needs COMFYUI_PATH (a ComfyUI checkout) and COMFYUI_PYTHON (an interpreter that imports it; default:
-this one). CI has no ComfyUI, so without COMFYUI_PATH this is skipped.
+Part of the real-ComfyUI tier (tests/comfyui_host.py): runs with COMFYUI_PATH, skipped without.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
-import pytest
 import safetensors.torch
 import torch
 
+from comfyui_host import tier
 from omni_backend.engine import Engine
 from omni_backend.reference import MODEL_DIR
 from omni_backend.request import GenerationRequest
 from omni_backend.single_file import wan_vae_keys
 from omni_backend.spec import ModelSpec
 
-COMFYUI = os.environ.get("COMFYUI_PATH")
-PYTHON = os.environ.get("COMFYUI_PYTHON", sys.executable)
-pytestmark = pytest.mark.skipif(not COMFYUI, reason="COMFYUI_PATH is not set (a ComfyUI checkout)")
+pytestmark = tier
 
 # Runs inside ComfyUI: its Wan VAE module with the reference VAE's shapes, its pixel conversions.
 COMFY_SIDE = """
@@ -59,7 +53,7 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(10 * torch.log10(1.0 / ((a - b) ** 2).mean()))
 
 
-def test_latents_cross_between_our_nodes_and_core_vae_nodes(tmp_path):
+def test_latents_cross_between_our_nodes_and_core_vae_nodes(tmp_path, comfyui_code):
     engine = Engine()
     spec = ModelSpec.from_folder(str(MODEL_DIR), dtype="fp32", device="cpu")
     request = GenerationRequest(prompt="a large red circle at the top left on a blue background", steps=25,
@@ -75,9 +69,7 @@ def test_latents_cross_between_our_nodes_and_core_vae_nodes(tmp_path):
     safetensors.torch.save_file({"latent": latent.contiguous(), "image": ours.contiguous()},
                                 tmp_path / "inputs.safetensors")
     (tmp_path / "comfy_side.py").write_text(COMFY_SIDE)
-    done = subprocess.run([PYTHON, str(tmp_path / "comfy_side.py"), str(tmp_path)], cwd=COMFYUI,
-                          capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "PYTHONPATH": COMFYUI, "HF_HUB_OFFLINE": "1"})
+    done = comfyui_code.run(tmp_path / "comfy_side.py", str(tmp_path))
     assert done.returncode == 0, done.stderr[-3000:]
     theirs = safetensors.torch.load_file(tmp_path / "outputs.safetensors")
 

@@ -1,150 +1,383 @@
-"""A real ComfyUI server with this pack: the rules route, the extension's files, refusals at queue
-time and at run time, and Sample's report in the run's outputs.
+"""What only a real ComfyUI server shows (the `comfyui` tier; see tests/comfyui_host.py): the graph-check
+route, refusals at queue and run time, progress on the websocket, /interrupt (one process and two
+ranks), /free, and this pack's outputs in ComfyUI's core nodes.
 
-Needs COMFYUI_PATH (a ComfyUI checkout) and COMFYUI_PYTHON (an interpreter with ComfyUI's and this
-pack's requirements; default: this one). CI has no ComfyUI (it is on no package registry), so
-without COMFYUI_PATH every test here is skipped. The server gets its own base directory: this
-checkout as its only custom node pack and the tiny models as its models.
+Prompts are queued over the HTTP API, as scripts and other tools queue them; the browser's own
+queueing is tests/test_real_comfyui.py.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import socket
-import subprocess
-import sys
+import threading
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
-from omni_diffusion_nodes.headless.runner import to_prompt
-from omni_diffusion_nodes.headless.workflow_format import load_workflow
+from comfyui_host import error_of, on_every_version, on_newest, tier
+from omni_diffusion_nodes.headless.runner import configure, to_prompt
+from omni_diffusion_nodes.headless.validate import validate_workflow
+from omni_diffusion_nodes.headless.workflow_format import is_ui_format, load_workflow
 
-COMFYUI = os.environ.get("COMFYUI_PATH")
-PYTHON = os.environ.get("COMFYUI_PYTHON", sys.executable)
+pytestmark = tier
 PACK_ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = PACK_ROOT / "tests" / "workflow_fixtures"
-STARTUP_SECONDS = 300  # importing torch and ComfyUI on two shared cores
-RUN_SECONDS = 300
-
-pytestmark = pytest.mark.skipif(not COMFYUI, reason="COMFYUI_PATH is not set (a ComfyUI checkout to start)")
+WORKFLOWS = sorted((PACK_ROOT / "workflows").glob("*.json"))
 
 
-def request(url: str, body: dict | None = None):
-    data = json.dumps(body).encode() if body is not None else None
-    try:
-        with urllib.request.urlopen(urllib.request.Request(url, data=data), timeout=30) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read()
+def small(path: str | Path, **sample) -> dict:
+    """A shipped workflow as an API prompt, with Sample's size and steps set for a quick run."""
+    prompt = to_prompt(load_workflow(PACK_ROOT / "workflows" / path))
+    node = next(n for n in prompt.values() if n["class_type"] == "OmniSample")
+    node["inputs"].update({"steps": 3, "width": 64, "height": 64, **sample})
+    return prompt
 
 
-@pytest.fixture(scope="module")
-def server(models_dir, tmp_path_factory):
-    base = tmp_path_factory.mktemp("comfyui-base")
-    (base / "custom_nodes").mkdir()
-    (base / "custom_nodes" / "omni-diffusion-nodes").symlink_to(PACK_ROOT, target_is_directory=True)
-    (base / "models").mkdir()
-    for kind in ("diffusers", "loras"):
-        (base / "models" / kind).symlink_to(models_dir / kind, target_is_directory=True)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    log = open(base / "comfyui.log", "w")
-    process = subprocess.Popen([PYTHON, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
-                                "--base-directory", str(base), "--disable-auto-launch"],
-                               cwd=COMFYUI, stdout=log, stderr=subprocess.STDOUT,
-                               env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + STARTUP_SECONDS
-    try:
+def node_id(prompt: dict, class_type: str) -> str:
+    return next(i for i, n in prompt.items() if n["class_type"] == class_type)
+
+
+def pixels(path: Path) -> np.ndarray:
+    return np.asarray(Image.open(path).convert("RGBA"))
+
+
+class Events:
+    """The server's websocket messages for one client id, collected on a thread."""
+
+    def __init__(self, server, client_id: str):
+        import websocket  # websocket-client
+
+        self.client_id = client_id
+        self.messages: list[tuple[float, dict]] = []
+        self.socket = websocket.create_connection(f"ws://127.0.0.1:{server.port}/ws?clientId={client_id}",
+                                                  timeout=600)
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self):
         while True:
-            if process.poll() is not None:
-                pytest.fail(f"ComfyUI exited: {(base / 'comfyui.log').read_text()[-3000:]}")
             try:
-                if request(f"{url}/object_info/OmniLoadModel")[0] == 200:
-                    break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"ComfyUI did not start: {(base / 'comfyui.log').read_text()[-3000:]}")
-            time.sleep(1)
-        yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        log.close()
+                frame = self.socket.recv()
+            except Exception:  # closed
+                return
+            if isinstance(frame, str) and frame:  # binary frames are previews; "" comes with the close
+                self.messages.append((time.monotonic(), json.loads(frame)))
+
+    def of(self, kind: str, prompt_id: str | None = None) -> list[tuple[float, dict]]:
+        return [(at, m["data"]) for at, m in self.messages if m.get("type") == kind
+                and (prompt_id is None or m["data"].get("prompt_id") == prompt_id)]
+
+    def wait_for(self, predicate, timeout: float = 600):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if predicate():
+                return
+            time.sleep(0.05)
+        raise TimeoutError(f"no such websocket message in {timeout} s; last: {self.messages[-5:]}")
+
+    def close(self):
+        self.socket.close()
 
 
-def queue(url: str, prompt: dict):
-    return request(f"{url}/prompt", {"prompt": prompt, "client_id": "omni-tests"})
+def queue_with(server, prompt: dict, client_id: str) -> str:
+    status, body = server.post("/prompt", {"prompt": prompt, "client_id": client_id})
+    assert status == 200, body
+    return json.loads(body)["prompt_id"]
 
 
-def finished(url: str, prompt_id: str) -> dict:
-    deadline = time.monotonic() + RUN_SECONDS
-    while time.monotonic() < deadline:
-        history = json.loads(request(f"{url}/history/{prompt_id}")[1])
-        if prompt_id in history and history[prompt_id].get("status", {}).get("completed") is not None:
-            if history[prompt_id]["status"]["status_str"] in ("success", "error"):
-                return history[prompt_id]
-        time.sleep(1)
-    pytest.fail(f"prompt {prompt_id} did not finish in {RUN_SECONDS} s")
+def clear_execution_cache(server):
+    """POST /free {"free_memory": true}: ComfyUI forgets its cached node outputs (the next identical
+    prompt runs again) once its queue is idle; then a no-op prompt shows the flag was taken."""
+    server.post("/free", {"free_memory": True})
+    time.sleep(2)  # the prompt worker reads the flag when it next wakes (at most 1 s)
 
 
-def test_the_check_route_answers_for_the_graph_posted(server):
-    workflow = load_workflow(FIXTURES / "teacache-on-sd3.json")
-    for prefix in ("", "/api"):  # ComfyUI mounts custom routes under /api too (the frontend uses that)
-        status, body = request(f"{server}{prefix}/omni_diffusion/check", workflow)
-        assert status == 200
+# ---- the graph check ----------------------------------------------------------------------------
+def _verdict(problems) -> dict:
+    found: dict = {}
+    for problem in problems:
+        found.setdefault(str(problem["node"]), set()).add(problem["rule"] or problem["problem"].split(":")[0])
+    return found
+
+
+@on_every_version
+def test_the_check_route_gives_the_validate_verdict_on_every_workflow(comfyui_server, models_dir):
+    """The editor's warnings come from this route: for every shipped workflow and every UI-format
+    fixture it answers (never 500) with the problems `omni-diffusion validate` reports at this pack's
+    nodes."""
+    configure(models_dir=models_dir)
+    files = WORKFLOWS + sorted(FIXTURES.glob("*.json"))
+    checked = 0
+    for path in files:
+        workflow = json.loads(path.read_text())
+        if path.name == "expected.json" or not is_ui_format(workflow):
+            continue
+        status, body = comfyui_server.post("/api/omni_diffusion/check", workflow)
+        assert status == 200, (path.name, status, body[:300])
         answer = json.loads(body)
-        assert [p["rule"] for p in answer["problems"]["2"]] == ["teacache.family"]
-        assert answer["support"]["1"][0].startswith("Stable-Diffusion-3.5")
+        pack_nodes = {str(n["id"]) for n in workflow["nodes"] if str(n["type"]).startswith("Omni")}
+        expected = _verdict(p.as_dict() for p in validate_workflow(workflow) if p.node_id in pack_nodes)
+        got = _verdict(p for problems in answer["problems"].values() for p in problems)
+        assert got == expected, path.name
+        if path in WORKFLOWS:  # a shipped workflow is clean, and Load Omni Model says what its model supports
+            loaders = {str(n["id"]) for n in workflow["nodes"] if n["type"] == "OmniLoadModel"}
+            assert got == {} and set(answer["support"]) == loaders, path.name
+            assert all(lines and not lines[0].startswith("cannot load") for lines in answer["support"].values())
+        checked += 1
+    assert checked >= len(WORKFLOWS) + 10
 
 
-def test_the_extension_files_are_served(server):
-    extensions = json.loads(request(f"{server}/extensions")[1])
+@on_every_version
+def test_the_extension_files_are_served(comfyui_server):
+    extensions = comfyui_server.get_json("/extensions")
     for name in ("omni_extension.js", "graph_request.js"):
         path = next(e for e in extensions if e.endswith(f"/omni-diffusion-nodes/{name}"))
-        status, body = request(f"{server}{path}")
+        status, body = comfyui_server.get(path)
         assert status == 200 and (b"export function" in body or b"registerExtension" in body)
     assert not any(e.endswith(".mjs") for e in extensions), "the node tests are not loaded as extensions"
 
 
-def test_a_fault_of_two_inputs_of_one_node_fails_at_that_node_naming_it(server):
+@on_every_version
+def test_node_names_do_not_collide_with_core(comfyui_server):
+    """Two entries of one name in the node search: ours must not take a core node's display name."""
+    info = comfyui_server.get_json("/object_info")
+    ours = {name: n["display_name"] for name, n in info.items() if n["python_module"].startswith("custom_nodes")}
+    core = {n["display_name"] for name, n in info.items() if not n["python_module"].startswith("custom_nodes")}
+    assert len(ours) >= 10 and not (set(ours.values()) & core), set(ours.values()) & core
+    assert ours["OmniLoadLoRA"] == "Load Omni LoRA"
+
+
+# ---- refusals ------------------------------------------------------------------------------------
+@on_every_version
+def test_a_fault_of_two_inputs_of_one_node_fails_at_that_node_naming_it(comfyui_server):
     """fp8_text_encoder without an fp8 mode: no VALIDATE_INPUTS (ComfyUI would repeat its verdict once
-    per input named), so the node fails when it runs, with the input, value and fix."""
+    per input named), so the node fails when it runs, with the input, value and fix; the server log
+    has the message on one line and no traceback."""
     prompt = to_prompt(load_workflow(FIXTURES / "fp8-text-encoder-without-fp8.json"))
-    status, body = queue(server, prompt)
-    assert status == 200, body
-    run = finished(server, json.loads(body)["prompt_id"])
+    run = comfyui_server.run(prompt)
     assert run["status"]["status_str"] == "error"
-    error = next(detail for kind, detail in run["status"]["messages"] if kind == "execution_error")
+    error = error_of(run)
     assert error["node_id"] == "2" and "fp8_text_encoder = True" in error["exception_message"]
+    log = comfyui_server.log_path.read_text()
+    line = next(li for li in log.splitlines() if "fp8_text_encoder = True" in li)
+    assert "!!! Exception during processing !!!" in line
+    after = log[log.index(line):].splitlines()[1:4]
+    assert not any(li.startswith("Traceback") for li in after), after
 
 
-def test_an_incompatible_pair_fails_at_its_node_with_both_names(server):
-    status, body = queue(server, json.loads((FIXTURES / "teacache-on-wan-api.json").read_text()))
-    assert status == 200, body
-    run = finished(server, json.loads(body)["prompt_id"])
+@on_every_version
+def test_an_incompatible_pair_fails_at_its_node_with_both_names(comfyui_server):
+    run = comfyui_server.run(json.loads((FIXTURES / "teacache-on-wan-api.json").read_text()))
     assert run["status"]["status_str"] == "error"
-    error = next(detail for kind, detail in run["status"]["messages"] if kind == "execution_error")
+    error = error_of(run)
     assert error["node_id"] == "2"
     assert error["exception_message"].startswith("Apply TeaCache cannot be combined with Wan2.2-T2V")
 
 
-def test_sample_reports_what_ran(server):
-    prompt = to_prompt(load_workflow(PACK_ROOT / "workflows" / "qwen-image-teacache.json"))
-    sample_id = next(i for i, n in prompt.items() if n["class_type"] == "OmniSample")
-    prompt[sample_id]["inputs"].update(steps=4, width=64, height=64)
-    status, body = queue(server, prompt)
-    assert status == 200, body
-    run = finished(server, json.loads(body)["prompt_id"])
-    assert run["status"]["status_str"] == "success", run["status"]
-    assert "TeaCache" in run["outputs"][sample_id]["text"][0]
+# ---- progress, interrupt, free ---------------------------------------------------------------------
+@on_every_version
+def test_progress_reaches_the_websocket_and_the_report_the_outputs(comfyui_server):
+    prompt = small("qwen-image-teacache.json", steps=5)
+    sample = node_id(prompt, "OmniSample")
+    events = Events(comfyui_server, "omni-progress")
+    try:
+        prompt_id = queue_with(comfyui_server, prompt, events.client_id)
+        run = comfyui_server.wait(prompt_id)
+        events.wait_for(lambda: events.of("execution_success", prompt_id))
+    finally:
+        events.close()
+    assert run["status"]["status_str"] == "success", error_of(run)
+    steps = [d["value"] for _, d in events.of("progress", prompt_id) if d["node"] == sample]
+    assert steps and steps[-1] == 5 and steps == sorted(steps), steps
+    assert all(d["max"] == 5 for _, d in events.of("progress", prompt_id) if d["node"] == sample)
+    assert "TeaCache" in run["outputs"][sample]["text"][0]
+
+
+def _interrupt_midway(server, prompt: dict, client_id: str, after_step: int = 2):
+    """Queue `prompt`, POST /interrupt once Sample has reported `after_step`; (steps reported after the
+    interrupt, seconds from the interrupt to execution_interrupted, the history entry)."""
+    sample = node_id(prompt, "OmniSample")
+    events = Events(server, client_id)
+    try:
+        prompt_id = queue_with(server, prompt, client_id)
+        events.wait_for(lambda: any(d["node"] == sample and d["value"] >= after_step
+                                    for _, d in events.of("progress", prompt_id)))
+        asked = time.monotonic()
+        server.post("/interrupt", {})
+        events.wait_for(lambda: events.of("execution_interrupted", prompt_id) or events.of("execution_error", prompt_id))
+        entry = server.wait(prompt_id)
+    finally:
+        events.close()
+    stopped_at = events.of("execution_interrupted", prompt_id)
+    assert stopped_at, f"the run was not interrupted: {events.of('execution_error', prompt_id)}"
+    later = [d["value"] for at, d in events.of("progress", prompt_id) if d["node"] == sample and at > asked]
+    return later, stopped_at[0][0] - asked, entry
+
+
+def _image_of(server, prompt: dict) -> np.ndarray:
+    run = server.run(prompt)
+    assert run["status"]["status_str"] == "success", (error_of(run), server.log_tail())
+    (file,) = server.output_files(run)
+    return pixels(file)
+
+
+@pytest.mark.parametrize("workflow", ["qwen-image.json", "qwen-image-ulysses2.json"], ids=["1-process", "2-ranks"])
+@on_newest
+def test_interrupt_stops_a_long_sample_and_the_next_run_is_clean(comfyui_server, workflow):
+    """/interrupt during a 1000-step Sample: it stops at the next step boundary (every rank at the same
+    step), and the next run gives the image a run before the interrupt gave."""
+    clear_execution_cache(comfyui_server)
+    short = small(workflow)
+    before = _image_of(comfyui_server, short)
+    later, seconds, entry = _interrupt_midway(comfyui_server, small(workflow, steps=1000), f"omni-int-{workflow}")
+    assert entry["status"]["status_str"] == "error" and not entry.get("outputs", {}).get(node_id(short, "SaveImage"))
+    assert len(later) <= 1, f"{len(later)} more steps ran after /interrupt ({seconds:.2f} s)"
+    clear_execution_cache(comfyui_server)
+    after = _image_of(comfyui_server, short)
+    assert np.array_equal(before, after), "the run after the interrupt differs from the clean one"
+
+
+def _worker_processes(server) -> list[int]:
+    """The server's child processes: its worker ranks (each in a session of its own, so children are
+    how to find them)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                state, parent = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[:2]
+            except (OSError, ValueError):
+                continue
+            if int(parent) == server.process.pid and state != "Z":
+                found.append(int(entry))
+    return found
+
+
+@on_newest
+def test_free_ends_every_worker_process(comfyui_server):
+    run = comfyui_server.run(small("qwen-image-ulysses2.json", seed=7))
+    assert run["status"]["status_str"] == "success", error_of(run)
+    workers = _worker_processes(comfyui_server)
+    assert len(workers) >= 2, "a 2-rank run left no worker processes to end"
+    comfyui_server.post("/free", {"unload_models": True, "free_memory": True})
+    deadline = time.monotonic() + 60
+    while _worker_processes(comfyui_server) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert _worker_processes(comfyui_server) == [], "worker processes outlived /free"
+
+
+# ---- this pack's outputs into core nodes --------------------------------------------------------
+def _add(prompt: dict, class_type: str, **inputs) -> str:
+    new_id = str(max(int(i) for i in prompt) + 1)
+    prompt[new_id] = {"class_type": class_type, "inputs": inputs}
+    return new_id
+
+
+@on_every_version
+def test_our_latent_image_and_mask_go_into_core_nodes(comfyui_server):
+    """LATENT into core Save Latent; IMAGE through core Invert Image into Save Image; the layered
+    decode's MASK through core Convert Mask to Image into Save Image."""
+    prompt = small("qwen-image-layered.json")
+    sample, decode = node_id(prompt, "OmniSample"), node_id(prompt, "OmniVAEDecode")
+    _add(prompt, "SaveLatent", samples=[sample, 0], filename_prefix="latents/omni")
+    invert = _add(prompt, "ImageInvert", image=[decode, 0])
+    inverted_save = _add(prompt, "SaveImage", images=[invert, 0], filename_prefix="omni-inverted")
+    mask_image = _add(prompt, "MaskToImage", mask=[decode, 2])
+    mask_save = _add(prompt, "SaveImage", images=[mask_image, 0], filename_prefix="omni-mask")
+    run = comfyui_server.run(prompt)
+    assert run["status"]["status_str"] == "success", (error_of(run), comfyui_server.log_tail())
+    latent_files = list((comfyui_server.base / "output" / "latents").glob("omni*.latent"))
+    assert latent_files and latent_files[-1].stat().st_size > 0
+    import safetensors.torch
+
+    saved = safetensors.torch.load_file(str(latent_files[-1]))["latent_tensor"]
+    assert saved.ndim == 5 and saved.shape[1] == 16  # [B, 16, layers + 1, H/8, W/8], core's layered latent
+    for save in (inverted_save, mask_save):
+        images = run["outputs"][save]["images"]
+        assert images and all((comfyui_server.base / "output" / i["subfolder"] / i["filename"]).stat().st_size
+                              for i in images)
+
+
+@on_every_version
+def test_our_audio_goes_into_core_audio_nodes(comfyui_server):
+    """AUDIO through core Audio Adjust Volume (it reads our waveform and sample rate) into Save Audio."""
+    prompt = small("stable-audio.json")
+    decode, save = node_id(prompt, "OmniVAEDecode"), node_id(prompt, "SaveAudio")
+    louder = _add(prompt, "AudioAdjustVolume", audio=[decode, 1], volume=-6)
+    prompt[save]["inputs"].update(audio=[louder, 0], filename_prefix="audio/omni-core")
+    run = comfyui_server.run(prompt)
+    assert run["status"]["status_str"] == "success", (error_of(run), comfyui_server.log_tail())
+    (file,) = comfyui_server.output_files(run)
+    assert file.suffix == ".flac" and file.stat().st_size > 0
+
+
+# ---- core text encoding into Sample ---------------------------------------------------------------
+ENCODER_MODEL = "qwen-image-comfy-encoder"  # a tiny Qwen-Image whose DiT reads the tiny encoder's width
+ENCODER_FILE = "qwen_2.5_vl_tiny.safetensors"
+
+
+@pytest.fixture(scope="session")
+def comfy_encoder_model(models_dir, comfyui_code):
+    """A tiny Qwen-Image folder whose text encoder core Load CLIP can build (with the test pack
+    tiny_qwen_text_encoder: 512 wide, the real vocabulary, ComfyUI's own Qwen2.5 tokenizer), and that
+    encoder's weights as a ComfyUI text_encoders/ file."""
+    import torch
+    from diffusers import QwenImageTransformer2DModel
+    from safetensors.torch import save_file
+    from test_comfyui_text_encode import comfy_layout, tiny_qwen25_vl_text_encoder
+    from transformers import Qwen2Tokenizer
+
+    from omni_backend.families import FAMILIES
+
+    folder = models_dir / "diffusers" / ENCODER_MODEL
+    if not folder.exists():
+        torch.manual_seed(0)
+        pipe = FAMILIES["qwen-image"].build_tiny()
+        pipe.transformer = QwenImageTransformer2DModel(
+            patch_size=2, in_channels=64, out_channels=16, num_layers=2, attention_head_dim=16,
+            num_attention_heads=4, joint_attention_dim=512, axes_dims_rope=(8, 4, 4)).eval()
+        pipe.text_encoder = tiny_qwen25_vl_text_encoder()
+        pipe.tokenizer = Qwen2Tokenizer.from_pretrained(comfyui_code.path / "comfy" / "text_encoders" / "qwen25_tokenizer")
+        pipe.save_pretrained(folder, safe_serialization=True)
+        (models_dir / "text_encoders").mkdir(exist_ok=True)
+        save_file(comfy_layout(pipe.text_encoder), models_dir / "text_encoders" / ENCODER_FILE)
+    return ENCODER_MODEL
+
+
+def _with_core_text_encode(prompt: dict, positive: str, negative: str) -> dict:
+    """Sample's prompts from core Load CLIP -> CLIP Text Encode instead of its text fields."""
+    prompt = json.loads(json.dumps(prompt))
+    sample = node_id(prompt, "OmniSample")
+    clip = _add(prompt, "CLIPLoader", clip_name=ENCODER_FILE, type="qwen_image")
+    pos = _add(prompt, "CLIPTextEncode", clip=[clip, 0], text=positive)
+    neg = _add(prompt, "CLIPTextEncode", clip=[clip, 0], text=negative)
+    prompt[sample]["inputs"].update(positive=[pos, 0], negative=[neg, 0], prompt="(not used)")
+    return prompt
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(((a.astype(np.float64) - b.astype(np.float64)) / 255.0).__pow__(2).mean())
+    return float("inf") if mse == 0 else 10 * np.log10(1.0 / mse)
+
+
+@on_every_version
+def test_core_clip_text_encode_conditioning_drives_sample(comfyui_server, comfy_encoder_model):
+    """Core Load CLIP + CLIP Text Encode give Sample the prompt: the image is the one Sample makes from
+    the same text with the pipeline's own encoder (ComfyUI encodes in fp16 on the CPU, so near, not
+    equal), and far from the image of another prompt."""
+    text, other, negative = "a red circle on a blue background", "a green square on a white floor", " "
+    prompt = small("qwen-image.json", steps=4, negative_prompt=negative)
+    prompt[node_id(prompt, "OmniLoadModel")]["inputs"]["model_name"] = comfy_encoder_model
+    clear_execution_cache(comfyui_server)
+    through_comfy = _image_of(comfyui_server, _with_core_text_encode(prompt, text, negative))
+    node = prompt[node_id(prompt, "OmniSample")]
+    node["inputs"]["prompt"] = text
+    typed = _image_of(comfyui_server, prompt)
+    node["inputs"]["prompt"] = other
+    another = _image_of(comfyui_server, prompt)
+    near, far = psnr(through_comfy, typed), psnr(through_comfy, another)
+    print(f"CONDITIONING vs typed prompt: {near:.1f} dB; vs another prompt: {far:.1f} dB")
+    assert near > far + 20, (near, far)  # seen: identical (inf dB) against 53 dB

@@ -1,8 +1,7 @@
 """ComfyUI's own text encoding equals the diffusers pipeline's encode_prompt (Qwen-Image), the fact
 Sample's positive / negative CONDITIONING inputs rest on.
 
-Needs COMFYUI_PATH (a ComfyUI checkout) and COMFYUI_PYTHON (an interpreter with ComfyUI's
-requirements; default: this one); skipped without COMFYUI_PATH (CI has no ComfyUI). ComfyUI encodes
+Part of the real-ComfyUI tier (tests/comfyui_host.py): runs with COMFYUI_PATH, skipped without. ComfyUI encodes
 with its CLIP Loader and CLIP Text Encode in that interpreter (tests/comfyui_scripts/); the same
 weights encode here through QwenImagePipeline.encode_prompt with ComfyUI's bundled Qwen2.5 tokenizer
 (the tiny stand-in's 1024-token vocabulary is not ComfyUI's: ComfyUI finds the template's end by
@@ -12,20 +11,16 @@ the real tokenizer's ids).
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
-import pytest
 import torch
 
-COMFYUI = os.environ.get("COMFYUI_PATH")
-PYTHON = os.environ.get("COMFYUI_PYTHON", sys.executable)
+from comfyui_host import tier
+
 SCRIPT = Path(__file__).resolve().parent / "comfyui_scripts" / "qwen_image_text_encode.py"
 TEXTS = ["a red circle on a blue background", " ", "Ein Fuchs im Schnee, 32 px, «quoted» text"]
 
-pytestmark = pytest.mark.skipif(not COMFYUI, reason="COMFYUI_PATH is not set (a ComfyUI checkout)")
+pytestmark = tier
 
 
 def tiny_qwen25_vl_text_encoder():
@@ -54,7 +49,7 @@ def comfy_layout(model) -> dict:
             if name.startswith(prefix)}
 
 
-def test_comfyui_text_encode_equals_the_pipelines_encode_prompt(tmp_path):
+def test_comfyui_text_encode_equals_the_pipelines_encode_prompt(tmp_path, comfyui_code):
     from diffusers import QwenImagePipeline
     from safetensors import safe_open
     from safetensors.torch import save_file
@@ -63,11 +58,10 @@ def test_comfyui_text_encode_equals_the_pipelines_encode_prompt(tmp_path):
     model = tiny_qwen25_vl_text_encoder()
     weights, output = tmp_path / "qwen_2.5_vl_tiny.safetensors", tmp_path / "conditioning.safetensors"
     save_file(comfy_layout(model), weights)
-    run = subprocess.run([PYTHON, str(SCRIPT), COMFYUI, str(weights), str(output), *TEXTS], cwd=COMFYUI,
-                         capture_output=True, text=True, timeout=600)
+    run = comfyui_code.run(SCRIPT, str(comfyui_code.path), str(weights), str(output), *TEXTS)
     assert run.returncode == 0, run.stderr[-3000:]
 
-    tokenizer = Qwen2Tokenizer.from_pretrained(Path(COMFYUI) / "comfy" / "text_encoders" / "qwen25_tokenizer")
+    tokenizer = Qwen2Tokenizer.from_pretrained(comfyui_code.path / "comfy" / "text_encoders" / "qwen25_tokenizer")
     pipe = QwenImagePipeline(scheduler=None, vae=None, text_encoder=model, tokenizer=tokenizer, transformer=None)
     with safe_open(output, "pt") as comfy:
         keys = json.loads(comfy.metadata()["keys"])

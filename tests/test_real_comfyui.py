@@ -18,9 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from comfyui_host import ComfyServer, error_of, make_base, newest, real_comfyui, trees, working_copy
-from conftest import write_example_image
-from omni_diffusion_nodes.headless import recipes
+from comfyui_host import ComfyServer, error_of, newest, on_every_version, only_cases, real_comfyui
 
 WORKFLOWS = sorted((Path(__file__).resolve().parent.parent / "workflows").glob("*.json"))
 CHROMIUM = "/usr/bin/chromium"
@@ -53,30 +51,9 @@ def older_version_subset(paths: list[Path]) -> list[Path]:
     return sorted(chosen)
 
 
-def _cases():
-    found = trees()
-    if not found:  # collected anyway, so the skip says why
-        return [pytest.param(None, path, id=path.name) for path in WORKFLOWS]
-    latest = newest()
-    return [pytest.param(tree, path, id=f"{tree.version}-{path.name}")
-            for tree in found for path in (WORKFLOWS if tree == latest else older_version_subset(WORKFLOWS))]
-
-
-@pytest.fixture(scope="session")
-def comfy_scratch(tmp_path_factory):
-    return tmp_path_factory.mktemp("comfyui-trees")
-
-
-@pytest.fixture(scope="module")
-def server(request, models_dir, comfy_scratch, tmp_path_factory):
-    tree = request.param
-    if tree is None:
-        pytest.skip("no ComfyUI tree")
-    input_image = write_example_image(tmp_path_factory.mktemp("input") / recipes.EXAMPLE_IMAGE)
-    base = make_base(tmp_path_factory.mktemp(f"comfyui-{tree.version}-base"), models_dir, input_image)
-    running = ComfyServer(tree, working_copy(tree, comfy_scratch), base).start()
-    yield running
-    running.stop()
+def runs_on(tree, path: Path) -> bool:
+    """All workflows on the newest tree, the subset on older ones."""
+    return tree is None or tree == newest() or path in older_version_subset(WORKFLOWS)
 
 
 class Editor:
@@ -136,7 +113,7 @@ class Editor:
 
 
 @pytest.fixture(scope="module")
-def editor(server, tmp_path_factory):
+def editor(comfyui_server):
     if not Path(CHROMIUM).exists():
         pytest.fail(f"{CHROMIUM} is missing: the browser tests need Debian's chromium (apt-get install chromium)")
     from playwright.sync_api import sync_playwright
@@ -146,7 +123,7 @@ def editor(server, tmp_path_factory):
         page = browser.new_page(viewport={"width": 1600, "height": 1000})
         page.set_default_timeout(60_000)
         try:
-            opened = Editor(page, server)
+            opened = Editor(page, comfyui_server)
             opened.open()
             yield opened
         finally:
@@ -154,8 +131,11 @@ def editor(server, tmp_path_factory):
 
 
 @real_comfyui
-@pytest.mark.parametrize("server, path", _cases(), indirect=["server"])
-def test_shipped_workflow_runs_in_the_real_editor(server, editor, path):
+@only_cases(lambda comfyui_server, path: runs_on(comfyui_server, path))
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
+@on_every_version
+def test_shipped_workflow_runs_in_the_real_editor(comfyui_server, editor, path):
+    server = comfyui_server
     workflow = json.loads(path.read_text())
     complaints = editor.load(workflow)
     assert complaints == [], f"the editor complained about {path.name}: {complaints}"
@@ -171,9 +151,8 @@ def test_shipped_workflow_runs_in_the_real_editor(server, editor, path):
 
 
 @real_comfyui
-@pytest.mark.parametrize("server, path", [pytest.param(t, None, id=t.version) for t in trees()] or
-                         [pytest.param(None, None, id="none")], indirect=["server"])
-def test_the_editor_shows_a_bad_file_and_a_missing_node(server, editor, path):
+@on_every_version
+def test_the_editor_shows_a_bad_file_and_a_missing_node(comfyui_server, editor):
     """The control for the test above: the same look finds the frontend's complaints when there are some."""
     broken = json.loads(WORKFLOWS[0].read_text())
     broken["nodes"][0]["type"] = "NoSuchNodeFromAnotherPack"

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from pathlib import Path
 
 import pytest
 import safetensors.torch
 import torch
 
+from comfyui_host import real_comfyui
 from omni_backend.engine import Engine
 from omni_backend.errors import OmniInputError
 from omni_backend.families import FAMILIES
@@ -433,7 +433,7 @@ def test_ovis_layout_at_the_released_size_has_the_released_files_key_count():
     assert "double_blocks.5.img_mlp.gate_proj.weight" in written and "single_blocks.26.linear1.weight" in written
 
 
-# Runs inside ComfyUI (COMFYUI_PATH: a checkout; COMFYUI_PYTHON: an interpreter that imports it): its own
+# Runs inside ComfyUI (the real-ComfyUI tier, tests/comfyui_host.py): its own
 # Stable Audio DiT, Oobleck VAE and seconds conditioners at the released size, on the meta device.
 COMFY_STABLE_AUDIO = """
 import json, sys, torch
@@ -453,14 +453,11 @@ print(json.dumps({prefix + key: list(value.shape) for prefix, module in parts.it
 """
 
 
-@pytest.mark.skipif(not os.environ.get("COMFYUI_PATH"), reason="COMFYUI_PATH is not set (a ComfyUI checkout)")
-def test_comfyuis_stable_audio_modules_have_the_names_and_shapes_the_maps_write(tmp_path):
+@real_comfyui
+def test_comfyuis_stable_audio_modules_have_the_names_and_shapes_the_maps_write(tmp_path, comfyui_code):
     """At the released size, ComfyUI's own modules hold exactly the tensors (names, shapes) the three maps
     write into the checkpoint, but for what ComfyUI handles on load: torch's weight-norm names (the file's
     weight_g / weight_v, which torch converts) and the all-zero LayerNorm betas it drops."""
-    import subprocess
-    import sys
-
     from accelerate import init_empty_weights
     from diffusers import AutoencoderOobleck, StableAudioDiTModel, StableAudioProjectionModel
 
@@ -468,10 +465,7 @@ def test_comfyuis_stable_audio_modules_have_the_names_and_shapes_the_maps_write(
 
     script = tmp_path / "comfy_stable_audio.py"
     script.write_text(COMFY_STABLE_AUDIO)
-    comfyui = os.environ["COMFYUI_PATH"]
-    done = subprocess.run([os.environ.get("COMFYUI_PYTHON", sys.executable), str(script)], cwd=comfyui,
-                          capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONPATH": os.pathsep.join(
-                              filter(None, [comfyui, os.environ.get("PYTHONPATH")]))})
+    done = comfyui_code.run(script)
     assert done.returncode == 0, done.stderr[-3000:]
     weight_norm = (("parametrizations.weight.original0", "weight_g"), ("parametrizations.weight.original1", "weight_v"))
     comfy = {}

@@ -4,16 +4,14 @@ folder twin, the tokenizer carried in the UMT5 file, and the refusals of files t
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import safetensors.torch
 import torch
 
+from comfyui_host import real_comfyui
 from omni_backend.engine import Engine
 from omni_backend.errors import OmniInputError
 from omni_backend.families import FAMILIES
@@ -206,7 +204,7 @@ def test_load_node_takes_the_second_expert_and_the_family(headless, nodes):
 
 
 # ---- ComfyUI reads the tiny twins as its own files -------------------------------------------------
-# Runs inside ComfyUI (COMFYUI_PATH: a checkout; COMFYUI_PYTHON: an interpreter that imports it): its own
+# Runs inside ComfyUI (the real-ComfyUI tier, tests/comfyui_host.py): its own
 # Wan DiT, Wan 2.1 / 2.2 VAE and UMT5 modules load the files make-tiny --layout comfy writes, strictly
 # (every key and shape), so the key maps above write what ComfyUI itself reads.
 COMFY_READS = """
@@ -246,19 +244,15 @@ print("read", len(paths))
 """
 
 
-@pytest.mark.skipif(not os.environ.get("COMFYUI_PATH"), reason="COMFYUI_PATH is not set (a ComfyUI checkout)")
-def test_comfyui_loads_the_tiny_files_strictly(wan, tmp_path):
+@real_comfyui
+def test_comfyui_loads_the_tiny_files_strictly(wan, tmp_path, comfyui_code):
     _folder, t2v = wan[0]("wan2.2", "fp32")
     _folder, ti2v = wan[0]("wan2.2-ti2v", "fp32")
     paths = [str(t2v[name]) for name in ("diffusion_model", "vae", "text_encoder")]
     paths += [str(ti2v[name]) for name in ("diffusion_model", "vae")]
     script = tmp_path / "comfy_reads.py"
     script.write_text(COMFY_READS)
-    comfyui = os.environ["COMFYUI_PATH"]
-    done = subprocess.run([os.environ.get("COMFYUI_PYTHON", sys.executable), str(script), json.dumps(paths)],
-                          cwd=comfyui, capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "PYTHONPATH": os.pathsep.join(
-                              filter(None, [comfyui, os.environ.get("PYTHONPATH")]))})
+    done = comfyui_code.run(script, json.dumps(paths))
     assert done.returncode == 0 and "read 5" in done.stdout, done.stderr[-3000:]
 
 

@@ -3,43 +3,27 @@ Text Encode on a tiny Qwen2.5-VL text encoder, writing the CONDITIONING it gives
 
     python qwen_image_text_encode.py COMFYUI_PATH WEIGHTS.safetensors OUT.safetensors TEXT [TEXT ...]
 
-ComfyUI (0.3.64) builds Qwen-Image's text encoder from a fixed configuration, the 7B model's
-(`Qwen25_7BVLI_Config`: 3584 wide, 28 layers), whatever the file holds, so a tiny file cannot load
-as it is. The one change made here is that configuration's sizes (the tiny model's: 512 wide, two
-layers, 4 heads of 128) and a one-layer vision tower, which text prompts never run; the tokenizer,
-the chat template, the dropped template tokens, the loader and the encoder are ComfyUI's own.
+ComfyUI builds Qwen-Image's text encoder from a fixed configuration, the 7B model's, whatever the
+file holds, so a tiny file cannot load as it is: tiny_qwen_text_encoder/ (beside this script) shrinks
+that configuration to the tiny model's sizes; the tokenizer, the chat template, the dropped template
+tokens, the loader and the encoder are ComfyUI's own.
 Test helper only (tests/test_comfyui_text_encode.py); never imported by the pack.
 """
 
-import dataclasses
-import functools
 import json
+import os
 import sys
 
 comfy_path, weights, output, *texts = sys.argv[1:]
 sys.path.insert(0, comfy_path)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.argv = [sys.argv[0], "--cpu", "--fp32-text-enc"]  # ComfyUI's CPU default is fp16 text encoders
 
 import comfy.options  # noqa: E402
 
 comfy.options.enable_args_parsing()
 
-import comfy.text_encoders.llama as llama  # noqa: E402
-import comfy.text_encoders.qwen_vl as qwen_vl  # noqa: E402
-
-
-@dataclasses.dataclass
-class TinyQwen25VLConfig(llama.Qwen25_7BVLI_Config):
-    hidden_size: int = 512
-    intermediate_size: int = 256
-    num_hidden_layers: int = 2
-    num_attention_heads: int = 4
-    num_key_value_heads: int = 4
-
-
-llama.Qwen25_7BVLI_Config = TinyQwen25VLConfig
-qwen_vl.Qwen2VLVisionTransformer = functools.partial(qwen_vl.Qwen2VLVisionTransformer, num_layers=1)
-
+import tiny_qwen_text_encoder  # noqa: E402, F401  the tiny sizes (the real-ComfyUI tier's test pack)
 import comfy.sd  # noqa: E402
 import nodes  # noqa: E402  ComfyUI's core nodes
 from safetensors.torch import save_file  # noqa: E402
