@@ -139,6 +139,15 @@ def http(url: str, body=None, timeout: float = 30):
         return error.code, error.read()
 
 
+def _end_with_parent() -> None:
+    """In the server's process, before ComfyUI starts: Linux sends it SIGTERM if pytest dies first (a
+    killed test run must not leave servers listening)."""
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 @dataclass
 class ComfyServer:
     """One real ComfyUI server (main.py --cpu on loopback) with this pack as its only custom node pack."""
@@ -167,7 +176,7 @@ class ComfyServer:
              "--base-directory", str(self.base), "--disable-auto-launch",
              "--database-url", f"sqlite:///{self.base / 'comfyui.db'}"],
             cwd=self.code_dir, stdout=self._log, stderr=subprocess.STDOUT, env=environment(self.tree, self.code_dir),
-            start_new_session=True)  # its own process group: stop() ends the workers it started too
+            start_new_session=True, preexec_fn=_end_with_parent)
         deadline = time.monotonic() + STARTUP_SECONDS
         while True:
             if self.process.poll() is not None:
@@ -188,11 +197,11 @@ class ComfyServer:
 
     def stop(self) -> None:
         if self.process and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
+            self.process.terminate()
             try:
                 self.process.wait(timeout=30)
             except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.kill()
                 self.process.wait()
         if getattr(self, "_log", None):
             self._log.close()
