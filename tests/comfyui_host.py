@@ -88,17 +88,13 @@ def newest() -> Tree | None:
     return found[-1] if found else None
 
 
-_COPIES: dict[Path, Path] = {}
-
-
 def working_copy(tree: Tree, scratch: Path) -> Path:
-    """The tree copied once into `scratch` (its own __pycache__ and database go there, not into the source)."""
-    if tree.source not in _COPIES:
-        target = scratch / f"ComfyUI-{tree.version}"
+    """The tree copied into `scratch` once (its __pycache__ and database go there, not into the source)."""
+    target = scratch / f"ComfyUI-{tree.version}"
+    if not target.exists():
         shutil.copytree(tree.source, target, symlinks=True,
                         ignore=shutil.ignore_patterns(".git", "__pycache__", "*.pyc"))
-        _COPIES[tree.source] = target
-    return _COPIES[tree.source]
+    return target
 
 
 def environment(tree: Tree, code_dir: Path, **extra) -> dict:

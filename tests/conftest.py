@@ -126,7 +126,13 @@ def engine():
 
 
 @pytest.fixture(scope="session")
-def comfyui_server(request, models_dir, tmp_path_factory):
+def comfyui_trees_dir(tmp_path_factory):
+    """Where the ComfyUI trees are copied to run (once per session)."""
+    return tmp_path_factory.mktemp("comfyui-trees")
+
+
+@pytest.fixture(scope="session")
+def comfyui_server(request, models_dir, comfyui_trees_dir, tmp_path_factory):
     """A real ComfyUI server of the version the test is parametrized with (tests/comfyui_host.py)."""
     from comfyui_host import ComfyServer, make_base, working_copy
 
@@ -135,8 +141,7 @@ def comfyui_server(request, models_dir, tmp_path_factory):
         pytest.skip("no ComfyUI tree (COMFYUI_PATH)")
     input_image = write_example_image(tmp_path_factory.mktemp("input") / recipes.EXAMPLE_IMAGE)
     base = make_base(tmp_path_factory.mktemp(f"comfyui-{tree.version}-base"), models_dir, input_image)
-    code = working_copy(tree, tmp_path_factory.mktemp("comfyui-trees"))
-    server = ComfyServer(tree, code, base).start()
+    server = ComfyServer(tree, working_copy(tree, comfyui_trees_dir), base).start()
     yield server
     server.stop()
 
@@ -154,11 +159,11 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(scope="session")
-def comfyui_code(tmp_path_factory):
+def comfyui_code(comfyui_trees_dir):
     """The newest ComfyUI tree COMFYUI_PATH names, copied to run scripts that import its modules."""
     from comfyui_host import ComfyCode, newest, working_copy
 
     tree = newest()
     if tree is None:
         pytest.skip("COMFYUI_PATH is not set (a ComfyUI source tree, or a folder of them)")
-    return ComfyCode(tree, working_copy(tree, tmp_path_factory.mktemp("comfyui-trees")))
+    return ComfyCode(tree, working_copy(tree, comfyui_trees_dir))
