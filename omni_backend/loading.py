@@ -4,18 +4,14 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 from pathlib import Path
 
 from .devices import torch_dtype
 from .errors import OmniInputError
+from .process_lock import process_lock
 from .single_file.model_files import load_pipeline_from_files
 
 log = logging.getLogger("omni_diffusion")
-# diffusers and transformers build models under context managers that patch torch.nn.Module for the
-# whole process (meta-device init). Two loads at once interleave those patches, and the module stays
-# patched for every later load in the process: one load at a time, whichever engine or thread asks.
-LOAD_LOCK = threading.Lock()
 
 
 def load_pipeline(spec):
@@ -27,7 +23,9 @@ def load_pipeline(spec):
     pipeline_class = family.pipeline_class(info.pipeline_class)
     log.info("loading %s (%s, %s) on %s", info.name, family.title, spec.dtype, spec.device)
     try:
-        with LOAD_LOCK:
+        # diffusers and transformers build models under context managers that patch torch for the whole
+        # process (meta-device init, skipped init, default dtype): see process_lock.py.
+        with process_lock():
             if spec.files is not None:
                 pipe = load_pipeline_from_files(spec.files, info, torch_dtype(spec.dtype))
             else:

@@ -17,6 +17,7 @@ from .loading import load_pipeline
 from .parallel.runtime import current_context
 from .parallel.vae_patch import PeakActivation, decode_on_ranks, plan_patches
 from .pipeline_cache import LoadedPipeline, PipelineCache
+from .process_lock import process_lock
 from .request import GenerationRequest
 from .sampling import RunContext, RunReport, sample
 from .vae_tiling import decode_tiled, plan_for
@@ -47,10 +48,18 @@ class DecodeSettings:
 
 
 class LocalRunner:
+    """Loads, runs and decodes hold the process-wide lock (process_lock.py): whatever engine or thread
+    asks, one of them at a time in this process, since a load or a LoRA adapter patches torch for the
+    whole process and a run reads what it patches."""
+
     def __init__(self, max_loaded: int = 1):
         self.pipelines = PipelineCache(max_loaded)
 
     def loaded(self, spec) -> LoadedPipeline:
+        with process_lock():
+            return self._loaded(spec)
+
+    def _loaded(self, spec) -> LoadedPipeline:
         def load():
             pipe = load_pipeline(spec)
             for feature in spec.features():
@@ -62,7 +71,11 @@ class LocalRunner:
         return self.pipelines.get(spec.weights_key(), load)
 
     def generate(self, spec, request, control) -> Generation:
-        entry = self.loaded(spec)
+        with process_lock():
+            return self._generate(spec, request, control)
+
+    def _generate(self, spec, request, control) -> Generation:
+        entry = self._loaded(spec)
         report = RunReport()
         ctx = RunContext(pipe=entry.pipe, spec=spec, request=request, control=control, report=report,
                          state=entry.state)
@@ -71,8 +84,11 @@ class LocalRunner:
 
     def decode(self, spec, latents, settings: DecodeSettings):
         """(pixels in [0, 1], RunReport); (None, None) on a worker rank that holds no result."""
+        with process_lock():
+            return self._decode(spec, latents, settings)
 
-        entry = self.loaded(spec)
+    def _decode(self, spec, latents, settings: DecodeSettings):
+        entry = self._loaded(spec)
         vae = entry.pipe.vae
         if spec.family.audio:
             return decode_waveform(spec, vae, latents)

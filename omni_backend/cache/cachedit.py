@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from ..compat import define_rule
 from ..checks import real_number, whole_number
 from ..errors import OmniInputError
+from ..process_lock import process_lock
 from .one_method import ONE_CACHE_METHOD
 
 log = logging.getLogger("omni_diffusion")
@@ -103,7 +104,10 @@ class CacheDiTConfig:
                      for i, n in enumerate(steps)] if len(steps) > 1 else None
         calibrator = (cache_dit.TaylorSeerCalibratorConfig(taylorseer_order=self.taylorseer_order)
                       if self.enable_taylorseer else None)
-        cache_dit.enable_cache(pipe, cache_config=base, calibrator_config=calibrator, params_modifiers=modifiers)
+        # cache-dit patches the pipeline's and the transformer's classes: process-wide state (process_lock.py;
+        # class_guard.py keeps other runs of those classes out until it is disabled again).
+        with process_lock():
+            cache_dit.enable_cache(pipe, cache_config=base, calibrator_config=calibrator, params_modifiers=modifiers)
         try:
             yield
         finally:
@@ -111,7 +115,8 @@ class CacheDiTConfig:
                 lists = [len(family.block_lists(t)) for _name, t in family.transformers(pipe)]
                 ctx.report.add(self.label, summarize(cache_dit.summary(pipe, logging=False), lists, separate_cfg))
             finally:
-                cache_dit.disable_cache(pipe)
+                with process_lock():
+                    cache_dit.disable_cache(pipe)
 
     def _db_config(self, steps: int, separate_cfg: bool, report, expert: int = 0):
         from cache_dit import DBCacheConfig, steps_mask

@@ -27,6 +27,7 @@ import inspect
 import warnings
 
 from ..errors import OmniError, OmniInputError
+from ..process_lock import process_lock
 from .files import INPUT, SUFFIX, LoraFile, check_lora_file, first_line  # noqa: F401 (nodes import these here)
 from .matching import PIPELINE, SECOND_EXPERT, KeyMatch, family_hint, load_targets, loadable_components, match_lora
 from .precision import adapters_in_compute_dtype, low_precision_factors
@@ -62,7 +63,9 @@ def load_adapter(pipe, family, lora: LoraFile, adapter_name: str, into: str, com
     if sharded:  # on tensor-parallel ranks every layer holds a shard: cut the factors to match
         state_dict = shard_lora_factors({prefix: getattr(pipe, c) for c, prefix in targets.items()}, state_dict)
     try:
-        with adapters_in_compute_dtype(models, compute_dtype), quiet():
+        # peft injects the adapter under its init_empty_weights, which patches torch.nn.Module for the
+        # whole process while it lasts (process_lock.py): no other load or run meanwhile.
+        with process_lock(), adapters_in_compute_dtype(models, compute_dtype), quiet():
             for component, prefix in targets.items():
                 _load_into(pipe, component, prefix, state_dict, alphas, lora.adapter_metadata, adapter_name)
         if sharded:
@@ -106,7 +109,7 @@ def components_holding(pipe, adapter_name: str) -> tuple[str, ...]:
 
 def remove_adapter(pipe, adapter_name: str) -> None:
     """Delete the adapter from every component; a component left with none gets its plain layers back."""
-    with quiet():
+    with process_lock(), quiet():  # swaps modules in place, as a load does: one at a time in the process
         pipe.delete_adapters([adapter_name])
         for component in loadable_components(pipe):
             model = getattr(pipe, component)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from ..errors import OmniInputError
 from ..model_folder import ModelFolder
+from ..process_lock import process_lock
 from . import (flux, flux2_klein, longcat_image, ovis_image, qwen_image, qwen_image_edit, qwen_image_layered, sd3,
                stable_audio, wan, z_image)
 from .profile import FilesProfile
@@ -371,7 +372,9 @@ def _load_component(component, path: str, config: dict, dtype, input_name: str):
 
     library = importlib.import_module(component.library)
     cls = getattr(library, component.class_name)
-    with init_empty_weights():  # parameters on the meta device: no random init of billions of weights
+    # Parameters on the meta device (no random init of billions of weights): accelerate patches
+    # torch.nn.Module for the whole process meanwhile, so under the process lock (process_lock.py).
+    with process_lock(), init_empty_weights():
         if component.library == "diffusers":
             module = cls.from_config(config)
         else:

@@ -20,6 +20,7 @@ import math
 import re
 
 from ..errors import OmniInputError
+from ..process_lock import process_lock
 from . import text_encoders
 from .fused_keys import Rule, rename, to_diffusers, to_original
 from .profile import Component, FilesProfile, with_file_config
@@ -158,7 +159,7 @@ def _vae_names(config: dict) -> dict[str, str]:
     from accelerate import init_empty_weights
     from diffusers import AutoencoderOobleck
 
-    with init_empty_weights():
+    with process_lock(), init_empty_weights():  # a process-wide patch of torch.nn.Module: see process_lock.py
         keys = list(AutoencoderOobleck.from_config(config).state_dict())
     blocks = len(config["downsampling_ratios"])
     return {key: _vae_original(key, blocks) for key in keys}
