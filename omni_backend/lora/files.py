@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import OmniInputError
+from ..safetensors_header import HeaderError, read_header
 
 INPUT = "lora_name"  # the Load LoRA input every file error names
 SUFFIX = ".safetensors"
@@ -59,6 +60,11 @@ def _open(path, shown_name: str | None, with_tensors: bool) -> LoraFile:
                              "use the .safetensors release of this LoRA (or convert it once, in a sandbox)")
     if not path.is_file():
         raise OmniInputError(INPUT, shown, f"not found ({path})", "put the file under models/loras and refresh")
+    try:
+        read_header(path)  # safetensors' rules, checked before its reader trusts the header
+    except HeaderError as exc:
+        raise OmniInputError(INPUT, shown, f"is not a valid safetensors file ({exc.why})",
+                             "re-download the file; a partial download or a renamed pickle looks like this") from None
     try:
         with safe_open(str(path), framework="pt", device="cpu") as handle:
             keys = tuple(handle.keys())
