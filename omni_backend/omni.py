@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from .cache import CACHE_BACKENDS
+from .checks import real_number
 from .decode import decode_to_audio, to_comfy_images
 from .engine import DecodeSettings, Engine, default_engine
 from .errors import OmniInputError
@@ -55,6 +56,13 @@ class Omni:
                  progress: Callable[[int, int], None] | None = None, audio_start_in_s: float = 0.0,
                  audio_end_in_s: float | None = None) -> OmniOutput:
         family = self.spec.family
+        if audio_end_in_s is not None:
+            audio_end_in_s = real_number("audio_end_in_s", audio_end_in_s, fix="use an end after audio_start_in_s, "
+                                         "or None for the rest of the model's window")
+            if audio_end_in_s <= audio_start_in_s:  # 0 seconds would mean "the rest of the window" below
+                raise OmniInputError("audio_end_in_s", audio_end_in_s, f"the window ends at or before its start "
+                                     f"(audio_start_in_s = {audio_start_in_s!r})",
+                                     "use an end after the start, or None for the rest of the model's window")
         request = GenerationRequest(
             prompt=prompt, negative_prompt=negative_prompt,
             steps=num_inference_steps if num_inference_steps is not None else family.default_steps,

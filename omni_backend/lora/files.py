@@ -76,6 +76,10 @@ def _open(path, shown_name: str | None, with_tensors: bool) -> LoraFile:
                              "re-download the file; a partial download or a renamed pickle looks like this") from exc
     if not keys:
         raise OmniInputError(INPUT, shown, NO_TENSORS, "re-download the file")
+    for key, tensor in tensors.items():  # NaN factors give black images without any error
+        if tensor.is_floating_point() and not bool(tensor.isfinite().all()):
+            raise OmniInputError(INPUT, shown, f"{key} holds NaN or infinite values", "re-download the file, or "
+                                 "retrain the LoRA (a training run that diverged saves weights like these)")
     return LoraFile(path=str(path.resolve()), keys=keys, tensors=tensors, adapter_metadata=metadata)
 
 
