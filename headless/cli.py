@@ -41,7 +41,7 @@ def _cmd_run(args) -> int:
 def _cmd_validate(args) -> int:
     from .validate import validate_file
 
-    problems = validate_file(args.workflow, models_dir=args.models_dir)
+    problems = validate_file(args.workflow, models_dir=args.models_dir, input_dir=args.input_dir)
     for problem in problems:
         print(problem)
     if not problems:
@@ -127,6 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
                                             "prints 'valid', or one line per problem and exits 1")
     check.add_argument("workflow")
     check.add_argument("--models-dir", default="models", help="a folder laid out like ComfyUI's models/")
+    check.add_argument("--input-dir", default=None, help="where Load Image finds its files, as for run "
+                       "(default: input)")
     check.set_defaults(handler=_cmd_validate)
 
     fit = sub.add_parser("fit-teacache", help="fit TeaCache coefficients for a model folder (e.g. a fine-tune): "

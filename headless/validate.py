@@ -32,8 +32,9 @@ from .workflow_format import (FRONTEND_ONLY, WorkflowError, WorkflowProblem, che
                               load_workflow, problem_from_error, problem_from_rule, structure_problems, ui_to_api)
 
 
-def validate_file(path: str | Path, models_dir: str | Path | None = None) -> list[WorkflowProblem]:
-    configure(models_dir=models_dir)
+def validate_file(path: str | Path, models_dir: str | Path | None = None,
+                  input_dir: str | Path | None = None) -> list[WorkflowProblem]:
+    configure(models_dir=models_dir, input_dir=input_dir)
     try:
         workflow = load_workflow(path)
     except WorkflowError as exc:

@@ -52,11 +52,21 @@ def prompt_text(name: str, value) -> str:
 
 
 MIN_IMAGE_SIDE = 8
+# The most elongated image taken. The Qwen2-VL processor of the Qwen edit models refuses more than 200:1
+# after the pipeline has resized the image to its working area (rounding the short side up to 32 px,
+# which stretches the ratio further); 100:1 stays clear of that, and no model here was trained on such
+# strips, so the limit holds for every family.
+MAX_ASPECT = 100
+# ComfyUI's IMAGE is 0..1. A bicubic or Lanczos resize (core Upscale Image) overshoots that a little at
+# hard edges; up to this much beyond either end is clamped. Further out is another convention (0..255,
+# -1..1) and is refused, as it would silently give a washed-out or black conditioning image.
+RANGE_SLACK = 0.15
 
 
 def check_image(name: str, image) -> None:
-    """One ComfyUI IMAGE: a float tensor [1, H, W, 3] (or 4 with alpha) of finite values, at least
-    MIN_IMAGE_SIDE pixels a side. A batch of several images is refused where one is expected."""
+    """One ComfyUI IMAGE: a float tensor [1, H, W, 3] (or 4 with alpha) of finite values in 0..1 (see
+    RANGE_SLACK), holding data (not on the meta device), at least MIN_IMAGE_SIDE pixels a side and at
+    most MAX_ASPECT times as long as wide. A batch of several images is refused where one is expected."""
     import torch
 
     if not isinstance(image, torch.Tensor) or not image.is_floating_point() or image.ndim != 4 \
@@ -67,12 +77,34 @@ def check_image(name: str, image) -> None:
     if image.shape[0] != 1:
         raise OmniInputError(name, f"a batch of {image.shape[0]} images", "this input takes one image",
                              "pick one image of the batch first (e.g. core Image From Batch)")
-    if min(image.shape[1], image.shape[2]) < MIN_IMAGE_SIDE:
-        raise OmniInputError(name, f"{image.shape[2]}x{image.shape[1]} px", f"an image needs at least "
+    height, width = int(image.shape[1]), int(image.shape[2])
+    if min(height, width) < MIN_IMAGE_SIDE:
+        raise OmniInputError(name, f"{width}x{height} px", f"an image needs at least "
                              f"{MIN_IMAGE_SIDE} pixels a side", "use a larger image")
+    if max(width, height) > MAX_ASPECT * min(width, height):
+        ratio = f"{width / height:.4g}:1" if width > height else f"1:{height / width:.4g}"
+        raise OmniInputError(name, f"{width}x{height} px", f"the image is {ratio}; the models take at most "
+                             f"{MAX_ASPECT}:1 (their image processors refuse longer strips)",
+                             "crop or pad the image to a less elongated shape (core ImageCrop or Pad Image for "
+                             "Outpainting)")
+    if image.is_meta:
+        raise OmniInputError(name, "a meta-device tensor", "the image holds no data (a tensor on the meta "
+                             "device has a shape but no values)", "pass a real image, e.g. from a Load Image node")
     if not torch.isfinite(image).all():
         raise OmniInputError(name, "NaN/inf values", "the image holds values that are not finite numbers",
                              "check the node that made the image")
+    low, high = float(image.min()), float(image.max())
+    if low < -RANGE_SLACK or high > 1 + RANGE_SLACK:
+        raise OmniInputError(name, f"values {low:.3g}..{high:.3g}", "a ComfyUI IMAGE holds floats in 0..1",
+                             "divide 0..255 pixels by 255 (or map -1..1 with (x + 1) / 2) before passing the "
+                             "image, or connect a Load Image node")
+
+
+def in_image_range(image):
+    """`image` (checked by check_image) with a resize's small overshoot clamped into 0..1."""
+    if float(image.min()) >= 0 and float(image.max()) <= 1:
+        return image
+    return image.clamp(0, 1)
 
 
 def check_mask(mask, image) -> None:
@@ -86,6 +118,9 @@ def check_mask(mask, image) -> None:
             or (mask.ndim == 3 and mask.shape[0] != 1):
         shape = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
         raise OmniInputError("mask", shape, "expected one ComfyUI MASK ([1, height, width] floats 0..1)",
+                             "connect the MASK output of the Load Image node that gives the image")
+    if mask.is_meta:
+        raise OmniInputError("mask", "a meta-device tensor", "the mask holds no data",
                              "connect the MASK output of the Load Image node that gives the image")
     if not torch.isfinite(mask).all() or mask.min() < 0 or mask.max() > 1:
         raise OmniInputError("mask", "values outside 0..1", "a mask holds 1 - alpha, between 0 and 1",

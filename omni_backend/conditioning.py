@@ -39,6 +39,11 @@ class TextEmbedding:
         if mask is not None and (not isinstance(mask, torch.Tensor) or tuple(mask.shape) != tuple(embeds.shape[:2])):
             raise OmniInputError(role, _describe(mask), f"attention mask does not match the embedding "
                                  f"{tuple(embeds.shape[:2])}", "connect the text-encode node's CONDITIONING unchanged")
+        if embeds.is_meta or (mask is not None and mask.is_meta):
+            raise OmniInputError(role, "a meta-device tensor", "the embedding holds no data (a tensor on the meta "
+                                 "device has a shape but no values)", "connect a text-encode node's CONDITIONING")
+        if mask is not None:
+            check_attention_mask(role, mask)
         if not bool(torch.isfinite(embeds).all()):
             raise OmniInputError(role, _describe(embeds), "holds NaN or infinite values",
                                  "re-encode the prompt (the text encoder's weights or dtype may be broken)")
@@ -56,6 +61,20 @@ class TextEmbedding:
         if self.mask is None:
             return self.embeds[0]
         return self.embeds[0][self.mask[0].bool()]
+
+
+def check_attention_mask(role: str, mask) -> None:
+    """A text encoder's attention mask is 1 for a token and 0 for padding, with at least one token: other
+    values (7, NaN) would weigh tokens wrongly, and a mask of zeros leaves the model no prompt at all."""
+    ones = mask == 1
+    if not bool((ones | (mask == 0)).all()):
+        odd = mask[~(ones | (mask == 0))].flatten()[:3].tolist()
+        raise OmniInputError(role, f"attention mask holding {odd}", "an attention mask holds 0 or 1 for each "
+                             "token (1 = token, 0 = padding)", "connect the text-encode node's CONDITIONING unchanged")
+    if not bool(ones.any()):
+        raise OmniInputError(role, f"attention mask {tuple(mask.shape)} of zeros", "the mask keeps no token, so "
+                             "the model would get no prompt at all", "connect the text-encode node's CONDITIONING "
+                             "unchanged (its mask marks the prompt's tokens with 1)")
 
 
 def _describe(value) -> str:

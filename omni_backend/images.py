@@ -74,13 +74,18 @@ def _counter(path: Path, prefix: str) -> int:
 
 def load_image(path: str | Path):
     """PNG/JPEG file -> (IMAGE [1,H,W,3], MASK [1,H,W]) floats in [0,1], as ComfyUI's Load Image gives
-    them: the mask is 1 - alpha where the file has alpha, else zeros."""
+    them: the mask is 1 - alpha where the file has alpha, else zeros; 16-bit greyscale scaled as it does."""
     import numpy as np
     import torch
     from PIL import Image, ImageOps
 
     with Image.open(path) as image:
         image = ImageOps.exif_transpose(image)
+        if image.mode == "I" or image.mode.startswith("I;16"):
+            # 16/32-bit greyscale (Pillow opens a 16-bit PNG as I;16 or I): scaled by 1/255 as ComfyUI's
+            # LoadImage does for mode I, so 0..65535 becomes 0..255; a plain RGB conversion would clip
+            # every value above 255 to white.
+            image = image.convert("I").point(lambda value: value * (1 / 255))
         has_alpha = "A" in image.getbands() or (image.mode == "P" and "transparency" in image.info)
         rgba = np.asarray(image.convert("RGBA"), dtype=np.float32) / 255.0
     pixels = torch.from_numpy(rgba[..., :3].copy())[None]

@@ -40,6 +40,10 @@ def load_pipeline(spec):
     except OmniInputError:
         raise  # already names the input, the file and the fix
     except (OSError, ValueError) as exc:
+        if spec.files is not None:  # ComfyUI's single files: there is no folder to complete
+            raise OmniInputError("diffusion_model", info.name, f"the model could not be built from its files "
+                                 f"({exc})", "use the release's original files (diffusion model, text encoders "
+                                 "and VAE of one model, as its ComfyUI template lists them)") from exc
         raise OmniInputError("model", info.name, f"diffusers could not load it ({exc})",
                              "check that the folder is a complete diffusers model") from exc
     for name, component in pipe.components.items():

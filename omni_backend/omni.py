@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from .cache import CACHE_BACKENDS
+from .checks import real_number
 from .decode import decode_to_audio, to_comfy_images
 from .engine import DecodeSettings, Engine, default_engine
 from .errors import OmniInputError
@@ -21,6 +22,12 @@ from .images import to_pil
 from .request import GenerationRequest
 from .sampling import RunControl, RunReport
 from .spec import ModelSpec
+
+
+# Sample's input -> the keyword generate() takes for it (vLLM-Omni's and diffusers' names): a refusal
+# names what the caller passed.
+KEYWORDS = {"steps": "num_inference_steps", "guidance": "guidance_scale", "frames": "num_frames",
+            "batch_size": "num_images_per_prompt", "start": "audio_start_in_s", "seconds": "audio_end_in_s"}
 
 
 @dataclass
@@ -55,14 +62,30 @@ class Omni:
                  progress: Callable[[int, int], None] | None = None, audio_start_in_s: float = 0.0,
                  audio_end_in_s: float | None = None) -> OmniOutput:
         family = self.spec.family
-        request = GenerationRequest(
-            prompt=prompt, negative_prompt=negative_prompt,
-            steps=num_inference_steps if num_inference_steps is not None else family.default_steps,
-            guidance=guidance_scale if guidance_scale is not None else family.default_guidance,
-            seed=seed, width=width, height=height, frames=num_frames, batch_size=num_images_per_prompt,
-            start=audio_start_in_s, seconds=0.0 if audio_end_in_s is None else audio_end_in_s - audio_start_in_s,
-        )
-        result = self.engine.generate(self.spec, request, RunControl(progress=progress))
+        audio_start_in_s = real_number("audio_start_in_s", audio_start_in_s, 0.0, fix="use 0.0 or a few seconds")
+        if audio_end_in_s is not None:
+            audio_end_in_s = real_number("audio_end_in_s", audio_end_in_s, fix="use an end after audio_start_in_s, "
+                                         "or None for the rest of the model's window")
+            if audio_end_in_s <= audio_start_in_s:  # 0 seconds would mean "the rest of the window" below
+                raise OmniInputError("audio_end_in_s", audio_end_in_s, f"the window ends at or before its start "
+                                     f"(audio_start_in_s = {audio_start_in_s!r})",
+                                     "use an end after the start, or None for the rest of the model's window")
+        try:
+            request = GenerationRequest(
+                prompt=prompt, negative_prompt=negative_prompt,
+                steps=num_inference_steps if num_inference_steps is not None else family.default_steps,
+                guidance=guidance_scale if guidance_scale is not None else family.default_guidance,
+                seed=seed, width=width, height=height, frames=num_frames, batch_size=num_images_per_prompt,
+                start=audio_start_in_s, seconds=0.0 if audio_end_in_s is None else audio_end_in_s - audio_start_in_s,
+            )
+            result = self.engine.generate(self.spec, request, RunControl(progress=progress))
+        except OmniInputError as exc:
+            if exc.input_name not in KEYWORDS:
+                raise
+            keyword = KEYWORDS[exc.input_name]
+            value = audio_end_in_s if exc.input_name == "seconds" else exc.value
+            raise OmniInputError(keyword, value, exc.problem,
+                                 exc.fix.replace(f"set {exc.input_name} ", f"set {keyword} ")) from None
         if family.audio:  # diffusers' audio_start_in_s/audio_end_in_s; the AUDIO cut to them
             audio, _report = decode_to_audio(self.engine, self.spec, result.latent(self.spec), DecodeSettings())
             return OmniOutput(images=[], latents=result.latents, report=result.report, audio=audio)

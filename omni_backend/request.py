@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .checks import check_image, check_mask, prompt_text, real_number, whole_number
+from .checks import check_image, check_mask, in_image_range, prompt_text, real_number, whole_number
 from .conditioning import TextEmbedding, check_conditioning
 from .errors import OmniInputError
 
@@ -93,8 +93,10 @@ class GenerationRequest:
         names = [f"image{index + 1 if index else ''}" for index in range(len(self.images))]
         for name, image in zip(names, self.images):
             check_image(name, image)
+        object.__setattr__(self, "images", tuple(in_image_range(image) for image in self.images))
         if self.last_image is not None:
             check_image("last_image", self.last_image)
+            object.__setattr__(self, "last_image", in_image_range(self.last_image))
         if self.mask is not None and self.images:  # a mask without its image: check_image_slots says so
             check_mask(self.mask, self.images[0])
         for role in ("positive", "negative"):

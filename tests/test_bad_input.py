@@ -160,3 +160,103 @@ def test_workflow_with_unknown_node(headless, tmp_path):
 
 def test_errors_are_omni_errors():
     assert issubclass(OmniInputError, OmniError) and issubclass(OmniInputError, ValueError)
+
+
+def test_a_16_bit_png_loads_as_comfyui_loads_it(headless, tmp_path):
+    """ComfyUI's Load Image scales 16-bit (mode I) pixels by 1/255 before making RGB: mid-grey stays
+    mid-grey (Pillow's plain RGB conversion clips everything above 255, a nearly white image)."""
+    import numpy as np
+    from PIL import Image
+
+    from omni_diffusion_nodes.headless.core_nodes import LoadImage
+
+    ramp = (np.arange(48 * 64, dtype=np.float64).reshape(48, 64) * 65535 / (48 * 64 - 1)).astype(np.uint16)
+    Image.fromarray(ramp).save(headless.input_dir / "deep.png")
+    image, mask = LoadImage().load_image("deep.png")
+    expected = np.clip(np.floor(ramp / 255), 0, 255) / 255  # i * (1 / 255), then 8-bit RGB
+    assert image.shape == (1, 48, 64, 3) and not mask.any()
+    assert abs(float(image.mean()) - 0.5) < 0.02, float(image.mean())
+    assert np.abs(image[0, ..., 0].numpy() - expected).max() <= 1 / 255 + 1e-6
+
+
+def test_validate_takes_the_input_folder_run_takes(headless, tmp_path, capsys):
+    from conftest import write_example_image
+
+    from omni_diffusion_nodes.headless import cli
+    from omni_diffusion_nodes.headless.recipes import EXAMPLE_IMAGE, base_workflow
+
+    elsewhere = write_example_image(tmp_path / "my-inputs" / "photo.png").parent
+    workflow = base_workflow("qwen-image-edit", sample=dict(steps=1, width=64, height=48))
+    next(n for n in workflow["nodes"] if n["type"] == "LoadImage")["widgets_values"][0] = "photo.png"
+    path = tmp_path / "edit.json"
+    path.write_text(json.dumps(workflow))
+    assert EXAMPLE_IMAGE != "photo.png"
+    assert cli.main(["validate", str(path), "--models-dir", str(headless.models_dir), "--input-dir",
+                     str(elsewhere)]) == 0, capsys.readouterr()
+    assert capsys.readouterr().out.strip() == "valid"
+    assert cli.main(["validate", str(path), "--models-dir", str(headless.models_dir), "--input-dir",
+                     str(tmp_path / "empty")]) == 1
+    assert "photo.png" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("keyword, value, named", [
+    ("num_images_per_prompt", 0, "num_images_per_prompt"), ("num_inference_steps", 0, "num_inference_steps"),
+    ("guidance_scale", -1.0, "guidance_scale"), ("num_frames", 5, "num_frames"), ("seed", -1, "seed"),
+])
+def test_the_python_api_names_the_keyword_the_caller_passed(headless, keyword, value, named):
+    from omni_backend import Omni
+
+    omni = Omni(model=str(headless.models_dir / "diffusers" / "z-image"), dtype="fp32", device="cpu")
+    with pytest.raises(OmniInputError) as info:
+        omni.generate(prompt="a red circle", width=64, height=64, **{keyword: value})
+    assert info.value.input_name == named and str(info.value).startswith(f"{named} = "), str(info.value)
+
+
+def test_a_single_file_whose_shapes_do_not_fit_is_named_not_called_a_folder(headless, tmp_path):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from omni_backend.engine import Engine
+    from omni_backend.request import GenerationRequest
+    from omni_backend.single_file.comfy_layout import template_file_names
+    from omni_backend.single_file.model_files import ModelFiles
+
+    names = template_file_names("flux", "bf16")
+    source = headless.models_dir / "diffusion_models" / names["diffusion_model"]
+    with safe_open(str(source), "pt") as handle:
+        metadata, tensors = handle.metadata(), {key: handle.get_tensor(key) for key in handle.keys()}
+    config = json.loads(metadata["config"])
+    broken = tmp_path / "flux1-dev-edited.safetensors"
+    save_file(tensors, broken, metadata={**metadata, "config": json.dumps({**config, "in_channels": 7})})
+    encoders = headless.models_dir / "text_encoders"
+    files = ModelFiles(str(broken), str(encoders / names["text_encoder"]),
+                       str(headless.models_dir / "vae" / names["vae"]),
+                       text_encoder_2=str(encoders / names["text_encoder_2"]))
+    engine = Engine()
+    try:
+        with pytest.raises(OmniInputError) as info:
+            engine.generate(ModelSpec.from_files(files, dtype="fp32", device="cpu"),
+                            GenerationRequest(prompt="x", steps=1, width=64, height=64))
+    finally:
+        engine.unload_all()
+    assert_clear(info.value, "diffusion_model", "flux1-dev-edited.safetensors", "shapes")
+    assert "folder" not in str(info.value) and "diffusers model" not in str(info.value)
+
+
+@pytest.mark.parametrize("damage", ["negative-offsets", "entry-is-a-number"])
+def test_a_folder_weights_file_with_a_broken_header_is_named(headless, nodes, broken_copy, damage):
+    """Diffusers folders take the same header check as single files: at Load Omni Model, by file."""
+    import struct
+
+    folder = broken_copy(f"bad-header-{damage}")
+    weights = next((folder / "transformer").glob("*.safetensors"))
+    raw = weights.read_bytes()
+    (length,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8:8 + length])
+    first = next(key for key in header if key != "__metadata__")
+    header[first] = 7 if damage == "entry-is-a-number" else {**header[first], "data_offsets": [-4, 4]}
+    text = json.dumps(header).encode()
+    weights.write_bytes(struct.pack("<Q", len(text)) + text + raw[8 + length:])
+    with pytest.raises(OmniInputError) as info:
+        nodes["OmniLoadModel"]().load(folder.name, "auto", "auto")
+    assert_clear(info.value, folder.name, f"transformer/{weights.name}", "safetensors")

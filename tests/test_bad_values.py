@@ -62,7 +62,7 @@ def test_the_python_api_refuses(reference, name, value):
     omni, latents = reference
     with pytest.raises(OmniError) as info:
         omni.generate(**api_arguments({**GOOD, name: value}))
-    assert_names(info.value, name)
+    assert_names(info.value, API_NAMES.get(name, name))  # the keyword the caller passed
     assert torch.equal(omni.generate(**api_arguments(GOOD)).latents, latents), "the next run is unharmed"
 
 
@@ -309,3 +309,92 @@ def test_images_a_model_cannot_take_are_refused_at_the_node(headless, nodes, ref
     assert fragment in str(info.value) and info.value.fix
     good = nodes["OmniSample"]().sample(model, **GOOD)["result"][0]
     assert torch.equal(good["samples"], latents)
+
+
+# ---- values ComfyUI never produces ----------------------------------------------------------------------
+
+def _image(fill=None, size=(32, 32), **kwargs):
+    image = torch.rand(1, *size, 3, **kwargs) if fill is None else fill
+    return image
+
+
+@pytest.mark.parametrize("image, fragment", [
+    (torch.rand(1, 32, 32, 3) * 255, "0..1"),
+    (torch.rand(1, 32, 32, 3) * 2 - 1, "0..1"),
+    (torch.empty(1, 32, 32, 3, device="meta"), "no data"),
+    (torch.rand(1, 8, 4096, 3), "512:1"),
+    (torch.rand(1, 4096, 8, 3), "1:512"),
+], ids=["0-255", "below-0", "meta-device", "8x4096", "4096x8"])
+def test_images_comfyui_never_makes_are_refused_by_name(headless, nodes, image, fragment):
+    for family in (FAMILY, "qwen-image-edit"):  # the refusal comes before the model's own image checks
+        (model,) = nodes["OmniLoadModel"]().load(family, "fp32", "cpu")
+        with pytest.raises(OmniInputError) as info:
+            nodes["OmniSample"]().sample(model, **{**GOOD, "image": image})
+        assert_names(info.value, "image")
+        assert fragment in str(info.value), str(info.value)
+
+
+def test_resampling_overshoot_is_clamped_not_refused():
+    """Bicubic/Lanczos resizes (core Upscale Image) overshoot 0..1 a little: that is clamped, not refused."""
+    from omni_backend.request import GenerationRequest
+
+    image = torch.rand(1, 32, 32, 3) * 1.04 - 0.02
+    request = GenerationRequest(prompt="x", images=(image,), last_image=image)
+    for kept in (request.images[0], request.last_image):
+        assert kept.min() >= 0 and kept.max() <= 1 and torch.allclose(kept, image.clamp(0, 1))
+
+
+@pytest.mark.parametrize("mask, fragment", [
+    (torch.zeros(1, 6), "keeps no token"),
+    (torch.tensor([[1.0, 1.0, 7.0, 1.0, 0.0, 0.0]]), "0 or 1"),
+    (torch.tensor([[1.0, math.nan, 1.0, 1.0, 0.0, 0.0]]), "0 or 1"),
+], ids=["all-zero", "seven", "nan"])
+@pytest.mark.parametrize("role", ["positive", "negative"])
+def test_conditioning_masks_comfyui_never_makes_are_refused_by_name(headless, nodes, mask, fragment, role):
+    from omni_backend.conditioning import TextEmbedding
+
+    good = [[torch.rand(1, 6, 32), {"attention_mask": torch.ones(1, 6)}]]
+    bad = [[torch.rand(1, 6, 32), {"attention_mask": mask}]]
+    (model,) = nodes["OmniLoadModel"]().load(FAMILY, "fp32", "cpu")
+    inputs = {"positive": good, "negative": good, role: bad}
+    with pytest.raises(OmniInputError) as info:
+        nodes["OmniSample"]().sample(model, **GOOD, **inputs)
+    assert_names(info.value, role)
+    assert fragment in str(info.value), str(info.value)
+    with pytest.raises(OmniInputError):  # the Python API's value refuses it alike
+        TextEmbedding(torch.rand(1, 6, 32), mask, role=role)
+
+
+@pytest.mark.parametrize("start, end", [(1.0, 1.0), (2.0, 1.0), (0.0, 0.0), (0.0, math.nan)])
+def test_an_empty_or_reversed_audio_window_is_refused(models_dir, start, end):
+    omni = Omni(model=str(models_dir / "diffusers" / "stable-audio"), engine=Engine(), dtype="fp32", device="cpu")
+    loads = omni.engine.pipelines.load_count
+    with pytest.raises(OmniInputError) as info:
+        omni.generate(prompt="rain", num_inference_steps=2, audio_start_in_s=start, audio_end_in_s=end)
+    assert_names(info.value, "audio_end_in_s")
+    assert omni.engine.pipelines.load_count == loads, "refused before weights load"
+
+
+def test_a_lora_with_nan_weights_is_refused_through_the_python_api(models_dir, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from omni_backend.lora.config import LoraSpec
+    from omni_backend.request import GenerationRequest
+    from omni_backend.spec import ModelSpec
+    from omni_diffusion_nodes.headless.recipes import LORA_FILES
+
+    tensors = load_file(models_dir / "loras" / LORA_FILES[0])
+    first = sorted(tensors)[0]
+    tensors[first] = torch.full_like(tensors[first], math.nan)
+    save_file(tensors, tmp_path / "nan-lora.safetensors")
+    engine = Engine()
+    try:
+        spec = ModelSpec.from_folder(str(models_dir / "diffusers" / "qwen-image"), dtype="fp32", device="cpu")
+        spec = spec.replace(loras=(LoraSpec(str(tmp_path / "nan-lora.safetensors"), 1.0),))
+        request = GenerationRequest(prompt="a red circle", steps=2, width=64, height=64)
+        with pytest.raises(OmniInputError) as info:
+            engine.generate(spec, request)
+        assert_names(info.value, "lora_name")
+        assert "nan-lora.safetensors" in str(info.value) and first in str(info.value)
+    finally:
+        engine.unload_all()

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import OmniInputError
+from ..safetensors_header import HeaderError, read_header
 
 INPUT = "lora_name"  # the Load LoRA input every file error names
 SUFFIX = ".safetensors"
@@ -60,6 +61,11 @@ def _open(path, shown_name: str | None, with_tensors: bool) -> LoraFile:
     if not path.is_file():
         raise OmniInputError(INPUT, shown, f"not found ({path})", "put the file under models/loras and refresh")
     try:
+        read_header(path)  # safetensors' rules, checked before its reader trusts the header
+    except HeaderError as exc:
+        raise OmniInputError(INPUT, shown, f"is not a valid safetensors file ({exc.why})",
+                             "re-download the file; a partial download or a renamed pickle looks like this") from None
+    try:
         with safe_open(str(path), framework="pt", device="cpu") as handle:
             keys = tuple(handle.keys())
             tensors = {key: handle.get_tensor(key) for key in keys} if with_tensors else {}
@@ -70,6 +76,10 @@ def _open(path, shown_name: str | None, with_tensors: bool) -> LoraFile:
                              "re-download the file; a partial download or a renamed pickle looks like this") from exc
     if not keys:
         raise OmniInputError(INPUT, shown, NO_TENSORS, "re-download the file")
+    for key, tensor in tensors.items():  # NaN factors give black images without any error
+        if tensor.is_floating_point() and not bool(tensor.isfinite().all()):
+            raise OmniInputError(INPUT, shown, f"{key} holds NaN or infinite values", "re-download the file, or "
+                                 "retrain the LoRA (a training run that diverged saves weights like these)")
     return LoraFile(path=str(path.resolve()), keys=keys, tensors=tensors, adapter_metadata=metadata)
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from ..errors import OmniInputError
+from ..errors import OmniError, OmniInputError
 from ..model_folder import ModelFolder
 from ..process_lock import process_lock
 from . import (flux, flux2_klein, longcat_image, ovis_image, qwen_image, qwen_image_edit, qwen_image_layered, sd3,
@@ -368,10 +368,32 @@ def _tokenizer(profile: FilesProfile, files: ModelFiles, name: str, encoder: Wei
 
 
 def _load_component(component, path: str, config: dict, dtype, input_name: str):
-    from accelerate import init_empty_weights
-
     library = importlib.import_module(component.library)
     cls = getattr(library, component.class_name)
+    file = inspect_weights_file(path, input_name)
+    try:
+        return _build_component(component, cls, file, config, dtype, input_name)
+    except (OmniError, MemoryError, OSError):
+        raise  # already named, or out of memory / a read error: not the file's shapes
+    except Exception as exc:  # noqa: BLE001 - diffusers/transformers/torch raise many kinds here
+        # The shapes the config was derived from (or the file's own `config` metadata) do not fit
+        # together: a class that cannot be built, a split that does not add up, a size mismatch.
+        if "out of memory" in str(exc).lower():
+            raise
+        raise OmniInputError(input_name, file.name, f"{component.class_name} cannot be built from its tensors' "
+                             f"shapes ({_first_line(exc)})", "use the release's original file (this one was "
+                             "edited, damaged or belongs to another model or version)") from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    text = "; ".join(lines[:2]) if lines else type(exc).__name__
+    return text[:300]
+
+
+def _build_component(component, cls, file: WeightsFile, config: dict, dtype, input_name: str):
+    from accelerate import init_empty_weights
+
     # Parameters on the meta device (no random init of billions of weights): accelerate patches
     # torch.nn.Module for the whole process meanwhile, so under the process lock (process_lock.py).
     with process_lock(), init_empty_weights():
@@ -379,7 +401,6 @@ def _load_component(component, path: str, config: dict, dtype, input_name: str):
             module = cls.from_config(config)
         else:
             module = cls(cls.config_class.from_dict(config))
-    file = inspect_weights_file(path, input_name)
     kept = kept_in_float32(cls, component.library, dtype)
     keep = [key for key in module.state_dict() if kept(key)]
     # The file's names of those tensors (the writer's map, applied to names only: a pure renaming there).

@@ -10,13 +10,11 @@ often by orders of magnitude), which is why this module reads the tensors itself
 
 from __future__ import annotations
 
-import json
-import os
-import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import OmniInputError
+from ..safetensors_header import HeaderError, read_header
 
 PICKLE_SUFFIXES = {".ckpt", ".pt", ".pth", ".bin", ".pkl"}
 # Prefixes ComfyUI strips before detecting a model (comfy/model_detection.unet_prefix_from_state_dict),
@@ -28,7 +26,6 @@ SCALE_SUFFIXES = (".scale_weight", ".scale_input", ".weight_scale", ".input_scal
 WEIGHT_SCALES = (".scale_weight", ".weight_scale")
 QUANT_MARKERS = (".comfy_quant",)
 FP8_DTYPES = {"F8_E4M3": "fp8_e4m3fn", "F8_E5M2": "fp8_e5m2"}
-HEADER_LIMIT = 100 * 1024 * 1024  # safetensors' own limit for the JSON header
 # Checkpoints that bundle several parts (ComfyUI's checkpoints/, e.g. Stability's sd3.5_medium.safetensors:
 # the DiT under model.diffusion_model., the VAE under first_stage_model.): the part an input reads.
 # Stable-Audio-Open's model.safetensors: the DiT under model.model., its VAE under pretransform.model., the
@@ -97,25 +94,14 @@ def inspect_weights_file(path: str | Path, input_name: str) -> WeightsFile:
     if path.suffix.lower() != ".safetensors":
         raise OmniInputError(input_name, path.name, "not a .safetensors file",
                              "choose a .safetensors file (GGUF and other formats are not read by this pack)")
-    size = os.path.getsize(path)
-    with open(path, "rb") as handle:
-        head = handle.read(8)
-        if len(head) < 8:
-            raise _truncated(input_name, path, size, "it is too short to hold a header")
-        (header_length,) = struct.unpack("<Q", head)
-        if header_length > HEADER_LIMIT or 8 + header_length > size:
-            raise _truncated(input_name, path, size, "its header runs past the end of the file")
-        try:
-            header = json.loads(handle.read(header_length))
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise _truncated(input_name, path, size, "its header is not readable") from None
-    metadata = header.pop("__metadata__", None) or {}
-    data_end = max((entry["data_offsets"][1] for entry in header.values()), default=0)
-    if 8 + header_length + data_end > size:
-        raise _truncated(input_name, path, size, f"its tensors need {8 + header_length + data_end} bytes")
+    try:
+        checked = read_header(path)
+    except HeaderError as exc:
+        raise header_problem(input_name, path, exc) from None
+    header = {name: (entry.dtype, entry.shape) for name, entry in checked.tensors.items()}
+    metadata = checked.metadata
     prefix = _bundle_prefix(header, input_name) or _common_prefix(header)
-    tensors = {key[len(prefix):]: (entry["dtype"], tuple(entry["shape"])) for key, entry in header.items()
-               if key.startswith(prefix)}
+    tensors = {key[len(prefix):]: entry for key, entry in header.items() if key.startswith(prefix)}
     _refuse_packed_weights(tensors, input_name, path)
     return WeightsFile(path=str(path), tensors=tensors, metadata=metadata, prefix=prefix, input_name=input_name)
 
@@ -131,9 +117,14 @@ def _refuse_packed_weights(tensors: dict, input_name: str, path: Path) -> None:
                                  "use the bf16, fp16, fp8_e4m3fn or fp8_scaled release of this file")
 
 
-def _truncated(input_name: str, path: Path, size: int, why: str) -> OmniInputError:
-    return OmniInputError(input_name, path.name, f"the file is incomplete or not a safetensors file ({size} bytes; "
-                          f"{why})", "download it again (an interrupted download leaves a file like this)")
+def header_problem(input_name: str, path: Path, error: HeaderError) -> OmniInputError:
+    """The refusal of a file whose header breaks safetensors' rules, naming the file and the rule."""
+    if error.truncated:
+        return OmniInputError(input_name, path.name, f"the file is incomplete or not a safetensors file "
+                              f"({error.why})", "download it again (an interrupted download leaves a file like this)")
+    return OmniInputError(input_name, path.name, f"the file is not a valid safetensors file: {error.why}",
+                          "download it again from the model's source (the file was damaged or written by a "
+                          "broken tool)")
 
 
 def _bundle_prefix(header: dict, input_name: str) -> str:
