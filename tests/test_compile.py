@@ -14,7 +14,6 @@ from parallel_support import assert_same, request_for, spec_for
 from omni_backend.cache import CacheDiTConfig, TeaCacheConfig
 from omni_backend.compile import CompileConfig
 from omni_backend.memory import MemoryConfig
-from omni_backend.parallel.config import ParallelConfig
 from omni_backend.tiny.lora import make_tiny_lora
 
 

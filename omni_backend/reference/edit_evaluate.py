@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .dataset import IMAGE_SIZE, PALETTE
+from .dataset import PALETTE
 from .edit_dataset import Edit, held_out_edits, render_pairs
 from .evaluate import colour_labels, follows, position_window
 

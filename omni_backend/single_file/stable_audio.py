@@ -16,7 +16,6 @@ checks every written file reads back to the same tensors (comfy_layout.check_rou
 from __future__ import annotations
 
 import json
-import math
 import re
 
 from ..errors import OmniInputError
