@@ -2,7 +2,9 @@
 
 Each rank holds one authenticated connection to the host (connection.py). The host listens only
 while the group forms: on 127.0.0.1 for local ranks, on the rendezvous address when the user asks
-for remote ranks. Local ranks get a fresh random secret on their stdin; remote ranks prove the
+for remote ranks. Whoever can reach that port can connect, so peers are authenticated side by side
+(a thread each, at most MAX_PENDING at once, ADMISSION_TIMEOUT each): a peer that stalls or fails
+is dropped and counted while the others go on, and a group that still fails to form says so. Local ranks get a fresh random secret on their stdin; remote ranks prove the
 secret the user set (OMNI_WORKER_SECRET). torch.distributed meets through a FileStore in the
 group's private folder (local ranks) or a TCPStore on the rendezvous port + 1 (remote ranks).
 
@@ -17,12 +19,15 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import queue
 import secrets
 import shutil
 import signal
 import subprocess
 import sys
+import socket
 import tempfile
+import threading
 import time
 from multiprocessing.connection import wait
 from pathlib import Path
@@ -31,6 +36,7 @@ from ..errors import OmniInterrupted, OmniWorkerError
 from ..parallel.config import rendezvous_address
 from ..sampling import RunControl
 from .connection import (
+    ADMISSION_TIMEOUT,
     AuthenticationFailed,
     ConnectionClosed,
     accept,
@@ -43,6 +49,8 @@ READY_TIMEOUT_LOCAL = 180.0  # seconds for local ranks to import torch and join
 READY_TIMEOUT_REMOTE = 600.0
 WATCH_INTERVAL = 0.1  # seconds between looks at the user's Cancel while waiting on the ranks
 ABANDON_TIMEOUT = 10.0  # seconds the ranks get to stop a run the host gave up on
+MAX_PENDING = 32  # connections authenticated at once; later ones wait in the listen backlog
+REFUSALS_KEPT = 20  # refusals logged and kept as text; the rest are only counted
 
 
 def local_devices(config) -> list[str]:
@@ -72,6 +80,11 @@ class WorkerGroup:
         self.connections: dict[int, object] = {}  # rank -> Connection
         self.errors: dict[int, str] = {}  # rank -> the failure it reported
         self.refused: list[str] = []  # connections that failed authentication or asked for a wrong rank
+        self.refusals = 0  # all of them, also those past REFUSALS_KEPT
+        self.unauthenticated = 0  # connections dropped because they did not authenticate (in time)
+        self.pending: dict[socket.socket, threading.Thread] = {}  # connections being authenticated
+        self.admissions: queue.Queue = queue.Queue()  # (socket, outcome) from the authenticating threads
+        self.wake_reader, self.wake_writer = socket.socketpair()  # an admission outcome is waiting
         self.listener = None
         self.store = None  # the TCPStore server of a group with remote ranks
         self.outcome_of_abandoned_run = None  # "stopped" | "ended" once the host stopped waiting mid-run
@@ -101,15 +114,25 @@ class WorkerGroup:
         if config.remote_ranks:
             log.warning("waiting up to %.0f s for remote ranks at %s (Cancel stops waiting): %s", READY_TIMEOUT_REMOTE,
                         config.rendezvous, self._join_timeout_message())
-        while len(self.connections) < config.world_size:
-            self._watch_start(control, deadline, accepting=True)
-        self.listener.close()  # every rank is in: nobody else may connect
-        self.listener = None
-        ready: set[int] = set()
-        while len(ready) < config.world_size:
-            for rank, message in self._watch_start(control, deadline, accepting=False):
-                if message.get("kind") == "ready":
-                    ready.add(rank)
+        try:
+            while len(self.connections) < config.world_size:
+                self._watch_start(control, deadline, accepting=True)
+            self.listener.close()  # every rank is in: nobody else may connect
+            self.listener = None
+            self._end_admissions()
+            ready: set[int] = set()
+            while len(ready) < config.world_size:
+                for rank, message in self._watch_start(control, deadline, accepting=False):
+                    if message.get("kind") == "ready":
+                        ready.add(rank)
+        except OmniWorkerError as exc:
+            trouble = self._admission_trouble()
+            if not trouble:
+                raise
+            raise OmniWorkerError(f"{exc}{trouble}") from None
+        if self.unauthenticated:
+            log.warning("worker group: %d connection(s) that did not authenticate were dropped while it formed",
+                        self.unauthenticated)
         log.info("worker group ready: %s", config.describe())
 
     def _remote_store(self, host: str, port: int) -> dict:
@@ -156,13 +179,16 @@ class WorkerGroup:
             raise OmniInterrupted("stopped by the user while the worker group was starting")
         if time.monotonic() > deadline:
             raise OmniWorkerError(self._join_timeout_message())
-        waitables = list(self.connections.values()) + list(self.handles)
-        if accepting:
+        waitables = list(self.connections.values()) + list(self.handles) + [self.wake_reader]
+        if accepting and len(self.pending) < MAX_PENDING:
             waitables.append(self.listener)
         messages = []
         for ready in wait(waitables, timeout=WATCH_INTERVAL):
             if ready is self.listener:
                 self._admit()
+            elif ready is self.wake_reader:
+                self.wake_reader.recv(4096)
+                self._take_admissions()
             elif isinstance(ready, int):
                 raise OmniWorkerError(self._death_message(self.handles[ready]))
             else:
@@ -171,22 +197,59 @@ class WorkerGroup:
         return messages
 
     def _admit(self) -> None:
-        """Authenticate one connecting rank and give it its part, or refuse and report it."""
-        sock, address = self.listener.accept()
-        where = f"{address[0]}:{address[1]}"
+        """Take one connection off the listener and authenticate it on a thread of its own, so that
+        a peer that never answers holds up nobody (it is dropped after ADMISSION_TIMEOUT)."""
         try:
-            connection, secret_name = accept(sock, self.secrets)
+            sock, address = self.listener.accept()
+        except OSError:  # gone again before we took it
+            return
+        where = f"{address[0]}:{address[1]}"
+        thread = threading.Thread(target=self._authenticate, args=(sock, where), daemon=True,
+                                  name=f"omni-admit-{where}")
+        self.pending[sock] = thread
+        thread.start()
+
+    def _authenticate(self, sock: socket.socket, where: str) -> None:
+        """(its own thread) The handshake and the greeting, both by one deadline; the outcome goes to
+        the main thread, which alone decides who joins."""
+        deadline = time.monotonic() + ADMISSION_TIMEOUT
+        try:
+            connection, secret_name = accept(sock, self.secrets, deadline)
         except AuthenticationFailed as exc:
             sock.close()
-            self._refuse(f"a connection from {where} was refused: {exc}")
-            return
+            outcome = ("unauthenticated", f"a connection from {where} was dropped: {exc}")
+        else:
+            try:
+                hello = connection.recv(deadline)
+                outcome = ("hello", connection, secret_name, int(hello["rank"]), int(hello["world_size"]), where)
+            except socket.timeout:
+                connection.close()
+                outcome = ("refused", f"a worker at {where} sent no greeting within {ADMISSION_TIMEOUT:.0f} s")
+            except (ConnectionClosed, AuthenticationFailed, KeyError, TypeError, ValueError, OSError) as exc:
+                connection.close()
+                outcome = ("refused", f"a worker at {where} sent no valid greeting ({exc})")
+        self.admissions.put((sock, outcome))
         try:
-            hello = connection.recv()
-            rank, world_size = int(hello["rank"]), int(hello["world_size"])
-        except (ConnectionClosed, AuthenticationFailed, KeyError, TypeError, ValueError, OSError) as exc:
-            connection.close()
-            self._refuse(f"a worker at {where} sent no valid greeting ({exc})")
-            return
+            self.wake_writer.send(b"!")
+        except OSError:  # the group was closed meanwhile: close() collects the outcome itself
+            pass
+
+    def _take_admissions(self) -> None:
+        while True:
+            try:
+                sock, outcome = self.admissions.get_nowait()
+            except queue.Empty:
+                return
+            self.pending.pop(sock, None)
+            if outcome[0] == "hello":
+                self._seat(*outcome[1:])
+            else:
+                if outcome[0] == "unauthenticated":
+                    self.unauthenticated += 1
+                self._refuse(outcome[1])
+
+    def _seat(self, connection, secret_name: str, rank: int, world_size: int, where: str) -> None:
+        """Give an authenticated worker its part, or refuse it and report why."""
         config = self.config
         local = range(config.local_ranks)
         remote = range(config.local_ranks, config.world_size)
@@ -199,18 +262,56 @@ class WorkerGroup:
                        f"(those are {list(slots)})")
         elif rank in self.connections:
             problem = f"rank {rank} has already joined"
+        elif self.listener is None or self.closed:
+            problem = "every rank has already joined"
+        try:
+            if problem:
+                connection.send({"kind": "refused", "reason": problem})
+            else:
+                connection.send({"kind": "setup", "layout": config, "store": self.store_description})
+        except OSError as exc:
+            problem = problem or f"it went away ({exc})"
         if problem:
-            connection.send({"kind": "refused", "reason": problem})
             connection.close()
             self._refuse(f"the worker at {where} was refused: {problem}")
             return
-        connection.send({"kind": "setup", "layout": config, "store": self.store_description})
         self.connections[rank] = connection
         log.info("rank %d joined from %s", rank, where)
 
+    def _end_admissions(self) -> None:
+        """Stop the authentications still under way (their peers are dropped) and collect them."""
+        for sock in list(self.pending):
+            try:
+                sock.shutdown(socket.SHUT_RDWR)  # wakes its thread, which closes the socket itself
+            except OSError:
+                pass
+        for thread in list(self.pending.values()):
+            thread.join(timeout=2.0)
+        self._take_admissions()
+
+    def _admission_trouble(self) -> str:
+        """What the connections that never authenticated did to the start-up, for its error message."""
+        silent = len(self.pending)
+        if not (self.unauthenticated or silent):
+            return ""
+        where = f"port {self.port}" if getattr(self, "port", None) else "the rendezvous port"
+        parts = []
+        if self.unauthenticated:
+            parts.append(f"{self.unauthenticated} dropped after failing or stalling for {ADMISSION_TIMEOUT:.0f} s")
+        if silent:
+            parts.append(f"{silent} still silent when it failed")
+        count = self.unauthenticated + silent
+        return (f"\nWhile the group formed, {count} connection{'s' if count != 1 else ''} to {where} did not "
+                f"authenticate ({', '.join(parts)}); another process on this machine (or network) may be "
+                "holding the rendezvous port busy.")
+
     def _refuse(self, text: str) -> None:
-        self.refused.append(text)
-        log.warning("worker group: %s", text)
+        self.refusals += 1
+        if self.refusals <= REFUSALS_KEPT:
+            self.refused.append(text)
+            log.warning("worker group: %s", text)
+        elif self.refusals == REFUSALS_KEPT + 1:
+            log.warning("worker group: more connections were refused; they are counted, not logged")
 
     def _join_timeout_message(self) -> str:
         config = self.config
@@ -362,6 +463,9 @@ class WorkerGroup:
                 process.wait()
         for connection in self.connections.values():
             connection.close()
+        self._end_admissions()
+        self.wake_reader.close()
+        self.wake_writer.close()
         for handle in self.handles:
             os.close(handle)
         self.handles = {}

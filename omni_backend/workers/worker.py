@@ -202,7 +202,15 @@ def run_worker(rank: int, world_size: int, master: str, device: str, threads: in
         torch.set_num_threads(threads)
     device = resolve_device(device)
     if local:
-        connection, setup = join(host, port, secret, rank, world_size)
+        from .connection import AuthenticationFailed
+
+        try:
+            connection, setup = join(host, port, secret, rank, world_size)
+        except (OSError, AuthenticationFailed, Refused) as exc:
+            # One plain line for the host to show (it quotes the end of this log), not a traceback.
+            print(f"error: rank {rank} could not join the group at {host}:{port}: {exc or type(exc).__name__}",
+                  file=sys.stderr, flush=True)
+            return 1
         serve_group(connection, setup, rank, world_size, device, host)
         return 0
     try:
