@@ -3,18 +3,23 @@ that still cannot form says why, and nothing the group listens on answers withou
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 import time
+from datetime import timedelta
 
 import pytest
 from parallel_support import request_for, spec_for
 
 from omni_backend.engine import Engine
-from omni_backend.errors import OmniWorkerError
+from omni_backend.errors import OmniInterrupted, OmniWorkerError
+from omni_backend.process_probe import listening_ports
+from omni_backend.sampling import RunControl
 from omni_backend.workers import group as group_module
 from omni_backend.workers.connection import AuthenticationFailed, accept, listen
 
+SECRET = "a-test-secret-of-32-characters!!"
 IDLE_PEERS = 25
 OLD_SERIAL_WAIT = 10.0  # seconds the host used to give each connecting peer, one peer after another
 
@@ -104,3 +109,52 @@ def test_a_group_that_cannot_form_names_the_connections_that_did_not_authenticat
     text = str(info.value)
     assert "2 connections to port" in text and "did not authenticate" in text, text
     assert "could not join the group" in text and "Traceback" not in text, text
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_with_remote_ranks_no_port_answers_without_the_secret(models_dir, monkeypatch):
+    """torch.distributed's rendezvous goes through the authenticated connections: the host opens no
+    store port (it had a TCPStore on PORT + 1 that anyone reaching it could read and write)."""
+    from torch.distributed import TCPStore
+
+    monkeypatch.setenv("OMNI_WORKER_SECRET", SECRET)
+    port = free_port()
+    spec = spec_for(models_dir, "z-image", ulysses_degree=2, remote_ranks=1, rendezvous=f"127.0.0.1:{port}")
+    before = listening_ports(os.getpid())
+    probed = threading.Event()
+    seen: dict = {}
+
+    def probe():  # while the host waits for its remote rank, as a stranger on the network would
+        try:
+            deadline = time.monotonic() + 60
+            while port not in listening_ports(os.getpid()) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            seen["ports"] = listening_ports(os.getpid()) - before
+            for where in (port, port + 1):
+                try:
+                    client = TCPStore("127.0.0.1", where, is_master=False, wait_for_workers=False,
+                                      timeout=timedelta(seconds=3))
+                    client.set("pg/0", "forged")
+                    seen[where] = client.get("pg/0")
+                except Exception as exc:  # noqa: BLE001 - any refusal will do
+                    seen[where] = exc
+        finally:
+            probed.set()
+
+    thread = threading.Thread(target=probe)
+    thread.start()
+    engine = Engine()
+    try:
+        with pytest.raises(OmniInterrupted):
+            engine.generate(spec, request_for("z-image"), RunControl(interrupted=probed.is_set))
+    finally:
+        thread.join(90)
+        engine.unload_all()
+    assert seen["ports"] == {port}, "the authenticated rendezvous port is the only one the host opens"
+    assert isinstance(seen[port + 1], Exception), f"a store answered on PORT + 1 without the secret: {seen}"
+    assert isinstance(seen[port], Exception), f"the rendezvous port served a store without the secret: {seen}"

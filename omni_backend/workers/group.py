@@ -2,11 +2,13 @@
 
 Each rank holds one authenticated connection to the host (connection.py). The host listens only
 while the group forms: on 127.0.0.1 for local ranks, on the rendezvous address when the user asks
-for remote ranks. Whoever can reach that port can connect, so peers are authenticated side by side
-(a thread each, at most MAX_PENDING at once, ADMISSION_TIMEOUT each): a peer that stalls or fails
-is dropped and counted while the others go on, and a group that still fails to form says so. Local ranks get a fresh random secret on their stdin; remote ranks prove the
-secret the user set (OMNI_WORKER_SECRET). torch.distributed meets through a FileStore in the
-group's private folder (local ranks) or a TCPStore on the rendezvous port + 1 (remote ranks).
+for remote ranks. Local ranks get a fresh random secret on their stdin; remote ranks prove the
+secret the user set (OMNI_WORKER_SECRET). Whoever reaches that port can connect, so peers are
+authenticated side by side (a thread each, at most MAX_PENDING at once, ADMISSION_TIMEOUT each): a
+peer that stalls or fails is dropped and counted while the others go on, and a group that still
+cannot form says so. torch.distributed meets through the host: each rank opens a second
+authenticated connection for its store (rendezvous.py), so no port answers without the secret
+(torch's TCPStore would answer anyone).
 
 Workers stay up between runs and load weights themselves; the group is rebuilt only when the
 process layout changes, or after a failure (a dead or failing rank tears the whole group down, so
@@ -43,6 +45,7 @@ from .connection import (
     listen,
     remote_secret,
 )
+from .rendezvous import HostStore
 
 log = logging.getLogger("omni_diffusion")
 READY_TIMEOUT_LOCAL = 180.0  # seconds for local ranks to import torch and join
@@ -86,7 +89,8 @@ class WorkerGroup:
         self.admissions: queue.Queue = queue.Queue()  # (socket, outcome) from the authenticating threads
         self.wake_reader, self.wake_writer = socket.socketpair()  # an admission outcome is waiting
         self.listener = None
-        self.store = None  # the TCPStore server of a group with remote ranks
+        self.store_connections: dict[int, object] = {}  # rank -> its connection for the rendezvous store
+        self.store = HostStore()  # the keys torch.distributed meets by
         self.outcome_of_abandoned_run = None  # "stopped" | "ended" once the host stopped waiting mid-run
         self.closed = False
         try:
@@ -104,10 +108,8 @@ class WorkerGroup:
             self.secrets["remote"] = remote_secret()
             host, port = rendezvous_address(config.rendezvous)
             self.listener = listen(host, port)
-            self.store_description = self._remote_store(host, port + 1)
         else:
             self.listener = listen("127.0.0.1", 0)
-            self.store_description = {"file": str(self.folder / "rendezvous")}
         self.port = self.listener.getsockname()[1]
         self._spawn_local_ranks(local_secret)
         deadline = time.monotonic() + (READY_TIMEOUT_REMOTE if config.remote_ranks else READY_TIMEOUT_LOCAL)
@@ -115,7 +117,7 @@ class WorkerGroup:
             log.warning("waiting up to %.0f s for remote ranks at %s (Cancel stops waiting): %s", READY_TIMEOUT_REMOTE,
                         config.rendezvous, self._join_timeout_message())
         try:
-            while len(self.connections) < config.world_size:
+            while len(self.connections) < config.world_size or len(self.store_connections) < config.world_size:
                 self._watch_start(control, deadline, accepting=True)
             self.listener.close()  # every rank is in: nobody else may connect
             self.listener = None
@@ -134,18 +136,6 @@ class WorkerGroup:
             log.warning("worker group: %d connection(s) that did not authenticate were dropped while it formed",
                         self.unauthenticated)
         log.info("worker group ready: %s", config.describe())
-
-    def _remote_store(self, host: str, port: int) -> dict:
-        """torch.distributed's rendezvous for ranks on other machines, bound to `host` only."""
-        from datetime import timedelta
-
-        from torch.distributed import TCPStore
-
-        # Our own socket, so that it binds `host` alone (TCPStore binds every interface); the store
-        # takes the descriptor over and closes it when it is dropped.
-        self.store = TCPStore(host, port, is_master=True, wait_for_workers=False, timeout=timedelta(seconds=60),
-                              master_listen_fd=listen(host, port).detach(), use_libuv=True)
-        return {"tcp": [host, port]}
 
     def _spawn_local_ranks(self, secret: bytes) -> None:
         config = self.config
@@ -179,7 +169,8 @@ class WorkerGroup:
             raise OmniInterrupted("stopped by the user while the worker group was starting")
         if time.monotonic() > deadline:
             raise OmniWorkerError(self._join_timeout_message())
-        waitables = list(self.connections.values()) + list(self.handles) + [self.wake_reader]
+        waitables = (list(self.connections.values()) + list(self.store_connections.values()) + list(self.handles)
+                     + [self.wake_reader])
         if accepting and len(self.pending) < MAX_PENDING:
             waitables.append(self.listener)
         messages = []
@@ -189,6 +180,8 @@ class WorkerGroup:
             elif ready is self.wake_reader:
                 self.wake_reader.recv(4096)
                 self._take_admissions()
+            elif self._serve_store(ready):
+                pass
             elif isinstance(ready, int):
                 raise OmniWorkerError(self._death_message(self.handles[ready]))
             else:
@@ -217,11 +210,13 @@ class WorkerGroup:
             connection, secret_name = accept(sock, self.secrets, deadline)
         except AuthenticationFailed as exc:
             sock.close()
-            outcome = ("unauthenticated", f"a connection from {where} was dropped: {exc}")
+            outcome = ("unauthenticated", f"a connection from {where} was refused: {exc}")
         else:
             try:
                 hello = connection.recv(deadline)
-                outcome = ("hello", connection, secret_name, int(hello["rank"]), int(hello["world_size"]), where)
+                purpose = {"hello": "requests", "store": "store"}[hello["kind"]]
+                outcome = ("hello", connection, secret_name, purpose, int(hello["rank"]), int(hello["world_size"]),
+                           where)
             except socket.timeout:
                 connection.close()
                 outcome = ("refused", f"a worker at {where} sent no greeting within {ADMISSION_TIMEOUT:.0f} s")
@@ -248,8 +243,9 @@ class WorkerGroup:
                     self.unauthenticated += 1
                 self._refuse(outcome[1])
 
-    def _seat(self, connection, secret_name: str, rank: int, world_size: int, where: str) -> None:
-        """Give an authenticated worker its part, or refuse it and report why."""
+    def _seat(self, connection, secret_name: str, purpose: str, rank: int, world_size: int, where: str) -> None:
+        """Give an authenticated worker its part, or refuse it and report why. Each rank opens two
+        connections: one for requests ("hello"), then one for its rendezvous store ("store")."""
         config = self.config
         local = range(config.local_ranks)
         remote = range(config.local_ranks, config.world_size)
@@ -260,23 +256,51 @@ class WorkerGroup:
         elif rank not in slots:
             problem = (f"rank {rank} is not a {'local' if secret_name == 'local' else 'remote'} rank of this group "
                        f"(those are {list(slots)})")
-        elif rank in self.connections:
+        elif purpose == "requests" and rank in self.connections:
             problem = f"rank {rank} has already joined"
+        elif purpose == "store" and (rank not in self.connections or rank in self.store_connections):
+            problem = f"rank {rank} {'has not joined' if rank not in self.connections else 'has its store already'}"
         elif self.listener is None or self.closed:
             problem = "every rank has already joined"
         try:
             if problem:
                 connection.send({"kind": "refused", "reason": problem})
+            elif purpose == "store":
+                connection.send({"kind": "store-open"})
             else:
-                connection.send({"kind": "setup", "layout": config, "store": self.store_description})
+                connection.send({"kind": "setup", "layout": config, "store": {"channel": True}})
         except OSError as exc:
             problem = problem or f"it went away ({exc})"
         if problem:
             connection.close()
             self._refuse(f"the worker at {where} was refused: {problem}")
             return
+        if purpose == "store":
+            self.store_connections[rank] = connection
+            return
         self.connections[rank] = connection
         log.info("rank %d joined from %s", rank, where)
+
+    def _serve_store(self, ready) -> bool:
+        """If `ready` is a rank's store connection, answer its request (now, or once the keys it
+        waits for are set); False for anything else."""
+        rank = next((rank for rank, c in self.store_connections.items() if c is ready), None)
+        if rank is None:
+            return False
+        try:
+            message = ready.recv()
+        except (ConnectionClosed, OSError, AuthenticationFailed) as exc:
+            if self.closed:
+                return True
+            raise OmniWorkerError(self._death_message(rank, lost=f"its store connection: {exc}")) from None
+        if not isinstance(message, dict) or message.get("kind") != "store":
+            raise OmniWorkerError(self._death_message(rank, lost="it sent a malformed store message"))
+        for to, answer in self.store.handle(rank, message):
+            try:
+                self.store_connections[to].send(answer)
+            except OSError as exc:
+                raise OmniWorkerError(self._death_message(to, lost=f"its store connection: {exc}")) from None
+        return True
 
     def _end_admissions(self) -> None:
         """Stop the authentications still under way (their peers are dropped) and collect them."""
@@ -350,8 +374,10 @@ class WorkerGroup:
     def _watch_run(self, control, stop_sent: bool = False) -> dict:
         rank0 = self.connections[0]
         while True:
-            waitables = list(self.connections.values()) + list(self.handles)
+            waitables = list(self.connections.values()) + list(self.store_connections.values()) + list(self.handles)
             for ready in wait(waitables, timeout=WATCH_INTERVAL):
+                if self._serve_store(ready):  # NCCL meets through the store at a run's first collective
+                    continue
                 if isinstance(ready, int):
                     raise OmniWorkerError(self._death_message(self.handles[ready]))
                 rank = self._rank_of(ready)
@@ -461,7 +487,7 @@ class WorkerGroup:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
-        for connection in self.connections.values():
+        for connection in [*self.connections.values(), *self.store_connections.values()]:
             connection.close()
         self._end_admissions()
         self.wake_reader.close()
@@ -472,7 +498,6 @@ class WorkerGroup:
         if self.listener is not None:
             self.listener.close()
         self.listener = None
-        self.store = None  # the TCPStore server stops with its last reference
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
