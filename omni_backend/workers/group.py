@@ -131,7 +131,8 @@ class WorkerGroup:
             trouble = self._admission_trouble()
             if not trouble:
                 raise
-            raise OmniWorkerError(f"{exc}{trouble}") from None
+            text, shut, tail = str(exc).partition("\nThe worker group was shut down")
+            raise OmniWorkerError(f"{text}{trouble}{shut}{tail}") from None
         if self.unauthenticated:
             log.warning("worker group: %d connection(s) that did not authenticate were dropped while it formed",
                         self.unauthenticated)
