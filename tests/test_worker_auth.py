@@ -158,3 +158,19 @@ def test_with_remote_ranks_no_port_answers_without_the_secret(models_dir, monkey
     assert seen["ports"] == {port}, "the authenticated rendezvous port is the only one the host opens"
     assert isinstance(seen[port + 1], Exception), f"a store answered on PORT + 1 without the secret: {seen}"
     assert isinstance(seen[port], Exception), f"the rendezvous port served a store without the secret: {seen}"
+
+
+def test_the_host_store_answers_waits_once_set_and_refuses_what_it_does_not_know():
+    from omni_backend.workers.rendezvous import HostStore
+
+    store = HostStore()
+    assert store.handle(1, {"kind": "store", "op": "get", "key": "pg/addr0"}) == [], "rank 1 waits for rank 0"
+    assert store.handle(1, {"kind": "store", "op": "wait", "keys": ["pg/addr0"]}) == []
+    answers = store.handle(0, {"kind": "store", "op": "set", "key": "pg/addr0", "value": b"here".hex()})
+    assert answers == [(0, {"kind": "store", "value": None}), (1, {"kind": "store", "value": b"here".hex()}),
+                       (1, {"kind": "store", "value": None})]
+    assert store.handle(0, {"kind": "store", "op": "add", "key": "n", "amount": 2})[0][1]["value"] == 2
+    for bad in ({"op": "exec", "key": "x"}, {"op": "set", "key": 1, "value": ""}, {"op": "set", "key": "x", "value": "zz"},
+                {"op": "add", "key": "n", "amount": "2"}):
+        [(rank, answer)] = store.handle(0, {"kind": "store", **bad})
+        assert rank == 0 and "error" in answer, bad
