@@ -37,9 +37,9 @@ class OmniParallelConfig(ModelFeatureNode):
                                                 "hold the same OMNI_WORKER_SECRET as this ComfyUI (set in both "
                                                 "environments; refused when absent)."}),
             "rendezvous": ("STRING", {"default": "",
-                                      "tooltip": "HOST:PORT for remote ranks to reach this machine (PORT while "
-                                                 "the group forms, PORT+1 for torch.distributed while it runs); "
-                                                 "empty = local ranks only, on 127.0.0.1."}),
+                                      "tooltip": "HOST:PORT for remote ranks to reach this machine (listened "
+                                                 "on only while the group forms; nothing answers there without "
+                                                 "OMNI_WORKER_SECRET); empty = local ranks only, on 127.0.0.1."}),
         }}
 
     # No VALIDATE_INPUTS on purpose. ComfyUI turns a failing VALIDATE_INPUTS into one error per input

@@ -193,7 +193,7 @@ class ParallelConfig:
 
 
 def rendezvous_address(text: str) -> tuple[str, int]:
-    """"HOST:PORT" -> (host, port). The group also uses PORT + 1 (torch.distributed's rendezvous)."""
+    """"HOST:PORT" -> (host, port). (Up to 65534: groups used to take PORT + 1 as well.)"""
     host, colon, port = str(text).strip().rpartition(":")
     host = host.strip("[]")
     if not colon or not host or not port.isdigit() or not 1 <= int(port) <= 65534:

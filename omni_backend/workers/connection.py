@@ -22,6 +22,7 @@ import hashlib
 import hmac
 import os
 import socket
+import time
 
 from ..errors import OmniInputError
 from . import wire
@@ -29,7 +30,8 @@ from . import wire
 HELLO = b"OMNI-WORKER-1"
 NONCE = 32
 MAC = 32
-HANDSHAKE_TIMEOUT = 10.0  # seconds a connecting peer has to prove itself
+HANDSHAKE_TIMEOUT = 10.0  # seconds a worker waits for the host's greeting and verdict
+ADMISSION_TIMEOUT = 5.0  # seconds in all a connecting peer has to prove itself and greet the host
 MAX_FRAME = 1 << 40
 
 
@@ -49,10 +51,16 @@ def _mac(key: bytes, *parts: bytes) -> bytes:
     return digest.digest()
 
 
-def _read_exactly(sock: socket.socket, size: int) -> bytes:
+def _read_exactly(sock: socket.socket, size: int, deadline: float | None = None) -> bytes:
+    """`size` bytes; with a `deadline` (time.monotonic()), all of them by then, however they trickle in."""
     buffer = bytearray(size)
     view, got = memoryview(buffer), 0
     while got < size:
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise socket.timeout("timed out")
+            sock.settimeout(left)
         count = sock.recv_into(view[got:], size - got)
         if count == 0:
             raise ConnectionClosed("connection closed")
@@ -81,12 +89,16 @@ class Connection:
         self._sent += 1
         self.sock.sendall(len(payload).to_bytes(8, "big") + mac + payload)
 
-    def recv(self):
-        header = _read_exactly(self.sock, 8 + MAC)
+    def recv(self, deadline: float | None = None):
+        """The next message; with a `deadline`, socket.timeout when it is not all there by then (the
+        connection is then unusable: close it)."""
+        header = _read_exactly(self.sock, 8 + MAC, deadline)
         size = int.from_bytes(header[:8], "big")
         if size > MAX_FRAME:
             raise AuthenticationFailed("frame too large")
-        payload = _read_exactly(self.sock, size)
+        payload = _read_exactly(self.sock, size, deadline)
+        if deadline is not None:
+            self.sock.settimeout(None)
         expected = _mac(self._key, self._recv_label, self._received.to_bytes(8, "big"), payload)
         if not hmac.compare_digest(expected, header[8:]):
             raise AuthenticationFailed("a message failed authentication (altered, replayed or foreign)")
@@ -108,17 +120,19 @@ class Connection:
                 pass
 
 
-def accept(sock: socket.socket, secrets: dict[str, bytes]) -> tuple[Connection, str]:
+def accept(sock: socket.socket, secrets: dict[str, bytes], deadline: float | None = None) -> tuple[Connection, str]:
     """Authenticate a freshly accepted socket against any of `secrets` ({name: secret}).
 
     Returns the connection and the name of the secret the peer proved; raises AuthenticationFailed
-    (after telling the peer DENY) when it proves none.
+    (after telling the peer DENY) when it proves none, or has not answered by `deadline`
+    (time.monotonic(); default HANDSHAKE_TIMEOUT from now).
     """
-    sock.settimeout(HANDSHAKE_TIMEOUT)
+    deadline = time.monotonic() + HANDSHAKE_TIMEOUT if deadline is None else deadline
+    sock.settimeout(max(0.001, deadline - time.monotonic()))
     try:
         host_nonce = os.urandom(NONCE)
         sock.sendall(HELLO + host_nonce)
-        answer = _read_exactly(sock, NONCE + MAC)
+        answer = _read_exactly(sock, NONCE + MAC, deadline)
         worker_nonce, proof = answer[:NONCE], answer[NONCE:]
         for name, secret in secrets.items():
             if hmac.compare_digest(proof, _mac(secret, b"worker", host_nonce, worker_nonce)):
@@ -128,6 +142,8 @@ def accept(sock: socket.socket, secrets: dict[str, bytes]) -> tuple[Connection, 
         raise AuthenticationFailed("the peer does not hold the worker secret")
     except AuthenticationFailed:
         raise
+    except socket.timeout:
+        raise AuthenticationFailed("it did not authenticate in time") from None
     except (OSError, EOFError) as exc:
         raise AuthenticationFailed(f"handshake failed: {exc}") from None
 

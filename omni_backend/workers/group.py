@@ -3,8 +3,12 @@
 Each rank holds one authenticated connection to the host (connection.py). The host listens only
 while the group forms: on 127.0.0.1 for local ranks, on the rendezvous address when the user asks
 for remote ranks. Local ranks get a fresh random secret on their stdin; remote ranks prove the
-secret the user set (OMNI_WORKER_SECRET). torch.distributed meets through a FileStore in the
-group's private folder (local ranks) or a TCPStore on the rendezvous port + 1 (remote ranks).
+secret the user set (OMNI_WORKER_SECRET). Whoever reaches that port can connect, so peers are
+authenticated side by side (a thread each, at most MAX_PENDING at once, ADMISSION_TIMEOUT each): a
+peer that stalls or fails is dropped and counted while the others go on, and a group that still
+cannot form says so. torch.distributed meets through the host: each rank opens a second
+authenticated connection for its store (rendezvous.py), so no port answers without the secret
+(torch's TCPStore would answer anyone).
 
 Workers stay up between runs and load weights themselves; the group is rebuilt only when the
 process layout changes, or after a failure (a dead or failing rank tears the whole group down, so
@@ -17,12 +21,15 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import queue
 import secrets
 import shutil
 import signal
 import subprocess
 import sys
+import socket
 import tempfile
+import threading
 import time
 from multiprocessing.connection import wait
 from pathlib import Path
@@ -31,18 +38,22 @@ from ..errors import OmniInterrupted, OmniWorkerError
 from ..parallel.config import rendezvous_address
 from ..sampling import RunControl
 from .connection import (
+    ADMISSION_TIMEOUT,
     AuthenticationFailed,
     ConnectionClosed,
     accept,
     listen,
     remote_secret,
 )
+from .rendezvous import HostStore
 
 log = logging.getLogger("omni_diffusion")
 READY_TIMEOUT_LOCAL = 180.0  # seconds for local ranks to import torch and join
 READY_TIMEOUT_REMOTE = 600.0
 WATCH_INTERVAL = 0.1  # seconds between looks at the user's Cancel while waiting on the ranks
 ABANDON_TIMEOUT = 10.0  # seconds the ranks get to stop a run the host gave up on
+MAX_PENDING = 32  # connections authenticated at once; later ones wait in the listen backlog
+REFUSALS_KEPT = 20  # refusals logged and kept as text; the rest are only counted
 
 
 def local_devices(config) -> list[str]:
@@ -72,8 +83,14 @@ class WorkerGroup:
         self.connections: dict[int, object] = {}  # rank -> Connection
         self.errors: dict[int, str] = {}  # rank -> the failure it reported
         self.refused: list[str] = []  # connections that failed authentication or asked for a wrong rank
+        self.refusals = 0  # all of them, also those past REFUSALS_KEPT
+        self.unauthenticated = 0  # connections dropped because they did not authenticate (in time)
+        self.pending: dict[socket.socket, threading.Thread] = {}  # connections being authenticated
+        self.admissions: queue.Queue = queue.Queue()  # (socket, outcome) from the authenticating threads
+        self.wake_reader, self.wake_writer = socket.socketpair()  # an admission outcome is waiting
         self.listener = None
-        self.store = None  # the TCPStore server of a group with remote ranks
+        self.store_connections: dict[int, object] = {}  # rank -> its connection for the rendezvous store
+        self.store = HostStore()  # the keys torch.distributed meets by
         self.outcome_of_abandoned_run = None  # "stopped" | "ended" once the host stopped waiting mid-run
         self.closed = False
         try:
@@ -91,38 +108,35 @@ class WorkerGroup:
             self.secrets["remote"] = remote_secret()
             host, port = rendezvous_address(config.rendezvous)
             self.listener = listen(host, port)
-            self.store_description = self._remote_store(host, port + 1)
         else:
             self.listener = listen("127.0.0.1", 0)
-            self.store_description = {"file": str(self.folder / "rendezvous")}
         self.port = self.listener.getsockname()[1]
         self._spawn_local_ranks(local_secret)
         deadline = time.monotonic() + (READY_TIMEOUT_REMOTE if config.remote_ranks else READY_TIMEOUT_LOCAL)
         if config.remote_ranks:
             log.warning("waiting up to %.0f s for remote ranks at %s (Cancel stops waiting): %s", READY_TIMEOUT_REMOTE,
                         config.rendezvous, self._join_timeout_message())
-        while len(self.connections) < config.world_size:
-            self._watch_start(control, deadline, accepting=True)
-        self.listener.close()  # every rank is in: nobody else may connect
-        self.listener = None
-        ready: set[int] = set()
-        while len(ready) < config.world_size:
-            for rank, message in self._watch_start(control, deadline, accepting=False):
-                if message.get("kind") == "ready":
-                    ready.add(rank)
+        try:
+            while len(self.connections) < config.world_size or len(self.store_connections) < config.world_size:
+                self._watch_start(control, deadline, accepting=True)
+            self.listener.close()  # every rank is in: nobody else may connect
+            self.listener = None
+            self._end_admissions()
+            ready: set[int] = set()
+            while len(ready) < config.world_size:
+                for rank, message in self._watch_start(control, deadline, accepting=False):
+                    if message.get("kind") == "ready":
+                        ready.add(rank)
+        except OmniWorkerError as exc:
+            trouble = self._admission_trouble()
+            if not trouble:
+                raise
+            text, shut, tail = str(exc).partition("\nThe worker group was shut down")
+            raise OmniWorkerError(f"{text}{trouble}{shut}{tail}") from None
+        if self.unauthenticated:
+            log.warning("worker group: %d connection(s) that did not authenticate were dropped while it formed",
+                        self.unauthenticated)
         log.info("worker group ready: %s", config.describe())
-
-    def _remote_store(self, host: str, port: int) -> dict:
-        """torch.distributed's rendezvous for ranks on other machines, bound to `host` only."""
-        from datetime import timedelta
-
-        from torch.distributed import TCPStore
-
-        # Our own socket, so that it binds `host` alone (TCPStore binds every interface); the store
-        # takes the descriptor over and closes it when it is dropped.
-        self.store = TCPStore(host, port, is_master=True, wait_for_workers=False, timeout=timedelta(seconds=60),
-                              master_listen_fd=listen(host, port).detach(), use_libuv=True)
-        return {"tcp": [host, port]}
 
     def _spawn_local_ranks(self, secret: bytes) -> None:
         config = self.config
@@ -156,13 +170,19 @@ class WorkerGroup:
             raise OmniInterrupted("stopped by the user while the worker group was starting")
         if time.monotonic() > deadline:
             raise OmniWorkerError(self._join_timeout_message())
-        waitables = list(self.connections.values()) + list(self.handles)
-        if accepting:
+        waitables = (list(self.connections.values()) + list(self.store_connections.values()) + list(self.handles)
+                     + [self.wake_reader])
+        if accepting and len(self.pending) < MAX_PENDING:
             waitables.append(self.listener)
         messages = []
         for ready in wait(waitables, timeout=WATCH_INTERVAL):
             if ready is self.listener:
                 self._admit()
+            elif ready is self.wake_reader:
+                self.wake_reader.recv(4096)
+                self._take_admissions()
+            elif self._serve_store(ready):
+                pass
             elif isinstance(ready, int):
                 raise OmniWorkerError(self._death_message(self.handles[ready]))
             else:
@@ -171,22 +191,62 @@ class WorkerGroup:
         return messages
 
     def _admit(self) -> None:
-        """Authenticate one connecting rank and give it its part, or refuse and report it."""
-        sock, address = self.listener.accept()
-        where = f"{address[0]}:{address[1]}"
+        """Take one connection off the listener and authenticate it on a thread of its own, so that
+        a peer that never answers holds up nobody (it is dropped after ADMISSION_TIMEOUT)."""
         try:
-            connection, secret_name = accept(sock, self.secrets)
+            sock, address = self.listener.accept()
+        except OSError:  # gone again before we took it
+            return
+        where = f"{address[0]}:{address[1]}"
+        thread = threading.Thread(target=self._authenticate, args=(sock, where), daemon=True,
+                                  name=f"omni-admit-{where}")
+        self.pending[sock] = thread
+        thread.start()
+
+    def _authenticate(self, sock: socket.socket, where: str) -> None:
+        """(its own thread) The handshake and the greeting, both by one deadline; the outcome goes to
+        the main thread, which alone decides who joins."""
+        deadline = time.monotonic() + ADMISSION_TIMEOUT
+        try:
+            connection, secret_name = accept(sock, self.secrets, deadline)
         except AuthenticationFailed as exc:
             sock.close()
-            self._refuse(f"a connection from {where} was refused: {exc}")
-            return
+            outcome = ("unauthenticated", f"a connection from {where} was refused: {exc}")
+        else:
+            try:
+                hello = connection.recv(deadline)
+                purpose = {"hello": "requests", "store": "store"}[hello["kind"]]
+                outcome = ("hello", connection, secret_name, purpose, int(hello["rank"]), int(hello["world_size"]),
+                           where)
+            except socket.timeout:
+                connection.close()
+                outcome = ("refused", f"a worker at {where} sent no greeting within {ADMISSION_TIMEOUT:.0f} s")
+            except (ConnectionClosed, AuthenticationFailed, KeyError, TypeError, ValueError, OSError) as exc:
+                connection.close()
+                outcome = ("refused", f"a worker at {where} sent no valid greeting ({exc})")
+        self.admissions.put((sock, outcome))
         try:
-            hello = connection.recv()
-            rank, world_size = int(hello["rank"]), int(hello["world_size"])
-        except (ConnectionClosed, AuthenticationFailed, KeyError, TypeError, ValueError, OSError) as exc:
-            connection.close()
-            self._refuse(f"a worker at {where} sent no valid greeting ({exc})")
-            return
+            self.wake_writer.send(b"!")
+        except OSError:  # the group was closed meanwhile: close() collects the outcome itself
+            pass
+
+    def _take_admissions(self) -> None:
+        while True:
+            try:
+                sock, outcome = self.admissions.get_nowait()
+            except queue.Empty:
+                return
+            self.pending.pop(sock, None)
+            if outcome[0] == "hello":
+                self._seat(*outcome[1:])
+            else:
+                if outcome[0] == "unauthenticated":
+                    self.unauthenticated += 1
+                self._refuse(outcome[1])
+
+    def _seat(self, connection, secret_name: str, purpose: str, rank: int, world_size: int, where: str) -> None:
+        """Give an authenticated worker its part, or refuse it and report why. Each rank opens two
+        connections: one for requests ("hello"), then one for its rendezvous store ("store")."""
         config = self.config
         local = range(config.local_ranks)
         remote = range(config.local_ranks, config.world_size)
@@ -197,20 +257,86 @@ class WorkerGroup:
         elif rank not in slots:
             problem = (f"rank {rank} is not a {'local' if secret_name == 'local' else 'remote'} rank of this group "
                        f"(those are {list(slots)})")
-        elif rank in self.connections:
+        elif purpose == "requests" and rank in self.connections:
             problem = f"rank {rank} has already joined"
+        elif purpose == "store" and (rank not in self.connections or rank in self.store_connections):
+            problem = f"rank {rank} {'has not joined' if rank not in self.connections else 'has its store already'}"
+        elif self.listener is None or self.closed:
+            problem = "every rank has already joined"
+        try:
+            if problem:
+                connection.send({"kind": "refused", "reason": problem})
+            elif purpose == "store":
+                connection.send({"kind": "store-open"})
+            else:
+                connection.send({"kind": "setup", "layout": config, "store": {"channel": True}})
+        except OSError as exc:
+            problem = problem or f"it went away ({exc})"
         if problem:
-            connection.send({"kind": "refused", "reason": problem})
             connection.close()
             self._refuse(f"the worker at {where} was refused: {problem}")
             return
-        connection.send({"kind": "setup", "layout": config, "store": self.store_description})
+        if purpose == "store":
+            self.store_connections[rank] = connection
+            return
         self.connections[rank] = connection
         log.info("rank %d joined from %s", rank, where)
 
+    def _serve_store(self, ready) -> bool:
+        """If `ready` is a rank's store connection, answer its request (now, or once the keys it
+        waits for are set); False for anything else."""
+        rank = next((rank for rank, c in self.store_connections.items() if c is ready), None)
+        if rank is None:
+            return False
+        try:
+            message = ready.recv()
+        except (ConnectionClosed, OSError, AuthenticationFailed) as exc:
+            if self.closed:
+                return True
+            raise OmniWorkerError(self._death_message(rank, lost=f"its store connection: {exc}")) from None
+        if not isinstance(message, dict) or message.get("kind") != "store":
+            raise OmniWorkerError(self._death_message(rank, lost="it sent a malformed store message"))
+        for to, answer in self.store.handle(rank, message):
+            try:
+                self.store_connections[to].send(answer)
+            except OSError as exc:
+                raise OmniWorkerError(self._death_message(to, lost=f"its store connection: {exc}")) from None
+        return True
+
+    def _end_admissions(self) -> None:
+        """Stop the authentications still under way (their peers are dropped) and collect them."""
+        for sock in list(self.pending):
+            try:
+                sock.shutdown(socket.SHUT_RDWR)  # wakes its thread, which closes the socket itself
+            except OSError:
+                pass
+        for thread in list(self.pending.values()):
+            thread.join(timeout=2.0)
+        self._take_admissions()
+
+    def _admission_trouble(self) -> str:
+        """What the connections that never authenticated did to the start-up, for its error message."""
+        silent = len(self.pending)
+        if not (self.unauthenticated or silent):
+            return ""
+        where = f"port {self.port}" if getattr(self, "port", None) else "the rendezvous port"
+        parts = []
+        if self.unauthenticated:
+            parts.append(f"{self.unauthenticated} dropped after failing or stalling for {ADMISSION_TIMEOUT:.0f} s")
+        if silent:
+            parts.append(f"{silent} still silent when it failed")
+        count = self.unauthenticated + silent
+        return (f"\nWhile the group formed, {count} connection{'s' if count != 1 else ''} to {where} did not "
+                f"authenticate ({', '.join(parts)}); another process on this machine (or network) may be "
+                "holding the rendezvous port busy.")
+
     def _refuse(self, text: str) -> None:
-        self.refused.append(text)
-        log.warning("worker group: %s", text)
+        self.refusals += 1
+        if self.refusals <= REFUSALS_KEPT:
+            self.refused.append(text)
+            log.warning("worker group: %s", text)
+        elif self.refusals == REFUSALS_KEPT + 1:
+            log.warning("worker group: more connections were refused; they are counted, not logged")
 
     def _join_timeout_message(self) -> str:
         config = self.config
@@ -249,8 +375,10 @@ class WorkerGroup:
     def _watch_run(self, control, stop_sent: bool = False) -> dict:
         rank0 = self.connections[0]
         while True:
-            waitables = list(self.connections.values()) + list(self.handles)
+            waitables = list(self.connections.values()) + list(self.store_connections.values()) + list(self.handles)
             for ready in wait(waitables, timeout=WATCH_INTERVAL):
+                if self._serve_store(ready):  # NCCL meets through the store at a run's first collective
+                    continue
                 if isinstance(ready, int):
                     raise OmniWorkerError(self._death_message(self.handles[ready]))
                 rank = self._rank_of(ready)
@@ -360,15 +488,17 @@ class WorkerGroup:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
-        for connection in self.connections.values():
+        for connection in [*self.connections.values(), *self.store_connections.values()]:
             connection.close()
+        self._end_admissions()
+        self.wake_reader.close()
+        self.wake_writer.close()
         for handle in self.handles:
             os.close(handle)
         self.handles = {}
         if self.listener is not None:
             self.listener.close()
         self.listener = None
-        self.store = None  # the TCPStore server stops with its last reference
         shutil.rmtree(self.folder, ignore_errors=True)
 
 

@@ -26,19 +26,35 @@ class Refused(Exception):
 
 
 def join(host: str, port: int, secret: bytes, rank: int, world_size: int):
-    """Connect, authenticate and ask for our rank; returns (connection, the host's setup message)."""
+    """Connect, authenticate and ask for our rank; returns (connection, the host's setup message).
+
+    The setup then holds the rank's second authenticated connection, the one its torch.distributed
+    store speaks through (rendezvous.py), under "store_connection"."""
     from .connection import connect
 
     connection = connect(host, port, secret)
-    connection.send({"kind": "hello", "rank": rank, "world_size": world_size})
-    setup = connection.recv()
-    if setup.get("kind") != "setup":
+    try:
+        connection.send({"kind": "hello", "rank": rank, "world_size": world_size})
+        setup = connection.recv()
+        if setup.get("kind") != "setup":
+            raise Refused(str(setup.get("reason", "the host sent no set-up")))
+        store_connection = connect(host, port, secret)
+        try:
+            store_connection.send({"kind": "store", "rank": rank, "world_size": world_size})
+            answer = store_connection.recv()
+            if answer.get("kind") != "store-open":
+                raise Refused(str(answer.get("reason", "the host opened no store")))
+        except BaseException:
+            store_connection.close()
+            raise
+    except BaseException:
         connection.close()
-        raise Refused(str(setup.get("reason", "the host sent no set-up")))
+        raise
+    setup["store_connection"] = store_connection
     return connection, setup
 
 
-def serve_group(connection, setup: dict, rank: int, world_size: int, device_name: str, master_host: str) -> None:
+def serve_group(connection, setup: dict, rank: int, world_size: int, device_name: str) -> None:
     """Join torch.distributed as `rank`, then run the host's requests until it ends the group."""
     import torch
     import torch.distributed as dist
@@ -48,13 +64,21 @@ def serve_group(connection, setup: dict, rank: int, world_size: int, device_name
     from ..runner import LocalRunner
     from ..sampling import RunControl
     from .connection import ConnectionClosed
+    from .rendezvous import channel_store
 
     device = torch.device(device_name)
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    store = _open_store(setup["store"], master_host, rank, world_size)
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", store=dist.PrefixStore("pg/", store),
-                            rank=rank, world_size=world_size, timeout=COLLECTIVE_TIMEOUT)
+    store_connection = setup["store_connection"]
+    # Held here for the group's life: torch keeps only the C++ half, and calls into Python need this one.
+    store = channel_store(store_connection)
+    try:
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", store=dist.PrefixStore("pg/", store),
+                                rank=rank, world_size=world_size, timeout=COLLECTIVE_TIMEOUT)
+    except BaseException:
+        store_connection.close()
+        connection.close()
+        raise
     runner = LocalRunner(max_loaded=1)
     try:
         set_current_context(build_context(rank, world_size, device, setup["layout"]))
@@ -91,6 +115,7 @@ def serve_group(connection, setup: dict, rank: int, world_size: int, device_name
         set_current_context(None)
         runner.unload_all()
         dist.destroy_process_group()
+        store_connection.close()
         connection.close()
 
 
@@ -118,15 +143,6 @@ class HostLink:
             self.connection.send({"kind": "progress", "step": step, "total": total})
         except OSError:
             self.gone = self.stop = True
-
-
-def _open_store(description: dict, master_host: str, rank: int, world_size: int):
-    import torch.distributed as dist
-
-    if "file" in description:
-        return dist.FileStore(description["file"], world_size)
-    _host, port = description["tcp"]
-    return dist.TCPStore(master_host, int(port), is_master=False, timeout=timedelta(seconds=60), use_libuv=True)
 
 
 def _handle(runner, kind: str, request: dict, control):
@@ -202,8 +218,16 @@ def run_worker(rank: int, world_size: int, master: str, device: str, threads: in
         torch.set_num_threads(threads)
     device = resolve_device(device)
     if local:
-        connection, setup = join(host, port, secret, rank, world_size)
-        serve_group(connection, setup, rank, world_size, device, host)
+        from .connection import AuthenticationFailed
+
+        try:
+            connection, setup = join(host, port, secret, rank, world_size)
+        except (OSError, AuthenticationFailed, Refused) as exc:
+            # One plain line for the host to show (it quotes the end of this log), not a traceback.
+            print(f"error: rank {rank} could not join the group at {host}:{port}: {exc or type(exc).__name__}",
+                  file=sys.stderr, flush=True)
+            return 1
+        serve_group(connection, setup, rank, world_size, device)
         return 0
     try:
         return serve_forever(host, port, secret, rank, world_size, device)
@@ -241,7 +265,7 @@ def serve_forever(host: str, port: int, secret: bytes, rank: int, world_size: in
             continue
         say(f"rank {rank}/{world_size} joined the group at {host}:{port}")
         try:
-            serve_group(connection, setup, rank, world_size, device, host)
+            serve_group(connection, setup, rank, world_size, device)
         except Exception:  # noqa: BLE001 - a failed group is the host's to report; wait for the next one
             traceback.print_exc()
         say(f"rank {rank}/{world_size}: the group ended; waiting for the next one")
