@@ -281,3 +281,29 @@ def only_cases(keep):
     versions run a subset. (Pairing the parameters in one parametrize call instead would make pytest
     start the session's server anew for every test.)"""
     return pytest.mark.only_cases(keep)
+
+
+# ---- which shipped workflows run where -------------------------------------------------------------
+def node_types(path: Path) -> set[str]:
+    return {node["type"] for node in json.loads(path.read_text())["nodes"]}
+
+
+def output_kind(path: Path) -> str:
+    types = node_types(path)
+    return ("audio" if "SaveAudio" in types else "layered" if "JoinImageWithAlpha" in types
+            else "video" if "SaveAnimatedPNG" in types else "image")
+
+
+def covering_subset(paths: list[Path]) -> list[Path]:
+    """The workflows an older ComfyUI runs, and the headless runner while the tier runs them all:
+    every single-file workflow, then the fewest more that cover every node type and output kind
+    (greedy, most new coverage first, names breaking ties)."""
+    chosen = [p for p in paths if p.stem.endswith("-comfy-files")]
+    covered = set().union(*(node_types(p) | {output_kind(p)} for p in chosen))
+    wanted = set().union(*(node_types(p) | {output_kind(p)} for p in paths))
+    while covered != wanted:
+        best = max((p for p in paths if p not in chosen),
+                   key=lambda p: (len((node_types(p) | {output_kind(p)}) - covered), -len(p.name), p.name))
+        chosen.append(best)
+        covered |= node_types(best) | {output_kind(best)}
+    return sorted(chosen)

@@ -8,7 +8,7 @@ dialog, and queues it with the frontend's own graph-to-prompt conversion. The ru
 every file its output nodes report must exist and not be empty.
 
 All shipped workflows run on the newest tree; older trees run a subset that still covers every node
-type, every output kind and every single-file workflow (`older_version_subset`).
+type, every output kind and every single-file workflow (`comfyui_host.covering_subset`).
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from comfyui_host import ComfyServer, error_of, newest, on_every_version, only_cases, real_comfyui
+from comfyui_host import (ComfyServer, covering_subset, error_of, newest, node_types, on_every_version, only_cases,
+                          output_kind, real_comfyui)
 
 WORKFLOWS = sorted((Path(__file__).resolve().parent.parent / "workflows").glob("*.json"))
 CHROMIUM = "/usr/bin/chromium"
@@ -27,33 +28,9 @@ CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
-def _node_types(path: Path) -> set[str]:
-    return {node["type"] for node in json.loads(path.read_text())["nodes"]}
-
-
-def _output_kind(path: Path) -> str:
-    types = _node_types(path)
-    return ("audio" if "SaveAudio" in types else "layered" if "JoinImageWithAlpha" in types
-            else "video" if "SaveAnimatedPNG" in types else "image")
-
-
-def older_version_subset(paths: list[Path]) -> list[Path]:
-    """The workflows an older ComfyUI runs: every single-file workflow, then the fewest more that cover
-    every node type and output kind (greedy, most new coverage first, names breaking ties)."""
-    chosen = [p for p in paths if p.stem.endswith("-comfy-files")]
-    covered = set().union(*(_node_types(p) | {_output_kind(p)} for p in chosen))
-    wanted = set().union(*(_node_types(p) | {_output_kind(p)} for p in paths))
-    while covered != wanted:
-        best = max((p for p in paths if p not in chosen),
-                   key=lambda p: (len((_node_types(p) | {_output_kind(p)}) - covered), -len(p.name), p.name))
-        chosen.append(best)
-        covered |= _node_types(best) | {_output_kind(best)}
-    return sorted(chosen)
-
-
 def runs_on(tree, path: Path) -> bool:
     """All workflows on the newest tree, the subset on older ones."""
-    return tree is None or tree == newest() or path in older_version_subset(WORKFLOWS)
+    return tree is None or tree == newest() or path in covering_subset(WORKFLOWS)
 
 
 class Editor:
@@ -73,7 +50,7 @@ class Editor:
         self.page.goto(self.server.url, wait_until="domcontentloaded")
         self.page.wait_for_function("() => window.app && window.app.graph && window.LiteGraph", timeout=120_000)
         self.page.wait_for_function(
-            "() => window.LiteGraph.registered_node_types && 'OmniSample' in window.LiteGraph.registered_node_types",
+            "() => window.LiteGraph.registerednode_types && 'OmniSample' in window.LiteGraph.registerednode_types",
             timeout=60_000)
         self.dismiss_all()
 
@@ -163,11 +140,11 @@ def test_the_editor_shows_a_bad_file_and_a_missing_node(comfyui_server, editor):
     editor.dismiss_all()
 
 
-def test_the_subset_covers_every_node_and_output_kind():
-    """Runs without ComfyUI: the older version's subset is computed, so it must keep its promise."""
-    subset = older_version_subset(WORKFLOWS)
-    assert set().union(*map(_node_types, subset)) == set().union(*map(_node_types, WORKFLOWS))
-    assert {_output_kind(p) for p in subset} == {"image", "video", "audio", "layered"}
+def test_the_subset_covers_every_node_andoutput_kind():
+    """Runs without ComfyUI: the subset is computed, so it must keep its promise."""
+    subset = covering_subset(WORKFLOWS)
+    assert set().union(*map(node_types, subset)) == set().union(*map(node_types, WORKFLOWS))
+    assert {output_kind(p) for p in subset} == {"image", "video", "audio", "layered"}
     assert all(p in subset for p in WORKFLOWS if p.stem.endswith("-comfy-files"))
     assert len(subset) < len(WORKFLOWS)
 
