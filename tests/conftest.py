@@ -146,8 +146,11 @@ def comfyui_server(request, models_dir, comfyui_trees_dir, tmp_path_factory):
     server.stop()
 
 
+@pytest.hookimpl(trylast=True)  # after pytest has grouped the tests by the server version they share
 def pytest_collection_modifyitems(config, items):
-    """Deselect the combinations a test's `only_cases` mark leaves out (tests/comfyui_host.py)."""
+    """Deselect the combinations a test's `only_cases` mark leaves out (tests/comfyui_host.py), and run
+    the real-ComfyUI tier last, in the order pytest gave it: its last server and browser then end with
+    the session instead of idling (a browser renders the editor all the while) beside the other tests."""
     kept, dropped = [], []
     for item in items:
         mark = item.get_closest_marker("only_cases")
@@ -155,7 +158,8 @@ def pytest_collection_modifyitems(config, items):
         (kept if mark is None or mark.args[0](**params) else dropped).append(item)
     if dropped:
         config.hook.pytest_deselected(items=dropped)
-        items[:] = kept
+    items[:] = ([item for item in kept if item.get_closest_marker("comfyui") is None]
+                + [item for item in kept if item.get_closest_marker("comfyui") is not None])
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import jsonschema
 import pytest
-from comfyui_host import COMFYUI_PATH, covering_subset, only_cases
+from comfyui_host import COMFYUI_PATH, covering_subset, node_types, only_cases, output_kind
 from omni_diffusion_nodes.headless.node_defs import all_node_classes
 from omni_diffusion_nodes.headless.runner import run_workflow
 from omni_diffusion_nodes.headless.workflow_format import (
@@ -138,3 +138,13 @@ def test_api_format_runs_too(headless, tmp_path):
     path = tmp_path / "api.json"
     path.write_text(json.dumps(prompt))
     assert run_workflow(path).files
+
+
+def test_the_subset_covers_every_node_and_output_kind():
+    """The subset an older ComfyUI runs (and the headless runner while the tier runs) is computed, so it
+    must keep its promise."""
+    subset = covering_subset(WORKFLOWS)
+    assert set().union(*map(node_types, subset)) == set().union(*map(node_types, WORKFLOWS))
+    assert {output_kind(p) for p in subset} == {"image", "video", "audio", "layered"}
+    assert all(p in subset for p in WORKFLOWS if p.stem.endswith("-comfy-files"))
+    assert len(subset) < len(WORKFLOWS)
