@@ -50,7 +50,7 @@ class Editor:
         self.page.goto(self.server.url, wait_until="domcontentloaded")
         self.page.wait_for_function("() => window.app && window.app.graph && window.LiteGraph", timeout=120_000)
         self.page.wait_for_function(
-            "() => window.LiteGraph.registerednode_types && 'OmniSample' in window.LiteGraph.registerednode_types",
+            "() => window.LiteGraph.registered_node_types && 'OmniSample' in window.LiteGraph.registered_node_types",
             timeout=60_000)
         self.dismiss_all()
 
