@@ -77,7 +77,9 @@ def test_idle_local_connections_do_not_stop_or_stall_a_forming_group(models_dir,
         group = engine._groups.group
         assert len(idle) == IDLE_PEERS
         assert group.unauthenticated == IDLE_PEERS, group.refused
-        assert all("did not authenticate in time" in text for text in group.refused)
+        # Each was dropped at its deadline, or, when the ranks joined first, as the group formed.
+        dropped = ("did not authenticate in time", "had not authenticated when every rank had joined")
+        assert all(any(reason in text for reason in dropped) for text in group.refused), group.refused
         for sock in idle:  # each was greeted, then dropped by the host
             sock.settimeout(5)
             data = b""

@@ -87,6 +87,7 @@ class WorkerGroup:
         self.unauthenticated = 0  # connections dropped because they did not authenticate (in time)
         self.pending: dict[socket.socket, threading.Thread] = {}  # connections being authenticated
         self.admissions: queue.Queue = queue.Queue()  # (socket, outcome) from the authenticating threads
+        self.admissions_ended = False  # every rank is in: the authentications still under way are cut short
         self.wake_reader, self.wake_writer = socket.socketpair()  # an admission outcome is waiting
         self.listener = None
         self.store_connections: dict[int, object] = {}  # rank -> its connection for the rendezvous store
@@ -211,6 +212,8 @@ class WorkerGroup:
             connection, secret_name = accept(sock, self.secrets, deadline)
         except AuthenticationFailed as exc:
             sock.close()
+            if self.admissions_ended:  # our own shutdown woke it: the peer had simply not proved itself yet
+                exc = "it had not authenticated when every rank had joined"
             outcome = ("unauthenticated", f"a connection from {where} was refused: {exc}")
         else:
             try:
@@ -305,6 +308,7 @@ class WorkerGroup:
 
     def _end_admissions(self) -> None:
         """Stop the authentications still under way (their peers are dropped) and collect them."""
+        self.admissions_ended = True
         for sock in list(self.pending):
             try:
                 sock.shutdown(socket.SHUT_RDWR)  # wakes its thread, which closes the socket itself
