@@ -13,6 +13,12 @@
   the rest (omni_backend/reference/edit_evaluate.py). No peer rows (their calls take no input image).
 - "random-heavy": a random Qwen-Image transformer big enough that compute dominates; random
   weights never look alike between steps, so it measures overhead, not cache quality.
+- Quality-target rows ("method": "tea-quality" / "dit-quality", on both reference models): the cache
+  calibrates its threshold for `target_db` on one prompt the held-out set does not hold, then runs the
+  held-out prompts with it. `psnr_db` is the worst held-out prompt's; `speedup` counts block
+  computations (uncached over cached: deterministic, unlike wall time on a shared CPU), and
+  `best_fixed_speedup` is that of the best threshold of a fixed sweep whose worst held-out prompt meets
+  the same target (`best_fixed_threshold`): the calibration should come within 10% of it.
 Block executions are counted on each block's attention projection (a hook on a skipped block
 would still fire). Peer rows run on the plain diffusers pipeline with the same weights: diffusers'
 FirstBlockCache and cache-dit applied directly as its README shows.
@@ -26,9 +32,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import ROOT  # noqa: F401  (offline mode and the pack on sys.path)
-
 import torch
+from _common import ROOT  # noqa: F401  (offline mode and the pack on sys.path)
 
 from omni_backend.cache import CacheDiTConfig, TeaCacheConfig
 from omni_backend.decode import to_comfy_images
@@ -146,6 +151,57 @@ def benchmark(model: str, folder: str, prompts, steps, guidance, size, repeats, 
     return rows
 
 
+# Fixed thresholds swept to find the best one that meets each target on the held-out prompts.
+QUALITY_METHODS = {
+    "tea-quality": (TeaCacheConfig, "rel_l1_thresh", (0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.6, 0.8, 1.2, 2.0)),
+    "dit-quality": (CacheDiTConfig, "residual_diff_threshold", (0.03, 0.06, 0.1, 0.15, 0.24, 0.35, 0.5, 0.75, 1.0)),
+}
+TARGETS = (40.0, 35.0, 30.0)
+
+
+def quality_rows(model: str, folder: str, prompts, calibration_prompt: str, steps, guidance, size, images=None,
+                 calibration_image=None):
+    engine = Engine()
+    spec = ModelSpec.from_folder(folder, dtype="fp32", device="cpu")
+    held_out = Runner(engine, spec, prompts, steps, guidance, size, images)
+
+    def worst_psnr_and_blocks(cache):
+        with count_block_work(engine.loaded(spec).pipe, spec.family) as work:
+            latents = held_out.ours(cache)()
+        decoded = held_out.decode(latents)
+        return min(psnr(decoded[i:i + 1], base_images[i:i + 1]) for i in range(len(prompts))), work.executed
+
+    with count_block_work(engine.loaded(spec).pipe, spec.family) as work:
+        base_images = held_out.decode(held_out.ours(None)())
+    base_blocks = work.executed
+    rows = []
+    for method, (config_class, field, sweep) in QUALITY_METHODS.items():
+        fixed = []  # (threshold, worst psnr, speedup)
+        for threshold in sweep:
+            worst, blocks = worst_psnr_and_blocks(config_class(**{field: threshold}))
+            fixed.append((threshold, worst, round(base_blocks / blocks, 3)))
+        for target in TARGETS:
+            engine.calibrations.clear()
+            cache = config_class(target_db=target)
+            inputs = (calibration_image,) if calibration_image is not None else ()
+            calibrated = engine.generate(spec.replace(cache=cache), GenerationRequest(
+                prompt=calibration_prompt, negative_prompt="", steps=steps, guidance=guidance, seed=len(prompts),
+                width=size, height=size, images=inputs)).report.sections["Quality target"]
+            worst, blocks = worst_psnr_and_blocks(cache)  # the held-out runs reuse the calibration
+            meeting = [entry for entry in fixed if entry[1] >= target]
+            best = max(meeting, key=lambda entry: entry[2]) if meeting else (None, None, 1.0)
+            speedup = round(base_blocks / blocks, 3)
+            rows.append({"model": model, "method": method, "target_db": target,
+                         "threshold": round(calibrated["threshold"], 4), "psnr_db": worst, "speedup": speedup,
+                         "calibration_runs": calibrated["runs"], "best_fixed_threshold": best[0],
+                         "best_fixed_speedup": best[2], "met": worst >= target,
+                         "within_10_percent": speedup >= 0.9 * best[2]})
+        rows.append({"model": model, "method": method, "settings": "fixed sweep",
+                     "sweep": [{"threshold": t, "psnr_db": p, "speedup": x} for t, p, x in fixed]})
+    engine.unload_all()
+    return rows
+
+
 def follow_score(prompts):
     from omni_backend.reference.evaluate import score_images
 
@@ -181,6 +237,7 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=8, help="held-out prompts of the reference model (0: skip it)")
     parser.add_argument("--edits", type=int, default=6, help="held-out edits of the reference edit model (0: skip it)")
     parser.add_argument("--skip-heavy", action="store_true", help="only the reference models")
+    parser.add_argument("--quality-only", action="store_true", help="only the quality-target rows")
     args = parser.parse_args()
     rows = []
     from omni_backend.reference import MODEL_DIR
@@ -188,19 +245,29 @@ def main() -> None:
     if Path(MODEL_DIR, "model_index.json").exists() and args.prompts:
         from omni_backend.reference import TEACACHE_COEFFICIENTS
 
-        prompts = reference_prompts(args.prompts)
+        prompts = reference_prompts(args.prompts + 1)
+        prompts, calibration_prompt = prompts[:-1], prompts[-1]
         fitted = {("teacache", "rel_l1_thresh=0.2, this model's fitted coefficients"):
                   TeaCacheConfig(rel_l1_thresh=0.2, coefficients=TEACACHE_COEFFICIENTS)}
-        rows += benchmark("reference", str(MODEL_DIR), prompts, steps=25, guidance=4.0, size=64,
-                          repeats=args.repeats, with_peers=True, extra=fitted, score=follow_score(prompts))
+        if not args.quality_only:
+            rows += benchmark("reference", str(MODEL_DIR), prompts, steps=25, guidance=4.0, size=64,
+                              repeats=args.repeats, with_peers=True, extra=fitted, score=follow_score(prompts))
+        rows += quality_rows("reference", str(MODEL_DIR), prompts, calibration_prompt, steps=25, guidance=4.0,
+                             size=64)
     from omni_backend.reference import EDIT_MODEL_DIR
 
     if Path(EDIT_MODEL_DIR, "model_index.json").exists() and args.edits:
-        edits, inputs = reference_edits(args.edits)
-        rows += benchmark("reference-edit", str(EDIT_MODEL_DIR), [edit.instruction for edit in edits], steps=20,
-                          guidance=4.0, size=64, repeats=args.repeats, with_peers=False,
-                          score=edit_follow_score(edits, inputs), images=[torch.from_numpy(i)[None] for i in inputs])
-    if not args.skip_heavy:
+        edits, inputs = reference_edits(args.edits + 1)
+        (edits, calibration_edit), (inputs, calibration_input) = (edits[:-1], edits[-1]), (inputs[:-1], inputs[-1])
+        images = [torch.from_numpy(i)[None] for i in inputs]
+        if not args.quality_only:
+            rows += benchmark("reference-edit", str(EDIT_MODEL_DIR), [edit.instruction for edit in edits], steps=20,
+                              guidance=4.0, size=64, repeats=args.repeats, with_peers=False,
+                              score=edit_follow_score(edits, inputs), images=images)
+        rows += quality_rows("reference-edit", str(EDIT_MODEL_DIR), [edit.instruction for edit in edits],
+                             calibration_edit.instruction, steps=20, guidance=4.0, size=64, images=images,
+                             calibration_image=torch.from_numpy(calibration_input)[None])
+    if not args.skip_heavy and not args.quality_only:
         with tempfile.TemporaryDirectory() as tmp:
             folder = heavy_random_model(Path(tmp) / "qwen-heavy")
             rows += benchmark("random-heavy", str(folder), ["a cat on a windowsill"], steps=28, guidance=1.0,

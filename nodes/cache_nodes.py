@@ -4,10 +4,21 @@ from __future__ import annotations
 
 from omni_backend.cache import CacheDiTConfig, TeaCacheConfig
 from omni_backend.cache.cachedit import PRESETS, SCM_MODES, SCM_POLICIES
+from omni_backend.cache.calibration import CACHED_RUNS, HIGHEST_TARGET
 from omni_backend.cache.one_method import refuse_second_cache
 from omni_backend.errors import OmniInputError
 
 from .common import MODEL_IN_TOOLTIP, OMNI_MODEL, ModelFeatureNode, as_verdict
+
+
+def quality_target_input(threshold_name: str) -> dict:
+    """The optional input both cache nodes share: a PSNR floor that picks the threshold."""
+    return {"target_db": ("FLOAT", {
+        "default": 0.0, "min": 0.0, "max": HIGHEST_TARGET, "step": 0.5,
+        "tooltip": f"0: {threshold_name} decides. Otherwise the least PSNR (dB) the image may have against the "
+                   "uncached one: 40 near identical, 35 balanced, 30 fastest. The first run finds the "
+                   f"{threshold_name} for it on your prompt (one uncached and up to {CACHED_RUNS} cached runs, "
+                   "once per model, size and step count) and the report says what it chose."})}
 
 
 def parse_coefficients(text: str) -> tuple[float, ...] | None:
@@ -43,7 +54,7 @@ class OmniApplyTeaCache(ModelFeatureNode):
                                               "tooltip": "Always compute the final step (recommended)."}),
             "coefficients": ("STRING", {"default": "", "tooltip": "Optional: 5 comma-separated polynomial "
                                         "coefficients fitted for a fine-tuned model; empty = the model's own."}),
-        }}
+        }, "optional": quality_target_input("rel_l1_thresh")}
 
     @classmethod
     def VALIDATE_INPUTS(cls, coefficients=None):
@@ -53,10 +64,11 @@ class OmniApplyTeaCache(ModelFeatureNode):
     def queue_check(cls, coefficients=None):
         parse_coefficients(coefficients or "")
 
-    def apply(self, model, rel_l1_thresh, start_percent, end_percent, compute_last_step, coefficients):
+    def apply(self, model, rel_l1_thresh, start_percent, end_percent, compute_last_step, coefficients,
+              target_db=0.0):
         config = TeaCacheConfig(rel_l1_thresh=rel_l1_thresh, start_fraction=start_percent,
                                 end_fraction=end_percent, compute_last_step=compute_last_step,
-                                coefficients=parse_coefficients(coefficients))
+                                coefficients=parse_coefficients(coefficients), target_db=target_db)
         refuse_second_cache(model.cache, config.node_title)
         return (model.replace(cache=config),)
 
@@ -103,7 +115,7 @@ class OmniApplyCacheDiT(ModelFeatureNode):
                                             "tooltip": "dynamic: a masked step still computes when the "
                                                        "residual changed too much. static: masked steps always "
                                                        "use the cache (faster, looser)."}),
-        }}
+        }, "optional": quality_target_input("residual_diff_threshold")}
 
     def apply(self, model, preset, **settings):
         config = CacheDiTConfig(**settings).with_preset(preset)

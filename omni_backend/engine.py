@@ -13,6 +13,7 @@ import logging
 import os
 import threading
 
+from .cache import calibration
 from .errors import OmniInputError
 from .pipeline_cache import LoadedPipeline
 from .request import GenerationRequest
@@ -29,6 +30,7 @@ class Engine:
         self.pipelines = self.runner.pipelines
         self._lock = threading.RLock()  # one run at a time per engine (ComfyUI runs prompts serially)
         self._groups = None  # GroupExecutor, created on the first multi-process run
+        self.calibrations = calibration.Calibrations()  # quality targets' thresholds, found once per model/shape
 
     # ---- public --------------------------------------------------------------------------
     def generate(self, spec, request: GenerationRequest, control: RunControl | None = None) -> Generation:
@@ -37,9 +39,9 @@ class Engine:
         control = control or RunControl()
         with self._lock:
             control.check_interrupt()
-            if spec.world_size() == 1:
-                return self.runner.generate(spec, request, control)
-            return self._group_for(spec, control).generate(spec, request, control)
+            if spec.cache is not None and spec.cache.target_db:
+                return self._generate_to_target(spec, request, control)
+            return self._generate(spec, request, control)
 
     def decode(self, spec, latents, settings: DecodeSettings = DecodeSettings()):
         """Raw latents (ComfyUI layout) -> pixels in [0, 1], `[B,3,H,W]` or `[B,3,F,H,W]`."""
@@ -63,6 +65,31 @@ class Engine:
                 self._groups.shutdown()
 
     # ---- internals -----------------------------------------------------------------------
+    def _generate(self, spec, request, control) -> Generation:
+        if spec.world_size() == 1:
+            return self.runner.generate(spec, request, control)
+        return self._group_for(spec, control).generate(spec, request, control)
+
+    def _generate_to_target(self, spec, request, control) -> Generation:
+        """A cache with a quality target: its threshold from an earlier calibration for this model and
+        shape, or from one made now on this request (calibration.py)."""
+        cache = spec.cache
+        problem = calibration.refusal(cache, request)
+        if problem is not None:
+            raise problem
+        found = self.calibrations.get(spec, request)
+        reused = found is not None
+        if found is None:
+            found = calibration.calibrate(self._generate, lambda s, latents: self.decode(s, latents), spec,
+                                          request, control)
+            self.calibrations.put(spec, request, found)
+        run_spec = spec.replace(cache=cache.with_threshold(found.threshold) if found.threshold else None)
+        result = self._generate(run_spec, request, calibration.final_control(control) if not reused else control)
+        result.report.add("Quality target", {"text": found.text(cache, cache.target_db, reused), "reused": reused,
+                                             "threshold": found.threshold, "psnr_db": found.psnr_db,
+                                             "runs": 0 if reused else found.runs, "tried": list(found.tried)})
+        return result
+
     def _group_for(self, spec, control):
         if self._groups is None:
             from .workers.group import GroupExecutor

@@ -6,6 +6,7 @@ import dataclasses
 
 import pytest
 import torch
+from cache_support import assert_report_counts_the_work
 
 from omni_backend import Omni
 from omni_backend.cache import CacheDiTConfig, TeaCacheConfig
@@ -31,7 +32,7 @@ def run(spec, request):
     entry = engine.loaded(spec)
     with count_block_work(entry.pipe, spec.family) as work:
         result = engine.generate(spec, request)
-    return result, work.executed
+    return result, work
 
 
 def load(nodes, family_key):
@@ -73,10 +74,12 @@ def test_teacache_threshold_zero_is_lossless_and_high_threshold_skips_work(headl
 
     exact, exact_work = run(teacache(nodes, spec, 0.0), request)
     assert torch.equal(exact.latents, baseline.latents)
-    assert exact_work == baseline_work
+    assert exact_work.executed == baseline_work.executed
+    assert exact.report.sections["TeaCache"]["text"].startswith("skipped nothing: the smallest accumulated change")
 
     fast, fast_work = run(teacache(nodes, spec, 50.0), request)
-    assert fast_work < baseline_work / 2, "a high threshold must skip most block computations"
+    assert fast_work.executed < baseline_work.executed / 2, "a high threshold must skip most block computations"
+    assert_report_counts_the_work(fast, TeaCacheConfig(), fast_work, baseline_work)
     summary = fast.report.sections["TeaCache"]
     assert summary["speedup_estimate"] > 2
     assert all(record["computed"][0] == 0 and request.steps - 1 in record["computed"]
@@ -84,13 +87,13 @@ def test_teacache_threshold_zero_is_lossless_and_high_threshold_skips_work(headl
     error = (fast.latents - baseline.latents).abs().mean() / baseline.latents.abs().mean()
     other_seed, _ = run(spec, dataclasses.replace(request, seed=request.seed + 1))
     seed_error = (other_seed.latents - baseline.latents).abs().mean() / baseline.latents.abs().mean()
-    print(f"{family_key}: TeaCache 50 computed {fast_work}/{baseline_work} blocks, relative error {error:.3f} "
-          f"(another seed: {seed_error:.3f})")
+    print(f"{family_key}: TeaCache 50 computed {fast_work.executed}/{baseline_work.executed} blocks, "
+          f"relative error {error:.3f} (another seed: {seed_error:.3f})")
     assert error < seed_error / 2, "skipped steps reuse residuals: the result must stay the baseline's image"
 
     after, after_work = run(spec, request)
     assert torch.equal(after.latents, baseline.latents), "a run without the node must be bit-identical"
-    assert after_work == baseline_work
+    assert after_work.executed == baseline_work.executed
     assert not hook_names(default_engine().loaded(spec).pipe, spec.family)
 
 
@@ -136,7 +139,7 @@ def test_teacache_custom_coefficients_change_decisions(headless, nodes):
     custom, custom_work = run(teacache(nodes, spec, 1e-6, coefficients="0, 0, 0, 0, 0"), request)
     assert len(default.report.sections["TeaCache"]["branches"]["cond"]["computed"]) == request.steps
     assert len(custom.report.sections["TeaCache"]["branches"]["cond"]["computed"]) == 2  # first and last
-    assert custom_work < default_work
+    assert custom_work.executed < default_work.executed
     with pytest.raises(OmniInputError, match="5 numbers"):
         teacache(nodes, spec, 0.2, coefficients="1, 2, 3")
     assert "not a list of numbers" in nodes["OmniApplyTeaCache"].VALIDATE_INPUTS(coefficients="1, x")
@@ -157,11 +160,13 @@ def test_cache_dit_runs_on_every_family_and_restores(headless, nodes, family_key
 
     exact, exact_work = run(cache_dit(nodes, spec, residual_diff_threshold=0.0), request)
     assert torch.allclose(exact.latents, baseline.latents, atol=1e-5), "threshold 0 caches nothing"
-    assert exact_work == baseline_work
+    assert exact_work.executed == baseline_work.executed
+    assert exact.report.sections["Cache-DiT"]["text"].startswith("skipped nothing: residual_diff_threshold 0")
 
     # A threshold >= 1 makes cache-dit cache whatever its warm-up and limits allow.
     fast, fast_work = run(cache_dit(nodes, spec, residual_diff_threshold=1.0), request)
-    assert fast_work < baseline_work
+    assert fast_work.executed < baseline_work.executed
+    assert_report_counts_the_work(fast, CacheDiTConfig(), fast_work, baseline_work)
     assert fast.report.sections["Cache-DiT"]["speedup_estimate"] > 1.2
     assert "cached" in fast.report.text()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from cache_support import assert_report_counts_the_work
 from image_support import assert_lora_acts_and_switches_off, picture
 from parallel_support import assert_same
 
@@ -131,6 +132,7 @@ def test_caches_skip_work_and_leave_nothing_behind(engine, spec, single, cache):
     with count_block_work(entry.pipe, spec.family) as cached_work:
         cached = engine.generate(spec.replace(cache=cache), request(steps=5, guidance=1.0))
     assert cached_work.executed < plain_work.executed
+    assert_report_counts_the_work(cached, cache, cached_work, plain_work)
     assert cached.latents.shape == single.latents.shape
     assert torch.equal(engine.generate(spec, request()).latents, single.latents), "no state leaks"
 

@@ -13,6 +13,7 @@ import dataclasses
 
 import pytest
 import torch
+from cache_support import assert_report_counts_the_work
 from image_support import assert_lora_acts_and_switches_off, picture
 from parallel_support import assert_same, request_for, spec_for
 
@@ -201,8 +202,9 @@ def test_edit_caches_skip_work_and_lora_acts(headless, nodes, engine, models_dir
     for cache in (CacheDiTConfig(residual_diff_threshold=1.0, max_warmup_steps=1),
                   TeaCacheConfig(rel_l1_thresh=50.0)):
         with count_block_work(pipe, spec.family) as cached_work:
-            engine.generate(spec.replace(cache=cache), request)
+            cached = engine.generate(spec.replace(cache=cache), request)
         assert cached_work.executed < plain_work.executed, cache.label
+        assert_report_counts_the_work(cached, cache, cached_work, plain_work)
     assert torch.equal(engine.generate(spec, request).latents, plain), "no state leaks"
     assert_lora_acts_and_switches_off(nodes, headless.models_dir / "loras", models_dir, EDIT,
                                       tiny_settings(EDIT, steps=1, guidance=1.0))

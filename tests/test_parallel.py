@@ -95,11 +95,21 @@ def test_caches_agree_across_sequence_parallel_ranks(models_dir, engine):
     single_steps = single.report.sections["TeaCache"]["branches"]
     assert parallel.report.sections["TeaCache"]["branches"] == single_steps, "ranks decide like one process"
     assert any(branch["skipped"] for branch in single_steps.values())
+    counts = ("blocks_run", "blocks_possible")
+    assert [parallel.report.sections["TeaCache"][k] for k in counts] == \
+        [single.report.sections["TeaCache"][k] for k in counts], "each rank runs every block on its shard"
     assert_same(parallel.latents, single.latents)
 
     cache_dit = CacheDiTConfig(residual_diff_threshold=1.0, max_warmup_steps=2)
     result = engine.generate(base.replace(cache=cache_dit, parallel=ParallelConfig(ulysses_degree=2)), request)
-    assert result.report.sections["Cache-DiT"]["cached_steps"][0], "cache-dit cached steps on both ranks"
+    section = result.report.sections["Cache-DiT"]
+    assert section["cached_steps"][0], "cache-dit cached steps on both ranks"
+    assert 0 < section["blocks_run"] < section["blocks_possible"], section["text"]
+
+    # A quality target calibrates through the worker group as in one process.
+    targeted = base.replace(cache=TeaCacheConfig(target_db=30.0), parallel=ParallelConfig(ulysses_degree=2))
+    calibrated = engine.generate(targeted, request).report.sections["Quality target"]
+    assert 2 <= calibrated["runs"] <= 6 and calibrated["psnr_db"] >= 30.0, calibrated["text"]
 
 
 @pytest.mark.parametrize("layout, family, fragment", [

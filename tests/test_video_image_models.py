@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from cache_support import assert_report_counts_the_work
 from image_support import assert_lora_acts_and_switches_off, picture
 from parallel_support import assert_same
 
@@ -108,8 +109,9 @@ def test_cache_dit_skips_work_and_leaves_nothing_behind(engine, models_dir, sing
     with count_block_work(entry.pipe, spec.family) as plain_work:
         engine.generate(spec, request(family, steps=6))
     with count_block_work(entry.pipe, spec.family) as cached_work:
-        engine.generate(spec.replace(cache=cache), request(family, steps=6))
+        cached = engine.generate(spec.replace(cache=cache), request(family, steps=6))
     assert cached_work.executed < plain_work.executed
+    assert_report_counts_the_work(cached, cache, cached_work, plain_work)
     assert torch.equal(engine.generate(spec, request(family)).latents, single[family]), "no state leaks"
 
 

@@ -13,11 +13,13 @@ import dataclasses
 import logging
 from dataclasses import dataclass
 
-from ..compat import define_rule
 from ..checks import real_number, whole_number
+from ..compat import define_rule
 from ..errors import OmniInputError
 from ..process_lock import process_lock
+from .calibration import quality_target
 from .one_method import ONE_CACHE_METHOD
+from .skipped_work import cache_section, counted_work
 
 log = logging.getLogger("omni_diffusion")
 
@@ -46,9 +48,12 @@ class CacheDiTConfig:
     taylorseer_order: int = 1
     scm_policy: str = "none"
     scm_mode: str = "dynamic"
+    target_db: float = 0.0  # > 0: find residual_diff_threshold for this PSNR floor instead (calibration.py)
 
     label = "Cache-DiT"
     node_title = "Apply Cache-DiT"
+    threshold_field = threshold_name = "residual_diff_threshold"
+    calibration_top = 1.0  # a residual difference of 1: the leading blocks' output changed by all of itself
     RULES = (CACHE_DIT_NEEDS_BLOCKS_LEFT, ONE_CACHE_METHOD)
     patches_classes = True  # cache-dit patches the pipeline's classes: its runs go alone (class_guard.py)
 
@@ -61,6 +66,7 @@ class CacheDiTConfig:
         object.__setattr__(self, "residual_diff_threshold", real_number(
             "residual_diff_threshold", self.residual_diff_threshold, 0.0,
             fix="use 0.24 (the default) or another positive value"))
+        object.__setattr__(self, "target_db", quality_target(self.target_db))
         for name in ("enable_taylorseer",):
             if not isinstance(getattr(self, name), bool):
                 raise OmniInputError(name, getattr(self, name), "must be true or false", f"set {name} to True or False")
@@ -106,17 +112,33 @@ class CacheDiTConfig:
                       if self.enable_taylorseer else None)
         # cache-dit patches the pipeline's and the transformer's classes: process-wide state (process_lock.py;
         # class_guard.py keeps other runs of those classes out until it is disabled again).
-        with process_lock():
-            cache_dit.enable_cache(pipe, cache_config=base, calibrator_config=calibrator, params_modifiers=modifiers)
-        try:
-            yield
-        finally:
+        with counted_work(ctx) as work:
+            with process_lock():
+                cache_dit.enable_cache(pipe, cache_config=base, calibrator_config=calibrator,
+                                       params_modifiers=modifiers)
             try:
-                lists = [len(family.block_lists(t)) for _name, t in family.transformers(pipe)]
-                ctx.report.add(self.label, summarize(cache_dit.summary(pipe, logging=False), lists, separate_cfg))
+                yield
             finally:
-                with process_lock():
-                    cache_dit.disable_cache(pipe)
+                try:
+                    stats = cache_dit.summary(pipe, logging=False)
+                finally:
+                    with process_lock():
+                        cache_dit.disable_cache(pipe)
+        lists = [len(family.block_lists(t)) for _name, t in family.transformers(pipe)]
+        account = summarize(stats, lists, separate_cfg)
+        section = cache_section(work, account["text"], self.why_nothing_skipped(stats, request.steps))
+        ctx.report.add(self.label, {**account, **section})
+
+    def why_nothing_skipped(self, stats, steps: int) -> str:
+        if self.residual_diff_threshold <= 0:
+            return "residual_diff_threshold 0 never uses the cache"
+        if steps <= self.max_warmup_steps:
+            return f"its first {self.max_warmup_steps} warm-up steps always compute and this run has {steps}"
+        differences = [float(d) for stat in stats for d in (getattr(stat, "residual_diffs", None) or {}).values()]
+        if differences:
+            return (f"the smallest residual difference was {min(differences):.3g}, not below "
+                    f"residual_diff_threshold {self.residual_diff_threshold:g}")
+        return "no step passed cache-dit's warm-up and step limits"
 
     def _db_config(self, steps: int, separate_cfg: bool, report, expert: int = 0):
         from cache_dit import DBCacheConfig, steps_mask
@@ -139,6 +161,16 @@ class CacheDiTConfig:
             enable_separate_cfg=separate_cfg, num_inference_steps=steps, steps_computation_mask=mask,
             steps_computation_policy=self.scm_mode,
         )
+
+    def with_threshold(self, threshold: float) -> "CacheDiTConfig":
+        return dataclasses.replace(self, residual_diff_threshold=threshold, target_db=0.0)
+
+    def calibration_refusal(self, request) -> OmniInputError | None:
+        if request.steps - self.max_warmup_steps < 2:
+            return OmniInputError("target_db", self.target_db, f"{self.max_warmup_steps} warm-up steps of "
+                                  f"{request.steps} leave fewer than two that may use the cache: nothing to calibrate",
+                                  "lower max_warmup_steps, run more steps, or set target_db to 0")
+        return None
 
     def with_preset(self, name: str) -> "CacheDiTConfig":
         return dataclasses.replace(self, **PRESETS[name]) if name != "custom" else self
@@ -200,7 +232,7 @@ def summarize(stats, lists_per_transformer: list[int], separate_cfg: bool) -> di
         cached_total += cached + cfg_cached
         calls_total += executed * (2 if separate_cfg else 1)
     speedup = calls_total / (calls_total - cached_total) if calls_total > cached_total else 1.0
-    text = "; ".join(parts) + f"; estimated transformer speedup {speedup:.2f}x (Fn/Bn blocks still run)"
+    text = "; ".join(parts) + " by cache-dit's count"
     return {"text": text, "speedup_estimate": speedup,
             "cached_steps": [list(getattr(s, "cached_steps", []) or []) for s in stats],
             "cfg_cached_steps": [list(getattr(s, "cfg_cached_steps", []) or []) for s in stats]}

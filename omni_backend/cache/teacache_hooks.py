@@ -119,6 +119,7 @@ class TeaCacheDecider:
         self.schedule = schedule
         self.agree = agree or (lambda sums: sums)
         self.steps: dict[str, dict[str, list[int]]] = {}  # branch -> {"computed": [...], "skipped": [...]}
+        self.closest: float | None = None  # the least accumulated change at a step that could have skipped
 
     def rescale(self, relative: float) -> float:
         value = 0.0
@@ -138,6 +139,7 @@ class TeaCacheDecider:
         if can_reuse:
             difference, magnitude = self.agree(relative_l1_sums(modulated, previous)).tolist()
             state.accumulated += self.rescale(difference / (magnitude + 1e-8))
+            self.closest = state.accumulated if self.closest is None else min(self.closest, state.accumulated)
             if state.accumulated < self.threshold:
                 record["skipped"].append(step)
                 return False

@@ -1,0 +1,188 @@
+"""Caches by quality: find the threshold that keeps a run at a PSNR floor, once per model and shape.
+
+A cache threshold means something different on every model (TeaCache's rescaled change, Cache-DiT's
+residual difference), so a user may ask for a quality instead: `target_db`, the least PSNR (dB)
+the cached image may have against the uncached one. On the first run with a target the engine
+generates the user's request uncached, then cached at thresholds chosen by bisection (on a log
+scale, where thresholds act evenly), decodes each and keeps the largest threshold whose image
+meets the target. The result is kept under everything that decides it (the model and its
+features, the cache settings, size, frames, steps, guidance) and reused; prompt and seed are not in
+the key: a threshold found on one prompt serves the others (benchmarks/cache_speedup.py measures
+held-out prompts against the targets).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import threading
+from dataclasses import dataclass
+
+import torch
+
+from ..checks import real_number
+from ..errors import OmniInputError
+from ..sampling import RunControl
+
+log = logging.getLogger("omni_diffusion")
+
+CACHED_RUNS = 5  # at most, besides the one uncached run: the top of the range, then bisection
+RANGE_RATIO = 100.0  # the bisection spans [top / RANGE_RATIO, top]
+MIN_STEPS = 8  # fewer steps (a distilled schedule) leave too few to skip, and each skip costs too much
+
+
+HIGHEST_TARGET = 60.0  # dB: beyond it a cached image is the uncached one in every visible way
+
+
+def quality_target(value) -> float:
+    """`target_db`: 0 (off: the threshold decides) or a PSNR floor in dB."""
+    return real_number("target_db", value, 0.0, HIGHEST_TARGET,
+                       fix="use 0 to set the threshold yourself, or a floor such as 40 (near identical), "
+                           "35 (balanced) or 30 (fastest)")
+
+
+@dataclass(frozen=True)
+class Calibration:
+    threshold: float  # 0.0 when no threshold in range met the target while skipping work
+    psnr_db: float  # of the chosen threshold's image against the uncached one (inf: identical)
+    skipped: float  # fraction of block computations the chosen threshold skipped on the calibration run
+    runs: int  # generations it took (the uncached one included)
+    tried: tuple[tuple[float, float, float], ...]  # (threshold, psnr_db, skipped) in the order tried
+
+    def text(self, cache, target_db: float, reused: bool) -> str:
+        how = "reused (calibrated earlier for this model, size and step count)" if reused else \
+            f"calibrated in {self.runs} runs on this prompt"
+        if self.threshold == 0.0:
+            return (f"no {cache.threshold_name} up to {cache.calibration_top:g} kept {target_db:g} dB while skipping "
+                    f"work (best tried: {_best_tried(self.tried)}); ran uncached; {how}")
+        return (f"{cache.threshold_name} {self.threshold:.3g} for at least {target_db:g} dB: {_db(self.psnr_db)} with "
+                f"{self.skipped:.0%} of the block computations skipped on the calibration prompt; {how}")
+
+
+def _db(value: float) -> str:
+    return "identical" if math.isinf(value) else f"{value:.1f} dB"
+
+
+def _best_tried(tried) -> str:
+    return ", ".join(f"{t:.3g} -> {_db(p)}" for t, p, _s in tried[:3]) or "none"
+
+
+def psnr_db(images: torch.Tensor, reference: torch.Tensor) -> float:
+    """PSNR with peak 1 (pixels in [0, 1]; waveforms in [-1, 1] are measured the same way)."""
+    mse = float(((images.float() - reference.float()) ** 2).mean())
+    return math.inf if mse == 0 else 10.0 * math.log10(1.0 / mse)
+
+
+def refusal(cache, request) -> OmniInputError | None:
+    """Why a target cannot be calibrated for this request (before any run), or None."""
+    if request.steps < MIN_STEPS:
+        return OmniInputError("target_db", cache.target_db,
+                              f"a {request.steps}-step schedule (a distilled model) leaves too few steps to "
+                              "calibrate a cache on: every skipped step costs much of the image",
+                              f"set target_db to 0 and use {cache.threshold_name}, or run {MIN_STEPS} or more steps")
+    return cache.calibration_refusal(request)
+
+
+# What a request says, not how it is set up: these do not change which threshold suits a model.
+CONTENT_FIELDS = {"prompt", "negative_prompt", "seed", "images", "last_image", "positive", "negative", "mask"}
+
+
+def request_key(request) -> tuple:
+    """What of a request decides the threshold: its shape, schedule and options; of its content only
+    what is given (how many images, a mask or not), not the prompt, the seed or the pictures."""
+    settings = tuple((f.name, getattr(request, f.name)) for f in dataclasses.fields(request)
+                     if f.name not in CONTENT_FIELDS)
+    given = tuple((name, _amount(getattr(request, name))) for name in sorted(CONTENT_FIELDS - {"seed"}))
+    return settings + given
+
+
+def _amount(value) -> int:
+    if value is None or isinstance(value, str):
+        return int(bool(value))
+    return len(value) if isinstance(value, (tuple, list)) else 1
+
+
+class Calibrations:
+    """The thresholds found so far in this process, by what decides them."""
+
+    def __init__(self):
+        self._found: dict[tuple, Calibration] = {}
+        self._lock = threading.Lock()
+
+    def key(self, spec, request) -> tuple:
+        cache = spec.cache
+        settings = dataclasses.replace(cache, **{cache.threshold_field: 0.0, "target_db": 0.0})
+        return (spec.replace(cache=None), type(cache).__name__, settings, cache.target_db, request_key(request))
+
+    def get(self, spec, request) -> Calibration | None:
+        with self._lock:
+            return self._found.get(self.key(spec, request))
+
+    def put(self, spec, request, found: Calibration) -> None:
+        with self._lock:
+            self._found[self.key(spec, request)] = found
+
+    def clear(self) -> None:
+        with self._lock:
+            self._found.clear()
+
+
+def calibrate(generate, decode, spec, request, control: RunControl) -> Calibration:
+    """Bisect `spec.cache`'s threshold for its `target_db` on `request`. `generate(spec, request,
+    control)` and `decode(spec, latents)` are the engine's; progress runs over all the runs."""
+    cache, target = spec.cache, spec.cache.target_db
+    segments = CACHED_RUNS + 2  # the uncached run, the cached ones, then the user's run
+    runs = [0]
+
+    def run(cache_or_none):
+        progress = _segment(control, runs[0], segments)
+        runs[0] += 1
+        result = generate(spec.replace(cache=cache_or_none), request, progress)
+        return result, decode(spec, result.latents)
+
+    _plain, reference = run(None)
+    tried: list[tuple[float, float, float]] = []
+
+    def measure(threshold: float) -> tuple[float, float]:
+        result, pixels = run(cache.with_threshold(threshold))
+        section = result.report.sections.get(cache.label, {})
+        possible = section.get("blocks_possible") or 0
+        skipped = 1.0 - section.get("blocks_run", possible) / possible if possible else 0.0
+        quality = psnr_db(pixels, reference)
+        tried.append((threshold, quality, skipped))
+        log.info("calibrating %s for %g dB: %s %.4g -> %s, %.0f%% skipped", cache.label, target,
+                 cache.threshold_name, threshold, _db(quality), 100 * skipped)
+        return quality, skipped
+
+    best = None  # (threshold, psnr, skipped) of the largest threshold that met the target
+    high = cache.calibration_top
+    low = high / RANGE_RATIO
+    quality, skipped = measure(high)
+    if quality >= target:
+        best = (high, quality, skipped)
+    else:
+        for _ in range(CACHED_RUNS - 1):
+            middle = math.sqrt(low * high)
+            quality, skipped = measure(middle)
+            if quality >= target:
+                low, best = middle, (middle, quality, skipped)
+            else:
+                high = middle
+    if best is None or best[2] == 0.0:
+        return Calibration(0.0, math.inf, 0.0, runs[0], tuple(tried))
+    return Calibration(best[0], best[1], best[2], runs[0], tuple(tried))
+
+
+def _segment(control: RunControl, index: int, segments: int) -> RunControl:
+    """The control of one calibration run: its steps fill the index-th of `segments` equal parts of
+    the progress bar, and Cancel stops it as it stops any run."""
+    def progress(step: int, total: int) -> None:
+        control.report_progress(index * total + step, segments * total)
+
+    return RunControl(progress=progress, interrupted=control.interrupted)
+
+
+def final_control(control: RunControl) -> RunControl:
+    """The user's own run after a calibration fills the last part of the progress bar."""
+    return _segment(control, CACHED_RUNS + 1, CACHED_RUNS + 2)
