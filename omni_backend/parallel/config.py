@@ -63,6 +63,17 @@ def number_list(numbers) -> str:
     return "[" + ", ".join(str(n) for n in numbers) + "]"
 
 
+def tensor_parallel_degrees(family, transformer_config: dict) -> list[int]:
+    """The tensor_parallel degrees (2 to 64) that divide everything tensor parallelism splits."""
+    widths = family.tensor_parallel_widths(transformer_config).values()
+    return [d for d in range(2, 65) if all(w % d == 0 for w in widths)]
+
+
+def ulysses_degrees(heads: int, tensor_parallel: int = 1) -> list[int]:
+    """The ulysses_degree values (from 1) that split `heads` evenly beside `tensor_parallel`."""
+    return [d for d in range(1, heads + 1) if heads % (d * tensor_parallel) == 0]
+
+
 @dataclass(frozen=True)
 class ParallelConfig:
     ulysses_degree: int = 1
@@ -153,7 +164,7 @@ class ParallelConfig:
             widths = family.tensor_parallel_widths(info.transformer_config)
             uneven = {name: width for name, width in widths.items() if width % self.tensor_parallel}
             if uneven:
-                working = [d for d in range(2, 65) if all(w % d == 0 for w in widths.values())]
+                working = tensor_parallel_degrees(family, info.transformer_config)
                 shown = ", ".join(f"{name} {width}" for name, width in uneven.items())
                 found.append(UNEVEN_TENSOR_PARALLEL.problem(**named, degree=self.tensor_parallel, uneven=shown,
                                                             working=number_list(working or [1])))
@@ -162,7 +173,7 @@ class ParallelConfig:
         # When tensor_parallel alone does not divide the heads, no ulysses_degree can help: the
         # tensor-parallel rules above say what to change.
         if heads % split and heads % self.tensor_parallel == 0:
-            working = [d for d in range(1, heads + 1) if heads % (d * self.tensor_parallel) == 0]
+            working = ulysses_degrees(heads, self.tensor_parallel)
             found.append(UNEVEN_HEADS.problem(**named, heads=heads, split=split, working=number_list(working)))
         if self.cfg_parallel > 1 and not family.has_true_cfg(info.model_index):
             found.append(NO_NEGATIVE_BRANCH.problem(**named))
