@@ -10,9 +10,10 @@ when a run ends early (an interrupt in the middle of a step).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from dataclasses import dataclass
 
-from ..compat import define_rule
+from ..compat import alternative, define_rule
 from ..errors import OmniInputError
 
 OFFLOAD_CHOICES = ("none", "auto", "model", "layerwise")
@@ -66,7 +67,9 @@ class MemoryConfig:
     def problems(self, spec) -> list:
         found = []
         if self.offload == "layerwise" and spec.world_size() > 1:
-            found.append(LAYERWISE_OFFLOAD_MULTI_DEVICE.problem(devices=spec.world_size()))
+            found.append(LAYERWISE_OFFLOAD_MULTI_DEVICE.problem(devices=spec.world_size(), alternatives=[
+                *(alternative(memory=dataclasses.replace(self, offload=mode)) for mode in ("model", "none", "auto")),
+                alternative(parallel=None)]))
         degree = spec.parallel.tensor_parallel if spec.parallel is not None else 1
         if self.fp8 != "off" and degree > 1:
             found.append(FP8_TENSOR_PARALLEL.problem(fp8=self.fp8, degree=degree))

@@ -8,9 +8,10 @@ peers sit on neighbouring ranks and ring peers are strided, so the chattiest gro
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from dataclasses import dataclass
 
-from ..compat import define_rule
+from ..compat import alternative, define_rule
 from ..checks import whole_number
 from ..errors import OmniInputError
 
@@ -178,7 +179,8 @@ class ParallelConfig:
         if self.cfg_parallel > 1 and not family.has_true_cfg(info.model_index):
             found.append(NO_NEGATIVE_BRANCH.problem(**named))
         if self.vae_patch_parallel > 1 and family.audio:
-            found.append(NO_VAE_PATCHES.problem(**named))
+            found.append(NO_VAE_PATCHES.problem(
+                **named, alternatives=[alternative(parallel=dataclasses.replace(self, vae_patch_parallel=1))]))
         return found
 
     # ---- the feature contract (these run inside the worker processes) --------------------------
