@@ -9,8 +9,10 @@ list of rule modules is kept anywhere; `spec.all_rules()` collects the declarati
 Nodes, the CLI validator and the browser extension (through the server's check route) all run
 this same check: a message is written once, here and in the feature modules.
 
-A problem carries its ways out as data (`Problem.alternatives`: spec changes), and `ways_out` keeps
-the candidate ways out that this same check accepts on a spec.
+A fix never sends the user to another refusal. A problem carries its ways out as data
+(`Problem.alternatives`: spec changes); a fix that offers something else instead (another method,
+another degree) offers only what `ways_out` finds this same check accepts on this spec, and its words
+are made from those. Fixes that only turn the refused choice down (off, 1, remove a node) carry it too.
 """
 
 from __future__ import annotations

@@ -5,16 +5,17 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass
 
-from ..compat import define_rule
+from ..compat import alternative, define_rule, ways_out
 from ..checks import real_number
 from ..errors import OmniInputError
+from .cachedit import CacheDiTConfig
 from .one_method import ONE_CACHE_METHOD
 
 TEACACHE_NEEDS_EXTRACTOR = define_rule(
     "teacache.family", ("teacache", "family"),
     "TeaCache needs a per-family extractor of the first block's modulated input and fitted coefficients",
     first="Apply TeaCache", second="{family}", reason="there is no TeaCache extractor for {family}",
-    fix="use Apply Cache-DiT instead (TeaCache supports: {supported})")
+    fix="{instead} (TeaCache supports: {supported})")
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,10 @@ class TeaCacheConfig:
         if family.teacache_coefficients is not None:
             return []
         supported = ", ".join(f.title for f in FAMILIES.values() if f.teacache_coefficients is not None)
-        return [TEACACHE_NEEDS_EXTRACTOR.problem(family=family.title, supported=supported)]
+        ways = ways_out(spec, TEACACHE_NEEDS_EXTRACTOR, {"use Apply Cache-DiT instead": alternative(
+            cache=CacheDiTConfig())}) or {"remove Apply TeaCache": alternative(cache=None)}
+        return [TEACACHE_NEEDS_EXTRACTOR.problem(family=family.title, supported=supported, instead=next(iter(ways)),
+                                                 alternatives=ways.values())]
 
     def polynomial(self, family) -> tuple[float, ...]:
         return self.coefficients or family.teacache_coefficients

@@ -13,7 +13,7 @@ import contextlib
 import dataclasses
 from dataclasses import dataclass
 
-from ..compat import alternative, define_rule
+from ..compat import alternative, define_rule, ways_out
 from ..errors import OmniInputError
 
 OFFLOAD_CHOICES = ("none", "auto", "model", "layerwise")
@@ -36,7 +36,7 @@ FP8_TENSOR_PARALLEL = define_rule(
     first="Offload/FP8 (fp8 = {fp8})", second="Parallel Config (tensor_parallel = {degree})",
     reason="tensor parallelism shards each attention/MLP linear's full-precision weight across ranks, and FP8 "
            "replaces those same linears with FP8 weights and per-channel scales that its shards do not carry",
-    fix="set fp8 = off with tensor parallelism, or keep FP8 and parallelize with ulysses/ring/cfg_parallel instead")
+    fix="{instead}")  # FP8 off, or FP8 kept and a layout without tensor parallelism this model accepts
 
 
 @dataclass(frozen=True)
@@ -72,7 +72,12 @@ class MemoryConfig:
                 alternative(parallel=None)]))
         degree = spec.parallel.tensor_parallel if spec.parallel is not None else 1
         if self.fp8 != "off" and degree > 1:
-            found.append(FP8_TENSOR_PARALLEL.problem(fp8=self.fp8, degree=degree))
+            fp8_off = ways_out(spec, FP8_TENSOR_PARALLEL, {"set fp8 = off with tensor parallelism": alternative(
+                memory=dataclasses.replace(self, fp8="off", fp8_text_encoder=False))})
+            layout, layouts = spec.parallel.instead(spec, FP8_TENSOR_PARALLEL, "tensor_parallel")
+            found.append(FP8_TENSOR_PARALLEL.problem(fp8=self.fp8, degree=degree,
+                                                     instead=", or ".join([*fp8_off, f"keep FP8 and {layout}"]),
+                                                     alternatives=[*fp8_off.values(), *layouts.values()]))
         return found
 
     @property
