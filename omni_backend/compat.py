@@ -8,15 +8,43 @@ list of rule modules is kept anywhere; `spec.all_rules()` collects the declarati
 
 Nodes, the CLI validator and the browser extension (through the server's check route) all run
 this same check: a message is written once, here and in the feature modules.
+
+A fix never sends the user to another refusal. A problem carries its ways out as data
+(`Problem.alternatives`: spec changes); a fix that offers something else instead (another method,
+another degree) offers only what `ways_out` finds this same check accepts on this spec, and its words
+are made from those. Fixes that only turn the refused choice down (off, 1, remove a node) carry it too.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from contextvars import ContextVar
 from dataclasses import dataclass
 
 from .errors import OmniIncompatibleError
+
+
+def features_of(between) -> set[str]:
+    """The feature choices a rule is about, from its `between`. "family" and "machine" are none, and nor is
+    "parallel" (any multi-device layout): a problem with the layout as a whole, such as too few devices,
+    has its own fix and does not bar another problem's way out that keeps the layout."""
+    return set(between) - {"family", "machine", "parallel"}
+
+
+@dataclass(frozen=True)
+class Alternative:
+    """A way out of a problem: the ModelSpec fields it replaces (a feature config, or None to remove
+    that feature), so tools and tests can apply a fix without reading its words."""
+
+    changes: tuple[tuple[str, object], ...]
+
+    def apply(self, spec):
+        return dataclasses.replace(spec, **dict(self.changes))
+
+
+def alternative(**fields) -> Alternative:
+    return Alternative(tuple(fields.items()))
 
 
 @dataclass(frozen=True)
@@ -26,6 +54,8 @@ class Problem:
     reason: str
     fix: str
     rule: str = ""  # the RuleDef id that worded it
+    between: tuple[str, ...] = ()  # what that rule is about
+    alternatives: tuple[Alternative, ...] = ()  # the fix's ways out, as spec changes
 
     def error(self) -> OmniIncompatibleError:
         return OmniIncompatibleError(self.first, self.second, self.reason, self.fix, rule=self.rule)
@@ -44,9 +74,10 @@ class RuleDef:
     reason: str
     fix: str
 
-    def problem(self, **values) -> Problem:
+    def problem(self, alternatives=(), **values) -> Problem:
         return Problem(self.first.format(**values), self.second.format(**values), self.reason.format(**values),
-                       self.fix.format(**values), rule=self.id)
+                       self.fix.format(**values), rule=self.id, between=self.between,
+                       alternatives=tuple(alternatives))
 
 
 def define_rule(id: str, between: tuple[str, str], summary: str, first: str, second: str, reason: str,
@@ -61,6 +92,28 @@ def check_spec(spec) -> list[Problem]:
         if feature is not None:
             problems.extend(feature.problems(spec))
     return problems
+
+
+# While ways_out checks a candidate, only whether the candidate has problems counts, not their fixes:
+# the fixes found then offer nothing else (so checking a candidate never checks candidates of its own).
+_checking_candidates: ContextVar[bool] = ContextVar("omni_checking_candidates", default=False)
+
+
+def ways_out(spec, rule: RuleDef, candidates: dict) -> dict:
+    """The candidates ({words: Alternative}) the check accepts on `spec` as ways out of `rule`'s problem:
+    each leaves no problem about the features that rule is about and adds none, so a fix made of them
+    never sends the user to another refusal (problems about other features, which the spec already has,
+    are told by their own fixes). In the order given."""
+    if _checking_candidates.get():
+        return {}
+    token = _checking_candidates.set(True)
+    try:
+        about = features_of(rule.between)
+        others = {p.rule for p in check_spec(spec) if p.rule != rule.id and not features_of(p.between) & about}
+        return {words: way for words, way in candidates.items()
+                if all(p.rule in others for p in check_spec(way.apply(spec)))}
+    finally:
+        _checking_candidates.reset(token)
 
 
 # A graph validator wants every problem of a graph, not the first one: inside `collecting_problems()`

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from .families import FAMILIES
 from .lora.config import lora_components
 from .model_folder import inspect_model_folder
+from .parallel.config import tensor_parallel_degrees, ulysses_degrees
 from .spec import ModelSpec, all_rules
 
 # vLLM-Omni's table's columns, in its order.
@@ -148,6 +149,13 @@ def family_support(family) -> dict[str, bool]:
     }
 
 
+def model_support(info) -> dict[str, bool]:
+    """What one model (an inspected folder) supports: its family's features, narrowed by its CFG (a
+    distilled checkpoint runs no negative branch to split)."""
+    support = family_support(info.family)
+    return {**support, "cfg_parallel": support["cfg_parallel"] and info.family.has_true_cfg(info.model_index)}
+
+
 # ---- markdown ---------------------------------------------------------------------------------
 SYMBOLS = {"supported": "✅", "partly": "⚠️", "refused": "❌"}
 
@@ -159,18 +167,15 @@ def support_lines(folder: str) -> list[str]:
     family, config = info.family, info.transformer_config
     spec = ModelSpec(folder=info.path, family_key=family.key, dtype="float32", device="cpu")
     supported, unsupported = [], []
-    for key, ok in family_support(family).items():
+    for key, ok in model_support(info).items():
         label = FEATURES[key]
-        if key == "cfg_parallel":
-            ok = ok and family.has_true_cfg(info.model_index)
         if key == "lora" and ok:
             label += f" ({', '.join(lora_components(spec))})"
         if key == "tensor_parallel" and ok:
-            widths = family.tensor_parallel_widths(config).values()
-            label += f" ({', '.join(str(d) for d in range(2, 65) if all(w % d == 0 for w in widths)) or 'none'})"
+            label += f" ({', '.join(str(d) for d in tensor_parallel_degrees(family, config)) or 'none'})"
         if key == "sequence_parallel" and ok:
-            heads = family.attention_heads(config)
-            label += f" (ulysses {', '.join(str(d) for d in range(2, heads + 1) if heads % d == 0) or '-'}; ring any)"
+            ulysses = [d for d in ulysses_degrees(family.attention_heads(config)) if d > 1]
+            label += f" (ulysses {', '.join(str(d) for d in ulysses) or '-'}; ring any)"
         (supported if ok else unsupported).append(label)
     lines = [f"{family.title}: {', '.join(supported)}"]
     if unsupported:

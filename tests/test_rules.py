@@ -2,12 +2,14 @@
 
 The specs are built from the tiny models' folders, so this reads configs only (no weights): each
 case costs milliseconds. TRIPS lists every RuleDef; a rule added without a case here fails
-test_every_rule_has_a_case.
+test_every_rule_has_a_case. Below it, every refusal of a set of feature choices is walked on every
+family: its fix offers only what the check accepts (issue 34: fixes sent users in a circle).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
 import string
 
 import pytest
@@ -15,10 +17,11 @@ from diffusers import DiffusionPipeline
 
 from omni_backend.cache import CacheDiTConfig, TeaCacheConfig
 from omni_backend.compile import CompileConfig
-from omni_backend.compat import check_spec, collecting_problems, validate_spec
+from omni_backend.compat import check_spec, collecting_problems, features_of, validate_spec
 from omni_backend.errors import OmniIncompatibleError, OmniInputError
 from omni_backend.families import FAMILIES
 from omni_backend.families.sd3 import StableDiffusion3
+from omni_backend.feature_matrix import model_support
 from omni_backend.lora import LoraSpec
 from omni_backend.memory import MemoryConfig
 from omni_backend.parallel.config import ParallelConfig
@@ -185,3 +188,107 @@ def test_faults_of_several_inputs_are_refused_once_when_the_node_runs(nodes, mod
     assert memory().apply(model, "none", 2, "weight_only", True)[0].memory.fp8_text_encoder
     with pytest.raises(OmniInputError, match="^fp8_text_encoder = True: "):
         memory().apply(model, "none", 2, "off", True)
+
+
+# ---- every refusal names only what works -------------------------------------------------------
+def refusable_choices(models_dir) -> dict[str, dict]:
+    """Feature choices some family refuses, each put on a tiny model of every family (layouts of CPU
+    processes, which every machine has: the family decides, not the machine)."""
+    return {
+        "teacache": dict(cache=TeaCacheConfig()),
+        "cache_dit-Fn2-Bn1": dict(cache=CacheDiTConfig(Fn_compute_blocks=2, Bn_compute_blocks=1)),
+        "ulysses2": dict(parallel=cpu_layout(ulysses_degree=2)),
+        "ulysses3": dict(parallel=cpu_layout(ulysses_degree=3)),
+        "ring2": dict(parallel=cpu_layout(ring_degree=2)),
+        "tp2": dict(parallel=cpu_layout(tensor_parallel=2)),
+        "tp3": dict(parallel=cpu_layout(tensor_parallel=3)),
+        "cfg2": dict(parallel=cpu_layout(cfg_parallel=2)),
+        "ulysses2-tp2": dict(parallel=cpu_layout(ulysses_degree=2, tensor_parallel=2)),
+        "ring2-cfg2-vae2": dict(parallel=cpu_layout(ring_degree=2, cfg_parallel=2, vae_patch_parallel=2)),
+        "layerwise-ulysses2": dict(parallel=cpu_layout(ulysses_degree=2), memory=MemoryConfig(offload="layerwise")),
+        "fp8-tp2": dict(parallel=cpu_layout(tensor_parallel=2), memory=MemoryConfig(fp8="weight_only")),
+        "lora-transformer_2": dict(loras=(lora(models_dir, "transformer_2"),)),
+        "compile": dict(compile=CompileConfig()),
+    }
+
+
+# How fixes name each feature (FEATURES keys), to check their words as well as their data.
+NAMED = {"teacache": r"teacache", "cache_dit": r"cache-dit", "sequence_parallel": r"sequence.parallel|ulysses|\bring",
+         "tensor_parallel": r"tensor.parallel", "cfg_parallel": r"cfg.parallel", "lora": r"lora",
+         "offload": r"offload", "fp8": r"fp8", "vae_patch_parallel": r"vae.patch"}
+
+
+def features_in_use(spec) -> set[str]:
+    """The FEATURES keys a spec turns on."""
+    parallel, memory = spec.parallel or ParallelConfig(), spec.memory or MemoryConfig()
+    used = {"teacache": isinstance(spec.cache, TeaCacheConfig), "cache_dit": isinstance(spec.cache, CacheDiTConfig),
+            "sequence_parallel": parallel.sequence_parallel > 1, "tensor_parallel": parallel.tensor_parallel > 1,
+            "cfg_parallel": parallel.cfg_parallel > 1, "vae_patch_parallel": parallel.vae_patch_parallel > 1,
+            "lora": bool(spec.loras), "offload": memory.offload != "none", "fp8": memory.fp8 != "off"}
+    return {key for key, on in used.items() if on}
+
+
+def refusals(models_dir, family: str):
+    """(choice, spec, problem, the spec's problems) for every refusal of every choice on the family's model."""
+    model = base(models_dir, family)
+    for choice, features in refusable_choices(models_dir).items():
+        spec = dataclasses.replace(model, **features)
+        problems = check_spec(spec)
+        for problem in problems:
+            yield choice, spec, problem, problems
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_every_refusal_offers_only_what_works(models_dir, family):
+    """No fix sends the user to another refusal: each way out it offers (as data, not words) is applied
+    and checked, and its words name no feature this model refuses besides the ones it is about."""
+    refused = {key for key, ok in model_support(base(models_dir, family).model_folder).items() if not ok}
+    for choice, spec, problem, problems in refusals(models_dir, family):
+        where = f"{family} {choice}: {problem.rule} (fix: {problem.fix!r})"
+        about = features_of(problem.between)
+        named = {key for key in refused - about if re.search(NAMED[key], problem.fix, re.I)}
+        assert not named, f"{where} names {sorted(named)}, which this model refuses"
+        assert problem.alternatives, f"{where} offers no way out as data"
+        # What may stay: the spec's other refusals about other features (their own fixes tell them).
+        others = {other.rule for other in problems if other is not problem and not features_of(other.between) & about}
+        for way in problem.alternatives:
+            after = way.apply(spec)
+            left = {p.rule for p in check_spec(after)} - others
+            assert not left, f"{where}: {way} is refused by {sorted(left)}"
+            turned_to = features_in_use(after) - features_in_use(spec)
+            assert not turned_to & refused, f"{where}: {way} turns to {sorted(turned_to & refused)}"
+
+
+def test_the_walk_reaches_every_rule_a_family_can_trip(models_dir):
+    walked = {problem.rule for family in FAMILIES for _choice, _spec, problem, _all in refusals(models_dir, family)}
+    # Not walked: too few devices (a machine's, not a family's), a second cache node (refused at the node,
+    # no spec holds two) and a pipeline without a LoRA loader (no shipped family; see above).
+    assert walked == set(all_rules()) - {"parallel.devices", "cache.one_method", "lora.loader"}
+
+
+class OneProcessFamily(StableDiffusion3):
+    """A family no parallel method splits (each shipped one has CFG-parallel or sequence parallelism)."""
+
+    key = "test-one-process"
+    title = "One-Process"
+
+    def has_true_cfg(self, model_index):
+        return False
+
+
+def test_a_model_no_parallel_method_splits_is_told_to_run_in_one_process(models_dir, monkeypatch):
+    monkeypatch.setitem(FAMILIES, OneProcessFamily.key, OneProcessFamily())
+    spec = dataclasses.replace(base(models_dir, "sd3"), family_key=OneProcessFamily.key,
+                               parallel=cpu_layout(ulysses_degree=2))
+    (problem,) = check_spec(spec)
+    assert problem.fix == "remove the Parallel Config (this model runs in one process here)"
+    assert [way.apply(spec).parallel for way in problem.alternatives] == [None]
+
+
+def test_a_fix_offers_only_layouts_this_machine_has_devices_for(models_dir, monkeypatch):
+    spec = with_features(models_dir, "qwen-image", dict(parallel=ParallelConfig(tensor_parallel=3)))
+    monkeypatch.setattr("omni_backend.parallel.config.available_local_ranks", lambda config: 3)
+    (problem,) = check_spec(spec)
+    assert problem.fix == "use tensor_parallel in [2]", "tensor_parallel 4 needs a fourth device"
+    monkeypatch.setattr("omni_backend.parallel.config.available_local_ranks", lambda config: 4)
+    assert check_spec(spec)[0].fix == "use tensor_parallel in [2, 4]"

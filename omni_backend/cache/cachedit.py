@@ -14,7 +14,7 @@ import logging
 from dataclasses import dataclass
 
 from ..checks import real_number, whole_number
-from ..compat import define_rule
+from ..compat import alternative, define_rule
 from ..errors import OmniInputError
 from ..process_lock import process_lock
 from .calibration import quality_target
@@ -32,7 +32,7 @@ CACHE_DIT_NEEDS_BLOCKS_LEFT = define_rule(
     "Cache-DiT always computes the first Fn and last Bn blocks; at least one block must be left to cache",
     first="Apply Cache-DiT (Fn_compute_blocks + Bn_compute_blocks = {used})", second="{family}",
     reason="this model's smallest block list has {smallest} blocks, so nothing would be left to cache",
-    fix="keep Fn + Bn below {smallest} (e.g. Fn 1, Bn 0)")
+    fix="keep Fn + Bn below {smallest} (e.g. Fn {fn}, Bn {bn})")
 
 
 @dataclass(frozen=True)
@@ -85,7 +85,11 @@ class CacheDiTConfig:
         used = self.Fn_compute_blocks + self.Bn_compute_blocks
         if used < smallest:
             return []
-        return [CACHE_DIT_NEEDS_BLOCKS_LEFT.problem(used=used, family=family.title, smallest=smallest)]
+        fn = min(self.Fn_compute_blocks, smallest - 1)  # the nearest counts that leave a block to cache
+        bn = min(self.Bn_compute_blocks, smallest - 1 - fn)
+        return [CACHE_DIT_NEEDS_BLOCKS_LEFT.problem(
+            used=used, family=family.title, smallest=smallest, fn=fn, bn=bn,
+            alternatives=[alternative(cache=dataclasses.replace(self, Fn_compute_blocks=fn, Bn_compute_blocks=bn))])]
 
     @contextlib.contextmanager
     def run_session(self, ctx):

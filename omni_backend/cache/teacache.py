@@ -9,8 +9,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..checks import real_number
-from ..compat import define_rule
+from ..compat import alternative, define_rule, ways_out
 from ..errors import OmniInputError
+from .cachedit import CacheDiTConfig
 from .calibration import quality_target
 from .one_method import ONE_CACHE_METHOD
 from .skipped_work import cache_section, counted_work
@@ -19,7 +20,7 @@ TEACACHE_NEEDS_EXTRACTOR = define_rule(
     "teacache.family", ("teacache", "family"),
     "TeaCache needs a per-family extractor of the first block's modulated input and fitted coefficients",
     first="Apply TeaCache", second="{family}", reason="there is no TeaCache extractor for {family}",
-    fix="use Apply Cache-DiT instead (TeaCache supports: {supported})")
+    fix="{instead} (TeaCache supports: {supported})")
 
 
 @dataclass(frozen=True)
@@ -64,7 +65,10 @@ class TeaCacheConfig:
         if family.teacache_coefficients is not None:
             return []
         supported = ", ".join(f.title for f in FAMILIES.values() if f.teacache_coefficients is not None)
-        return [TEACACHE_NEEDS_EXTRACTOR.problem(family=family.title, supported=supported)]
+        ways = ways_out(spec, TEACACHE_NEEDS_EXTRACTOR, {"use Apply Cache-DiT instead": alternative(
+            cache=CacheDiTConfig())}) or {"remove Apply TeaCache": alternative(cache=None)}
+        return [TEACACHE_NEEDS_EXTRACTOR.problem(family=family.title, supported=supported, instead=next(iter(ways)),
+                                                 alternatives=ways.values())]
 
     def with_threshold(self, threshold: float) -> "TeaCacheConfig":
         return dataclasses.replace(self, rel_l1_thresh=threshold, target_db=0.0)

@@ -31,7 +31,7 @@ import importlib
 import shutil
 from dataclasses import dataclass
 
-from ..compat import define_rule
+from ..compat import alternative, define_rule
 from ..errors import OmniInputError
 
 BACKENDS = ("inductor", "aot_eager", "eager")
@@ -68,7 +68,8 @@ class CompileConfig:
     def problems(self, spec) -> list:
         name, cls = _transformer_class(spec)
         if cls is not None and not getattr(cls, "_repeated_blocks", None):
-            return [NO_REPEATED_BLOCKS.problem(family=spec.family.title, transformer=name)]
+            return [NO_REPEATED_BLOCKS.problem(family=spec.family.title, transformer=name,
+                                               alternatives=[alternative(compile=None)])]
         return []
 
     def describe(self) -> str:

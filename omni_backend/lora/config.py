@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from ..compat import define_rule
+from ..compat import alternative, define_rule
 from ..errors import OmniInputError
 
 # "auto": every part of the file, where diffusers puts it. "transformer_2": the file's denoiser
@@ -56,11 +56,18 @@ class LoraSpec:
     def problems(self, spec) -> list:
         available = lora_components(spec)
         if not available:
-            return [NO_LORA_LOADER.problem(lora=self.name, family=spec.family.title)]
+            return [NO_LORA_LOADER.problem(lora=self.name, family=spec.family.title,
+                                           alternatives=[self._replaced(spec)])]
         if self.component != "auto" and self.component not in available:
-            return [LORA_COMPONENT_MISSING.problem(lora=self.name, component=self.component, family=spec.family.title,
-                                                   available=", ".join(available))]
+            return [LORA_COMPONENT_MISSING.problem(
+                lora=self.name, component=self.component, family=spec.family.title, available=", ".join(available),
+                alternatives=[self._replaced(spec, replace(self, component=c)) for c in ("auto", *available)])]
         return []
+
+    def _replaced(self, spec, by: "LoraSpec | None" = None):
+        """The spec's LoRA stack with this LoRA replaced by `by` (None: removed), as a fix offers it."""
+        stack = [by if lora is self else lora for lora in spec.loras]
+        return alternative(loras=tuple(lora for lora in stack if lora is not None))
 
     @contextlib.contextmanager
     def run_session(self, ctx):

@@ -10,9 +10,10 @@ when a run ends early (an interrupt in the middle of a step).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from dataclasses import dataclass
 
-from ..compat import define_rule
+from ..compat import alternative, define_rule, ways_out
 from ..errors import OmniInputError
 
 OFFLOAD_CHOICES = ("none", "auto", "model", "layerwise")
@@ -35,7 +36,7 @@ FP8_TENSOR_PARALLEL = define_rule(
     first="Offload/FP8 (fp8 = {fp8})", second="Parallel Config (tensor_parallel = {degree})",
     reason="tensor parallelism shards each attention/MLP linear's full-precision weight across ranks, and FP8 "
            "replaces those same linears with FP8 weights and per-channel scales that its shards do not carry",
-    fix="set fp8 = off with tensor parallelism, or keep FP8 and parallelize with ulysses/ring/cfg_parallel instead")
+    fix="{instead}")  # FP8 off, or FP8 kept and a layout without tensor parallelism this model accepts
 
 
 @dataclass(frozen=True)
@@ -66,10 +67,17 @@ class MemoryConfig:
     def problems(self, spec) -> list:
         found = []
         if self.offload == "layerwise" and spec.world_size() > 1:
-            found.append(LAYERWISE_OFFLOAD_MULTI_DEVICE.problem(devices=spec.world_size()))
+            found.append(LAYERWISE_OFFLOAD_MULTI_DEVICE.problem(devices=spec.world_size(), alternatives=[
+                *(alternative(memory=dataclasses.replace(self, offload=mode)) for mode in ("model", "none", "auto")),
+                alternative(parallel=None)]))
         degree = spec.parallel.tensor_parallel if spec.parallel is not None else 1
         if self.fp8 != "off" and degree > 1:
-            found.append(FP8_TENSOR_PARALLEL.problem(fp8=self.fp8, degree=degree))
+            fp8_off = ways_out(spec, FP8_TENSOR_PARALLEL, {"set fp8 = off with tensor parallelism": alternative(
+                memory=dataclasses.replace(self, fp8="off", fp8_text_encoder=False))})
+            layout, layouts = spec.parallel.instead(spec, FP8_TENSOR_PARALLEL, "tensor_parallel")
+            found.append(FP8_TENSOR_PARALLEL.problem(fp8=self.fp8, degree=degree,
+                                                     instead=", or ".join([*fp8_off, f"keep FP8 and {layout}"]),
+                                                     alternatives=[*fp8_off.values(), *layouts.values()]))
         return found
 
     @property

@@ -8,13 +8,15 @@ peers sit on neighbouring ranks and ring peers are strided, so the chattiest gro
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from dataclasses import dataclass
 
-from ..compat import define_rule
+from ..compat import alternative, define_rule, ways_out
 from ..checks import whole_number
 from ..errors import OmniInputError
 
-# "{layout}" is the Parallel Config's describe(), e.g. "2 ranks (ulysses 2)".
+# "{layout}" is the Parallel Config's describe(), e.g. "2 ranks (ulysses 2)"; "{instead}" is the way out
+# this model and machine accept (ParallelConfig.instead and the checks in problems()).
 NOT_ENOUGH_DEVICES = define_rule(
     "parallel.devices", ("parallel", "machine"),
     "every local rank needs a device (GPUs; on a machine without GPUs, CPU processes)",
@@ -25,30 +27,30 @@ NO_SEQUENCE_PARALLEL_PLAN = define_rule(
     "parallel.sequence_plan", ("sequence_parallel", "family"),
     "the family has no sequence-parallel plan (where the sequence is split and gathered)",
     first="Parallel Config ({layout})", second="{family}", reason="this model has no sequence-parallel plan",
-    fix="use cfg_parallel (or tensor parallel) for it")
+    fix="{instead}")
 NO_TENSOR_PARALLEL_PLAN = define_rule(
     "parallel.tensor_plan", ("tensor_parallel", "family"),
     "the family has no tensor-parallel plan (which linears are split across ranks)",
     first="Parallel Config ({layout})", second="{family}", reason="this model has no tensor-parallel plan",
-    fix="use sequence parallelism or cfg_parallel for it")
+    fix="{instead}")
 UNEVEN_TENSOR_PARALLEL = define_rule(
     "parallel.tensor_widths", ("tensor_parallel", "family"),
     "tensor parallelism splits heads and MLP widths evenly: the degree must divide them",
     first="Parallel Config ({layout})", second="{family}",
-    reason="tensor_parallel {degree} does not divide its {uneven}", fix="use tensor_parallel in {working}")
+    reason="tensor_parallel {degree} does not divide its {uneven}", fix="{instead}")
 UNEVEN_HEADS = define_rule(
     "parallel.heads", ("sequence_parallel", "family"),
     "Ulysses and tensor parallelism split attention heads: their product must divide the head count",
     first="Parallel Config ({layout})", second="{family}",
     reason="its {heads} attention heads do not divide by ulysses_degree x tensor_parallel = {split}",
-    fix="use ulysses_degree in {working} (or ring_degree, which splits no heads)")
+    fix="{instead}")
 NO_NEGATIVE_BRANCH = define_rule(
     "parallel.cfg_branch", ("cfg_parallel", "family"),
     "CFG-parallel splits the positive and negative branch; distilled guidance runs one pass",
     first="Parallel Config ({layout})", second="{family}",
     reason="the model runs no negative branch (its guidance is distilled into one pass), so there is nothing "
            "to split",
-    fix="set cfg_parallel to 1; use sequence parallelism to spread the work")
+    fix="{instead}")
 
 NO_VAE_PATCHES = define_rule(
     "parallel.vae_patches_audio", ("vae_patch_parallel", "family"),
@@ -58,9 +60,23 @@ NO_VAE_PATCHES = define_rule(
     fix="set vae_patch_parallel to 1 (the waveform decodes in one piece)")
 
 
+ONE_PROCESS = "remove the Parallel Config (this model runs in one process here)"
+
+
 def number_list(numbers) -> str:
     """[1, 2, 4], written the same way by the browser extension."""
     return "[" + ", ".join(str(n) for n in numbers) + "]"
+
+
+def tensor_parallel_degrees(family, transformer_config: dict) -> list[int]:
+    """The tensor_parallel degrees (2 to 64) that divide everything tensor parallelism splits."""
+    widths = family.tensor_parallel_widths(transformer_config).values()
+    return [d for d in range(2, 65) if all(w % d == 0 for w in widths)]
+
+
+def ulysses_degrees(heads: int, tensor_parallel: int = 1) -> list[int]:
+    """The ulysses_degree values (from 1) that split `heads` evenly beside `tensor_parallel`."""
+    return [d for d in range(1, heads + 1) if heads % (d * tensor_parallel) == 0]
 
 
 @dataclass(frozen=True)
@@ -146,29 +162,87 @@ class ParallelConfig:
         if self.local_ranks > available:
             found.append(NOT_ENOUGH_DEVICES.problem(**named, needed=self.local_ranks, available=available))
         if self.sequence_parallel > 1 and not family.supports_sequence_parallel:
-            found.append(NO_SEQUENCE_PARALLEL_PLAN.problem(**named))
+            found.append(self._refused(spec, NO_SEQUENCE_PARALLEL_PLAN, named, "ulysses_degree", "ring_degree"))
         if self.tensor_parallel > 1 and not family.supports_tensor_parallel:
-            found.append(NO_TENSOR_PARALLEL_PLAN.problem(**named))
+            found.append(self._refused(spec, NO_TENSOR_PARALLEL_PLAN, named, "tensor_parallel"))
         elif self.tensor_parallel > 1:
             widths = family.tensor_parallel_widths(info.transformer_config)
             uneven = {name: width for name, width in widths.items() if width % self.tensor_parallel}
             if uneven:
-                working = [d for d in range(2, 65) if all(w % d == 0 for w in widths.values())]
                 shown = ", ".join(f"{name} {width}" for name, width in uneven.items())
+                degrees = ways_out(spec, UNEVEN_TENSOR_PARALLEL, {
+                    d: alternative(parallel=self.with_degrees(tensor_parallel=d))
+                    for d in tensor_parallel_degrees(family, info.transformer_config)})
+                if degrees:
+                    instead, ways = f"use tensor_parallel in {number_list(degrees)}", degrees
+                else:  # no degree divides them all (or fits this machine)
+                    instead, ways = self.instead(spec, UNEVEN_TENSOR_PARALLEL, "tensor_parallel")
                 found.append(UNEVEN_TENSOR_PARALLEL.problem(**named, degree=self.tensor_parallel, uneven=shown,
-                                                            working=number_list(working or [1])))
+                                                            instead=instead, alternatives=ways.values()))
         heads = family.attention_heads(info.transformer_config)
         split = self.ulysses_degree * self.tensor_parallel
         # When tensor_parallel alone does not divide the heads, no ulysses_degree can help: the
-        # tensor-parallel rules above say what to change.
-        if heads % split and heads % self.tensor_parallel == 0:
-            working = [d for d in range(1, heads + 1) if heads % (d * self.tensor_parallel) == 0]
-            found.append(UNEVEN_HEADS.problem(**named, heads=heads, split=split, working=number_list(working)))
+        # tensor-parallel rules above say what to change; without a sequence-parallel plan, so does that rule.
+        if heads % split and heads % self.tensor_parallel == 0 and family.supports_sequence_parallel:
+            degrees = ways_out(spec, UNEVEN_HEADS, {d: alternative(parallel=self.with_degrees(ulysses_degree=d))
+                                                    for d in ulysses_degrees(heads, self.tensor_parallel)})
+            ring = ways_out(spec, UNEVEN_HEADS, {"ring": alternative(
+                parallel=self.with_degrees(ulysses_degree=1, ring_degree=self.sequence_parallel))})
+            instead = f"use ulysses_degree in {number_list(degrees)}" + (
+                " (or ring_degree, which splits no heads)" if ring else "")
+            found.append(UNEVEN_HEADS.problem(**named, heads=heads, split=split, instead=instead,
+                                              alternatives=[*degrees.values(), *ring.values()]))
         if self.cfg_parallel > 1 and not family.has_true_cfg(info.model_index):
-            found.append(NO_NEGATIVE_BRANCH.problem(**named))
+            found.append(self._refused(spec, NO_NEGATIVE_BRANCH, named, "cfg_parallel"))
         if self.vae_patch_parallel > 1 and family.audio:
-            found.append(NO_VAE_PATCHES.problem(**named))
+            found.append(NO_VAE_PATCHES.problem(
+                **named, alternatives=[alternative(parallel=dataclasses.replace(self, vae_patch_parallel=1))]))
         return found
+
+    def _refused(self, spec, rule, named: dict, *degrees: str):
+        instead, ways = self.instead(spec, rule, *degrees)
+        return rule.problem(**named, instead=instead, alternatives=ways.values())
+
+    def instead(self, spec, rule, *degrees: str) -> tuple[str, dict]:
+        """The way out of `rule` that turns these degrees to 1, in words and as {words: Alternative}: the
+        rest of this layout when it still splits the work and is accepted, else another parallel method
+        this model and machine accept, else one process. Never a method the check refuses here."""
+        off = dict.fromkeys(degrees, 1)
+        rest = self.with_degrees(**off)
+        setting = f"set {' and '.join(name for name in degrees if getattr(self, name) > 1)} to 1"
+        if rest.world_size > 1 and (ways := ways_out(spec, rule, {setting: alternative(parallel=rest)})):
+            return setting, ways
+        methods = {name: degree for name, degree in self._smallest_methods(spec).items()
+                   if name not in degrees and getattr(rest, name) == 1}
+        ways = ways_out(spec, rule, {f"{name} {d}": alternative(parallel=self.with_degrees(**off, **{name: d}))
+                                     for name, d in methods.items()})
+        if ways:
+            return f"{setting} and use {' or '.join(ways)} instead", ways
+        return ONE_PROCESS, {ONE_PROCESS: alternative(parallel=None)}
+
+    @staticmethod
+    def _smallest_methods(spec) -> dict[str, int]:
+        """Each parallel method at its smallest degree for this model: what a fix offers instead (Ulysses
+        where two ranks split the heads, else ring attention, which splits none)."""
+        family, config = spec.family, spec.model_folder.transformer_config
+        ulysses = [d for d in ulysses_degrees(family.attention_heads(config)) if d > 1]
+        tensor = tensor_parallel_degrees(family, config)
+        return {**({"ulysses_degree": ulysses[0]} if ulysses else {"ring_degree": 2}),
+                **({"tensor_parallel": tensor[0]} if tensor else {}), "cfg_parallel": 2}
+
+    def with_degrees(self, **degrees) -> "ParallelConfig":
+        """This layout with other degrees, as a fix offers it: listed devices are cut to the local ranks
+        (a list of CPU processes grows with them; any other becomes automatic), and VAE patches and
+        remote ranks shrink with the world size."""
+        plain = dataclasses.replace(self, **degrees, devices=(), remote_ranks=0, vae_patch_parallel=1)
+        remote = min(self.remote_ranks, plain.world_size - 1)
+        local = plain.world_size - remote
+        if len(self.devices) >= local:
+            devices = self.devices[:local]
+        else:
+            devices = ("cpu",) * local if self.devices and set(self.devices) == {"cpu"} else ()
+        return dataclasses.replace(plain, devices=devices, remote_ranks=remote,
+                                   vae_patch_parallel=min(self.vae_patch_parallel, plain.world_size))
 
     # ---- the feature contract (these run inside the worker processes) --------------------------
     def prepare_pipeline(self, pipe, spec) -> None:

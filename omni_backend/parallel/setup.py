@@ -16,7 +16,7 @@ def parallelize_pipeline(pipe, spec, context) -> None:
             plan = family.tensor_parallel_plan(transformer)
             if plan is None:
                 raise OmniIncompatibleError("Parallel Config (tensor parallel)", family.title,
-                                            "this model has no tensor-parallel plan", "use sequence parallelism")
+                                            "this model has no tensor-parallel plan", "set tensor_parallel to 1")
             apply_tensor_parallel(transformer, plan, group)
             finish_tensor_parallel(transformer, family, group)
     if config.sequence_parallel > 1:
@@ -26,5 +26,6 @@ def parallelize_pipeline(pipe, spec, context) -> None:
             plan = family.sequence_parallel_plan(transformer)
             if plan is None:
                 raise OmniIncompatibleError("Parallel Config (sequence parallel)", family.title,
-                                            "this model has no sequence-parallel plan", "use cfg_parallel instead")
+                                            "this model has no sequence-parallel plan",
+                                            "set ulysses_degree and ring_degree to 1")
             apply_sequence_parallel(transformer, plan, attention)
