@@ -179,6 +179,14 @@ class Progress:
                 print(f"\r  step {step}/{total}", end="\n" if step == total else "", flush=True)
 
 
+def calibration_file() -> Path | None:
+    """Where quality targets' thresholds are kept across restarts: ComfyUI's user folder (outside
+    ComfyUI: OMNI_CALIBRATION_FILE, read by the engine, or this process only)."""
+    if IN_COMFYUI:
+        return Path(_folder_paths.get_user_directory()) / "omni_diffusion" / "cache-calibrations.json"
+    return None
+
+
 def interrupt_requested() -> bool:
     if _model_management is not None:
         return bool(_model_management.processing_interrupted())

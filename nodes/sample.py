@@ -141,8 +141,11 @@ class OmniSample:
                                     prompt_rewrite, cfg_renorm, cfg_renorm_min, mask, layers, resolution)
         control = RunControl(progress=comfy_bridge.Progress(steps, unique_id),
                              interrupted=comfy_bridge.interrupt_requested)
+        engine = default_engine()
+        if comfy_bridge.calibration_file() is not None:
+            engine.calibrations.use_file(comfy_bridge.calibration_file())
         with host_interrupts():
-            result = default_engine().generate(model, request, control)
+            result = engine.generate(model, request, control)
         report = result.report.text()
         if report:
             log.info("Omni Sample:\n%s", report)

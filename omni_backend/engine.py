@@ -108,6 +108,9 @@ def default_engine() -> Engine:
     with _default_engine_lock:
         if _default_engine is None:
             _default_engine = Engine(max_loaded=max_loaded_from_environment())
+            # Where quality targets' thresholds are kept across runs of the CLI or a script (ComfyUI's
+            # user folder inside ComfyUI: the nodes set it); unset, they last for this process.
+            _default_engine.calibrations.use_file(os.environ.get("OMNI_CALIBRATION_FILE") or None)
         return _default_engine
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from cache_support import assert_report_counts_the_work
 
-from omni_backend.cache import CacheDiTConfig, TeaCacheConfig
+from omni_backend.cache import CACHE_BACKENDS, CacheDiTConfig, TeaCacheConfig
 from omni_backend.cache.calibration import CACHED_RUNS, calibrate, psnr_db
 from omni_backend.cache.teacache import coefficient_floor
 from omni_backend.cache.teacache_hooks import (
@@ -158,6 +158,10 @@ def test_targets_are_checked_like_every_value():
             TeaCacheConfig(target_db=bad)
         assert info.value.input_name == "target_db"
     assert CacheDiTConfig(target_db=35).target_db == 35.0
+    # The Python API takes it with vLLM-Omni's other keys, and refuses it the same way.
+    assert CACHE_BACKENDS["tea_cache"]({"rel_l1_thresh": 0.2, "target_db": 40}).target_db == 40.0
+    with pytest.raises(OmniInputError, match="target_db"):
+        CACHE_BACKENDS["cache_dit"]({"target_db": 75})
 
 
 TEACACHE_COEFFICIENTS = {key: family.teacache_coefficients for key, family in FAMILIES.items()
@@ -204,3 +208,41 @@ def test_a_teacache_that_cannot_skip_says_why(engine, models_dir):
         prompt="rain", steps=8, guidance=1.0, seconds=1.0))
     text = result.report.sections["TeaCache"]["text"]
     assert text.startswith("skipped nothing") and f"at least {floor:.3g} per step" in text and "quality target" in text
+
+
+def test_calibrations_outlive_the_process_and_changed_weights_calibrate_again(models_dir, tmp_path):
+    import os
+    import shutil
+
+    folder = shutil.copytree(models_dir / "diffusers" / "qwen-image", tmp_path / "qwen-image")
+    spec = ModelSpec.from_folder(str(folder), dtype="fp32", device="cpu").replace(cache=TeaCacheConfig(target_db=35))
+    kept = tmp_path / "user" / "cache-calibrations.json"
+    first = Engine()
+    first.calibrations.use_file(kept)
+    found = first.generate(spec, request()).report.sections["Quality target"]
+    first.unload_all()
+    assert not found["reused"] and kept.exists()
+
+    restarted = Engine()  # as after a ComfyUI restart
+    restarted.calibrations.use_file(kept)
+    again = restarted.generate(spec, request()).report.sections["Quality target"]
+    assert again["reused"] and again["threshold"] == found["threshold"]
+
+    weights = next(folder.rglob("transformer/*.safetensors"))
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
+    changed = Engine()
+    changed.calibrations.use_file(kept)
+    assert not changed.generate(spec, request()).report.sections["Quality target"]["reused"]
+    for engine in (restarted, changed):
+        engine.unload_all()
+
+
+@pytest.mark.parametrize("content", ["not json", '{"calibrations": []}', '[1, 2]',
+                                     '{"calibrations": {"k": {"threshold": NaN, "psnr_db": 40, "skipped": 0.5, '
+                                     '"runs": 3}}}'], ids=["text", "list-of-entries", "list", "nan-threshold"])
+def test_a_damaged_calibration_file_is_not_trusted_and_nothing_breaks(engine, spec, tmp_path, caplog, content):
+    kept = tmp_path / "cache-calibrations.json"
+    kept.write_text(content, encoding="utf-8")
+    calibrations = type(engine.calibrations)(kept)
+    assert calibrations.get(spec.replace(cache=TeaCacheConfig(target_db=35)), request()) is None
+    assert "could not be read" in caplog.text

@@ -14,10 +14,14 @@ held-out prompts against the targets).
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
+import os
+import tempfile
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -104,28 +108,105 @@ def _amount(value) -> int:
 
 
 class Calibrations:
-    """The thresholds found so far in this process, by what decides them."""
+    """The thresholds found so far, by what decides them: in this process, and in a JSON file when one
+    is given (ComfyUI's user folder), so a restart does not calibrate again. The file is plain JSON,
+    read with every value checked (another process could write it): a bad file is set aside, never
+    trusted. A key includes the size and time of every weights file, so changed weights calibrate anew."""
 
-    def __init__(self):
-        self._found: dict[tuple, Calibration] = {}
+    KEPT = 256  # entries in the file, the newest kept
+
+    def __init__(self, path: str | Path | None = None):
+        self._found: dict[str, Calibration] = {}
         self._lock = threading.Lock()
+        self.path: Path | None = None
+        self.use_file(path)
 
-    def key(self, spec, request) -> tuple:
+    def use_file(self, path: str | Path | None) -> None:
+        path = Path(path) if path else None
+        with self._lock:
+            if path != self.path:
+                self.path = path
+                self._found.update(_read(path))
+
+    def key(self, spec, request) -> str:
         cache = spec.cache
         settings = dataclasses.replace(cache, **{cache.threshold_field: 0.0, "target_db": 0.0})
-        return (spec.replace(cache=None), type(cache).__name__, settings, cache.target_db, request_key(request))
+        return repr((spec.replace(cache=None), settings, cache.target_db, request_key(request),
+                     weights_fingerprint(spec)))
 
     def get(self, spec, request) -> Calibration | None:
+        key = self.key(spec, request)
         with self._lock:
-            return self._found.get(self.key(spec, request))
+            return self._found.get(key)
 
     def put(self, spec, request, found: Calibration) -> None:
+        key = self.key(spec, request)
         with self._lock:
-            self._found[self.key(spec, request)] = found
+            self._found.pop(key, None)
+            self._found[key] = found  # newest last
+            if self.path is not None:
+                _write(self.path, dict(list(self._found.items())[-self.KEPT:]))
 
     def clear(self) -> None:
         with self._lock:
             self._found.clear()
+
+
+def weights_fingerprint(spec) -> tuple:
+    """(path, size, modification time) of every weights file the spec reads: the model's, its LoRAs'."""
+    if spec.files is not None:
+        paths = [getattr(spec.files, f.name) for f in dataclasses.fields(spec.files)
+                 if f.name not in ("tokenizer_dirs", "family") and getattr(spec.files, f.name)]
+    else:
+        paths = sorted(str(p) for p in Path(spec.folder).rglob("*.safetensors"))
+    paths += [lora.path for lora in spec.loras]
+    found = []
+    for path in paths:
+        try:
+            stat = os.stat(path)
+        except OSError:
+            continue
+        found.append((str(path), stat.st_size, stat.st_mtime_ns))
+    return tuple(found)
+
+
+def _read(path: Path | None) -> dict[str, Calibration]:
+    if path is None or not path.exists():
+        return {}
+    try:
+        entries = json.loads(path.read_text(encoding="utf-8"))["calibrations"]
+        return {str(key): _calibration(value) for key, value in entries.items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        log.warning("cache calibrations in %s could not be read (%s); they will be found again", path, exc)
+        return {}
+
+
+def _calibration(value: dict) -> Calibration:
+    def number(name):
+        item = value[name]
+        if isinstance(item, bool) or not isinstance(item, (int, float)):
+            raise TypeError(f"{name} is not a number")
+        return float(item)
+
+    threshold = number("threshold")
+    if not 0.0 <= threshold <= 10.0:  # NaN fails too: a threshold no calibration here finds is not used
+        raise ValueError(f"threshold {threshold} is out of range")
+    tried = tuple((float(t), float(p), float(s)) for t, p, s in value.get("tried", ()))
+    return Calibration(threshold, number("psnr_db"), number("skipped"), int(number("runs")), tried)
+
+
+def _write(path: Path, found: dict[str, Calibration]) -> None:
+    """Atomically (a reader never sees half a file); a failure is logged, the run goes on."""
+    entries = {key: {"threshold": c.threshold, "psnr_db": c.psnr_db,
+                     "skipped": c.skipped, "runs": c.runs, "tried": [list(t) for t in c.tried]}
+               for key, c in found.items()}
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False, encoding="utf-8") as out:
+            json.dump({"version": 1, "calibrations": entries}, out)
+        os.replace(out.name, path)
+    except OSError as exc:
+        log.warning("cache calibrations could not be saved to %s (%s); they are kept for this session", path, exc)
 
 
 def calibrate(generate, decode, spec, request, control: RunControl) -> Calibration:
