@@ -179,22 +179,41 @@ def test_an_incompatible_pair_fails_at_its_node_with_both_names(comfyui_server):
 
 
 # ---- progress, interrupt, free ---------------------------------------------------------------------
-@on_every_version
-def test_progress_reaches_the_websocket_and_the_report_the_outputs(comfyui_server):
-    prompt = small("qwen-image-teacache.json", steps=5)
+def _run_with_events(server, prompt: dict, client_id: str) -> tuple[dict, list[dict]]:
+    """(the /history entry, Sample's progress messages) of one queued prompt."""
     sample = node_id(prompt, "OmniSample")
-    events = Events(comfyui_server, "omni-progress")
+    events = Events(server, client_id)
     try:
-        prompt_id = queue_with(comfyui_server, prompt, events.client_id)
-        run = comfyui_server.wait(prompt_id)
-        events.wait_for(lambda: events.of("execution_success", prompt_id))
+        prompt_id = queue_with(server, prompt, events.client_id)
+        run = server.wait(prompt_id)
+        events.wait_for(lambda: events.of("execution_success", prompt_id) or events.of("execution_error", prompt_id))
     finally:
         events.close()
     assert run["status"]["status_str"] == "success", error_of(run)
-    steps = [d["value"] for _, d in events.of("progress", prompt_id) if d["node"] == sample]
-    assert steps and steps[-1] == 5 and steps == sorted(steps), steps
-    assert all(d["max"] == 5 for _, d in events.of("progress", prompt_id) if d["node"] == sample)
-    assert "TeaCache" in run["outputs"][sample]["text"][0]
+    return run, [d for _, d in events.of("progress", prompt_id) if d["node"] == sample]
+
+
+@on_every_version
+def test_progress_reaches_the_websocket_and_a_quality_target_is_kept_in_the_user_folder(comfyui_server):
+    """The TeaCache workflow asks for 35 dB: its first run calibrates (one progress bar over all its runs),
+    keeps the threshold in ComfyUI's user folder, and a later run of another seed reuses it."""
+    kept = comfyui_server.base / "user" / "omni_diffusion" / "cache-calibrations.json"
+    kept.unlink(missing_ok=True)
+    prompt = small("qwen-image-teacache.json", steps=8, seed=101)
+    sample = node_id(prompt, "OmniSample")
+    run, progress = _run_with_events(comfyui_server, prompt, "omni-progress")
+    steps = [d["value"] for d in progress]
+    total = progress[-1]["max"]
+    assert total > 8 and steps[-1] == total and steps == sorted(steps), steps
+    assert all(d["max"] == total for d in progress), "one bar over the calibration and the run"
+    text = run["outputs"][sample]["text"][0]
+    assert "TeaCache" in text and "for at least 35 dB" in text and "calibrated in" in text, text
+    assert kept.exists()
+
+    prompt[sample]["inputs"]["seed"] += 1000
+    run, progress = _run_with_events(comfyui_server, prompt, "omni-progress-again")
+    text = run["outputs"][sample]["text"][0]
+    assert "reused" in text and progress[-1]["value"] == progress[-1]["max"] == 8, text
 
 
 def _interrupt_midway(server, prompt: dict, client_id: str, after_step: int = 2):
