@@ -31,16 +31,16 @@ def test_there_is_a_workflow_per_family():
                          "in the family module, then run `python -m omni_diffusion_nodes.headless.recipes workflows`")
 
 
-def test_the_readme_lists_every_family():
-    """What cannot be generated from a family module: the README's Models table, written for users."""
+def test_the_models_page_lists_every_family():
+    """What cannot be generated from a family module: the Models table (docs/models.md), written for users."""
     from omni_backend.families import FAMILIES
 
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    table = readme[readme.index("## Models"):readme.index("## Nodes")]
+    page = (Path(__file__).resolve().parent.parent / "docs" / "models.md").read_text()
+    table = page[page.index("| Family | Pipeline |"):].split("\n\n")[0]
     for family in FAMILIES.values():
         assert family.example_model, f"{family.key}: set example_model (the real checkpoint's folder name)"
         assert any(name in table for name in family.pipeline_classes), \
-            f"add a row for {family.title} ({family.pipeline_classes[0]}) to the README's Models table"
+            f"add a row for {family.title} ({family.pipeline_classes[0]}) to the Models table in docs/models.md"
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
