@@ -11,9 +11,10 @@ import inspect
 
 from omni_backend.errors import OmniError, OmniInterrupted
 
+from ..graph.node_defs import node_inputs
+from ..graph.workflow_format import (WorkflowError, WorkflowProblem, problem_from_error, unknown_node_problem,
+                                     value_problem)
 from ..nodes import comfy_bridge
-from .node_defs import node_inputs
-from .workflow_format import WorkflowError, WorkflowProblem, problem_from_error, unknown_node_problem, value_problem
 
 
 class NodeExecutionError(OmniError, RuntimeError):

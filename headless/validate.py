@@ -24,12 +24,14 @@ from pathlib import Path
 from omni_backend.compat import check_spec, collecting_problems
 from omni_backend.errors import OmniError
 
+from ..graph.workflow_format import (FRONTEND_ONLY, WorkflowError, WorkflowProblem, check_widgets, is_ui_format,
+                                     load_workflow, problem_from_error, problem_from_rule, structure_problems,
+                                     ui_to_api)
+from ..nodes import NODE_DISPLAY_NAME_MAPPINGS
 from ..nodes.common import LINKED, builds_spec
 from .executor import validate_prompt
-from .node_defs import all_node_classes
+from .node_classes import all_node_classes
 from .runner import configure
-from .workflow_format import (FRONTEND_ONLY, WorkflowError, WorkflowProblem, check_widgets, is_ui_format,
-                              load_workflow, problem_from_error, problem_from_rule, structure_problems, ui_to_api)
 
 
 def validate_file(path: str | Path, models_dir: str | Path | None = None,
@@ -48,9 +50,9 @@ def validate_workflow(workflow: dict) -> list[WorkflowProblem]:
     if problems:
         return problems
     if is_ui_format(workflow):
-        problems += check_widgets(workflow, classes)
+        problems += check_widgets(workflow, classes, NODE_DISPLAY_NAME_MAPPINGS)
         try:
-            prompt = ui_to_api(workflow, classes)
+            prompt = ui_to_api(workflow, classes, NODE_DISPLAY_NAME_MAPPINGS)
         except WorkflowError as exc:
             return _unique(problems + exc.problems)
     else:
@@ -152,9 +154,9 @@ def check_graph(workflow: dict) -> dict:
     if structure:
         return {"problems": {p.node_id: [p.as_dict()] for p in structure}, "support": {}}
     graph = _pack_part(workflow)
-    problems = check_widgets(graph, classes)
+    problems = check_widgets(graph, classes, NODE_DISPLAY_NAME_MAPPINGS)
     try:
-        prompt = ui_to_api(graph, classes)
+        prompt = ui_to_api(graph, classes, NODE_DISPLAY_NAME_MAPPINGS)
     except WorkflowError as exc:
         prompt, problems = {}, problems + exc.problems
     builders = {node_id: node for node_id, node in prompt.items() if builds_spec(classes[node["class_type"]])}

@@ -16,9 +16,9 @@ import pytest
 
 from omni_backend.families import FAMILIES
 from omni_backend.spec import all_rules
+from omni_diffusion_nodes.graph.workflow_format import is_ui_format
 from omni_diffusion_nodes.headless.recipes import LORA_FILES, base_workflow
 from omni_diffusion_nodes.headless.validate import validate_workflow
-from omni_diffusion_nodes.headless.workflow_format import is_ui_format
 from omni_diffusion_nodes.nodes.check_route import answer
 
 PACK_ROOT = Path(__file__).resolve().parent.parent
