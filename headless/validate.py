@@ -29,7 +29,7 @@ from ..graph.workflow_format import (FRONTEND_ONLY, WorkflowError, WorkflowProbl
                                      ui_to_api)
 from ..nodes import NODE_DISPLAY_NAME_MAPPINGS
 from ..nodes.common import LINKED, builds_spec
-from .executor import validate_prompt
+from ..graph.prompt_check import validate_prompt
 from .node_classes import all_node_classes
 from .runner import configure
 
