@@ -33,7 +33,7 @@ class WorkflowProblem:
     title: str
     problem: str
     fix: str
-    rule: str = ""  # the compat rule id, for feature combinations (see headless/validate.py)
+    rule: str = ""  # the compat rule id, for feature combinations (see check.py)
 
     def __str__(self) -> str:
         return f"node {self.node_id} ({self.title}): {self.problem}. Fix: {self.fix}"
@@ -260,6 +260,9 @@ def ui_to_api(workflow: dict, classes: dict, titles: dict) -> dict:
 
 
 def unknown_node_problem(node_id: str, title: str, kind: str, classes: dict) -> WorkflowProblem:
+    if kind.startswith("Omni"):  # saved by another version of the pack (ComfyUI's check asks too)
+        return WorkflowProblem(node_id, title, f"unknown node type {kind!r}",
+                               "this version of the pack has no such node: update the pack, or replace the node")
     return WorkflowProblem(node_id, title, f"unknown node type {kind!r}",
                            "headless runs know this pack's Omni nodes and " + ", ".join(
                                sorted(k for k in classes if not k.startswith("Omni")))

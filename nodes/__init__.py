@@ -1,4 +1,9 @@
-"""The pack's graph nodes. Import this package relatively only: ComfyUI owns the name `nodes`."""
+"""The pack's graph nodes. Import this package relatively only: ComfyUI owns the name `nodes`.
+
+They build and check specs and call the engine (omni_backend); the checks they share with the CLI
+live in the graph package below them. They never import the CLI (headless), which hosts them
+outside ComfyUI: see tests/test_layers.py for the layers.
+"""
 
 from __future__ import annotations
 
