@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .node_defs import node_inputs
+from ..graph.node_defs import node_inputs
 
 SOCKET_WIDTH = 320
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from omni_backend.families import FAMILIES
 
 from .builder import WorkflowBuilder
-from .node_defs import all_node_classes
+from .node_classes import all_node_classes
 
 
 def base_workflow(family: str, features=(), filename_prefix: str | None = None, sample: dict | None = None,

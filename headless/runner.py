@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..nodes import comfy_bridge
+from ..graph.workflow_format import WorkflowError, is_ui_format, load_workflow, structure_problems, ui_to_api
+from ..nodes import NODE_DISPLAY_NAME_MAPPINGS, comfy_bridge
 from .executor import execute
-from .node_defs import all_node_classes
-from .workflow_format import WorkflowError, is_ui_format, load_workflow, structure_problems, ui_to_api
+from .node_classes import all_node_classes
 
 
 @dataclass
@@ -29,7 +29,7 @@ def configure(models_dir: str | Path | None = None, output_dir: str | Path | Non
 
 
 def to_prompt(workflow: dict) -> dict:
-    return ui_to_api(workflow, all_node_classes()) if is_ui_format(workflow) else workflow
+    return ui_to_api(workflow, all_node_classes(), NODE_DISPLAY_NAME_MAPPINGS) if is_ui_format(workflow) else workflow
 
 
 def run_workflow(workflow: str | Path | dict, **folders) -> WorkflowRun:

@@ -7,10 +7,12 @@ import re
 
 from omni_backend.errors import OmniInterrupted
 
+# Declared with the graph check, which runs the nodes that return OMNI_MODEL and hands check_inputs
+# LINKED for inputs only a run produces; the nodes take them from here.
+from ..graph.node_contract import LINKED, OMNI_MODEL  # noqa: F401
 from . import comfy_bridge
 
 CATEGORY = "Omni Diffusion"
-OMNI_MODEL = "OMNI_MODEL"
 # The model link every feature node takes: one wording, so the tooltips read the same everywhere.
 MODEL_IN_TOOLTIP = ("The Omni model from Load Omni Model (or from another Omni node); this node adds its "
                     "feature and passes the model on.")
@@ -39,12 +41,6 @@ def without_mark(name: str) -> str:
     return _MARK.sub("", name)
 
 
-def builds_spec(node_class) -> bool:
-    """Nodes that return OMNI_MODEL read configs only (Load Omni Model, Apply/Config nodes, Load LoRA):
-    validators may run them without loading weights."""
-    return tuple(getattr(node_class, "RETURN_TYPES", ())) == (OMNI_MODEL,)
-
-
 @contextlib.contextmanager
 def host_interrupts():
     """The backend raises OmniInterrupted; ComfyUI expects its own interrupt exception."""
@@ -52,17 +48,6 @@ def host_interrupts():
         yield
     except OmniInterrupted as exc:
         comfy_bridge.raise_interrupted(exc)
-
-
-class _Linked:
-    """Stands for an input that only a run produces (an image from Load Image, a latent), when a
-    validator calls a node's `check_inputs` before anything runs."""
-
-    def __repr__(self) -> str:
-        return "LINKED"
-
-
-LINKED = _Linked()
 
 
 def as_verdict(check, **inputs):

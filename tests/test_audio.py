@@ -116,7 +116,7 @@ def test_wrong_inputs_are_refused_with_the_fix(headless, nodes, spec):
 
 def test_an_image_models_audio_output_stops_save_audio(headless):
     from omni_diffusion_nodes.headless.builder import WorkflowBuilder
-    from omni_diffusion_nodes.headless.node_defs import all_node_classes
+    from omni_diffusion_nodes.headless.node_classes import all_node_classes
     from omni_diffusion_nodes.headless.runner import run_workflow
 
     builder = WorkflowBuilder(all_node_classes())

@@ -11,8 +11,8 @@ import torch
 from omni_backend.engine import default_engine
 from omni_backend.errors import OmniError, OmniInputError
 from omni_backend.spec import ModelSpec
+from omni_diffusion_nodes.graph.workflow_format import WorkflowError
 from omni_diffusion_nodes.headless.runner import run_workflow
-from omni_diffusion_nodes.headless.workflow_format import WorkflowError
 
 
 @pytest.fixture()

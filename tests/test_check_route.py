@@ -16,9 +16,9 @@ import pytest
 
 from omni_backend.families import FAMILIES
 from omni_backend.spec import all_rules
+from omni_diffusion_nodes.graph.workflow_format import is_ui_format
 from omni_diffusion_nodes.headless.recipes import LORA_FILES, base_workflow
 from omni_diffusion_nodes.headless.validate import validate_workflow
-from omni_diffusion_nodes.headless.workflow_format import is_ui_format
 from omni_diffusion_nodes.nodes.check_route import answer
 
 PACK_ROOT = Path(__file__).resolve().parent.parent
@@ -142,3 +142,13 @@ def test_a_problem_the_graph_introduces_is_answered_at_its_node(headless):
 def test_a_malformed_post_gets_a_clear_400(posted):
     body, status = answer(posted)
     assert status == 400 and "serializes" in body["error"]
+
+
+def test_a_node_this_version_of_the_pack_lacks_is_named_with_the_way_out(headless):
+    workflow = copy.deepcopy(base_workflow("qwen-image"))
+    workflow["nodes"].append({"id": 97, "type": "OmniFromANewerPack", "mode": 0, "inputs": [], "outputs": [],
+                              "widgets_values": []})
+    body, status = answer(workflow)
+    assert status == 200
+    [problem] = body["problems"]["97"]
+    assert "OmniFromANewerPack" in problem["problem"] and "update the pack" in problem["fix"]

@@ -19,9 +19,9 @@ import pytest
 from PIL import Image
 
 from comfyui_host import error_of, on_every_version, on_newest, tier
+from omni_diffusion_nodes.graph.workflow_format import is_ui_format, load_workflow
 from omni_diffusion_nodes.headless.runner import configure, to_prompt
 from omni_diffusion_nodes.headless.validate import validate_workflow
-from omni_diffusion_nodes.headless.workflow_format import is_ui_format, load_workflow
 
 pytestmark = tier
 PACK_ROOT = Path(__file__).resolve().parent.parent

@@ -162,7 +162,7 @@ def test_docs_conditioning_table_agrees_with_the_families():
 def test_the_graph_validator_refuses_before_the_encoder_has_run(headless, nodes, tiny_settings):
     """`omni-diffusion validate` passes a connected CONDITIONING as LINKED: the model's refusal and a
     missing negative are found without any tensor."""
-    from omni_diffusion_nodes.nodes.common import LINKED
+    from omni_diffusion_nodes.graph.node_contract import LINKED
 
     check = nodes["OmniSample"].check_inputs
     (flux,) = nodes["OmniLoadModel"]().load("flux", "auto", "auto")

@@ -12,8 +12,9 @@ import torch
 
 from omni_backend import model_folder
 from omni_backend.errors import OmniInputError
-from omni_diffusion_nodes.headless.executor import NodeExecutionError, execute, validate_prompt
-from omni_diffusion_nodes.headless.node_defs import all_node_classes
+from omni_diffusion_nodes.graph.prompt_check import validate_prompt
+from omni_diffusion_nodes.headless.executor import NodeExecutionError, execute
+from omni_diffusion_nodes.headless.node_classes import all_node_classes
 from omni_diffusion_nodes.headless.validate import validate_workflow
 from omni_diffusion_nodes.nodes import comfy_bridge
 

@@ -74,8 +74,8 @@ def test_make_tiny_lists_families_and_writes_a_folder(tmp_path, capsys):
 
 def test_cli_run_prints_written_files(headless, tmp_path, capsys):
     workflow = PACK_ROOT / "workflows" / "z-image.json"
+    from omni_diffusion_nodes.graph.workflow_format import load_workflow
     from omni_diffusion_nodes.headless.runner import to_prompt
-    from omni_diffusion_nodes.headless.workflow_format import load_workflow
     import json
 
     prompt = to_prompt(load_workflow(workflow))

@@ -9,13 +9,14 @@ from pathlib import Path
 import jsonschema
 import pytest
 from comfyui_host import COMFYUI_PATH, covering_subset, node_types, only_cases, output_kind
-from omni_diffusion_nodes.headless.node_defs import all_node_classes
-from omni_diffusion_nodes.headless.runner import run_workflow
-from omni_diffusion_nodes.headless.workflow_format import (
+from omni_diffusion_nodes.graph.workflow_format import (
     WorkflowError,
     check_widgets,
     load_workflow,
 )
+from omni_diffusion_nodes.headless.node_classes import all_node_classes
+from omni_diffusion_nodes.headless.runner import run_workflow
+from omni_diffusion_nodes.nodes import NODE_DISPLAY_NAME_MAPPINGS
 
 WORKFLOWS = sorted((Path(__file__).resolve().parent.parent / "workflows").glob("*.json"))
 # ComfyUI's workflow file schema (v0.4, what the frontend saves): see tests/reference/README.md.
@@ -50,7 +51,7 @@ def test_workflow_matches_comfyui_schema(path):
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
 def test_saved_widgets_match_current_node_inputs(headless, path):
-    assert check_widgets(load_workflow(path), all_node_classes()) == []
+    assert check_widgets(load_workflow(path), all_node_classes(), NODE_DISPLAY_NAME_MAPPINGS) == []
 
 
 def _headless_runs_it(path: Path) -> bool:
@@ -85,7 +86,7 @@ def test_reordered_widgets_are_caught(headless):
     widgets = [i for i in node["inputs"] if i.get("widget")]
     widgets[3], widgets[4] = widgets[4], widgets[3]  # as if two inputs had been swapped in INPUT_TYPES
     node["inputs"] = [i for i in node["inputs"] if not i.get("widget")] + widgets
-    problems = check_widgets(broken, all_node_classes())
+    problems = check_widgets(broken, all_node_classes(), NODE_DISPLAY_NAME_MAPPINGS)
     assert len(problems) == 1 and "saved widgets" in problems[0].problem
 
 
@@ -94,7 +95,7 @@ def test_renamed_widget_is_caught(headless):
     node = _sample_node(broken)
     slot = next(i for i in node["inputs"] if i.get("widget", {}).get("name") == "guidance")
     slot["name"] = slot["widget"]["name"] = "cfg"  # as saved before a rename of "cfg" to "guidance"
-    problems = check_widgets(broken, all_node_classes())
+    problems = check_widgets(broken, all_node_classes(), NODE_DISPLAY_NAME_MAPPINGS)
     assert len(problems) == 1 and "'cfg'" in problems[0].problem
 
 
@@ -104,7 +105,7 @@ def test_shifted_values_are_caught_without_widget_names(headless):
     node = _sample_node(broken)
     node["inputs"] = [i for i in node["inputs"] if not i.get("widget")]
     del node["widgets_values"][2]  # the seed
-    problems = check_widgets(broken, all_node_classes())
+    problems = check_widgets(broken, all_node_classes(), NODE_DISPLAY_NAME_MAPPINGS)
     # One value short may also read as "saved before the last optional widget": then the shifted values
     # land on inputs whose types they do not fit (seed control text where a number goes, ...).
     assert problems and any("widget values" in p.problem or "expected" in p.problem for p in problems)
@@ -117,13 +118,13 @@ def test_files_saved_before_layers_and_resolution_still_check(headless):
     node = _sample_node(older)
     del node["widgets_values"][-2:]
     node["inputs"] = [i for i in node["inputs"] if i.get("widget", {}).get("name") not in ("layers", "resolution")]
-    assert check_widgets(older, all_node_classes()) == []
+    assert check_widgets(older, all_node_classes(), NODE_DISPLAY_NAME_MAPPINGS) == []
 
 
 def test_out_of_range_value_is_caught(headless):
     broken = copy.deepcopy(load_workflow(WORKFLOWS[0]))
     _sample_node(broken)["widgets_values"][4] = 0  # steps (after prompt, negative, seed, seed control)
-    problems = check_widgets(broken, all_node_classes())
+    problems = check_widgets(broken, all_node_classes(), NODE_DISPLAY_NAME_MAPPINGS)
     assert [p.problem for p in problems] == ["steps = 0: below the minimum 1"]
     with pytest.raises(WorkflowError, match="steps"):
         run_workflow(broken)

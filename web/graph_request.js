@@ -3,7 +3,7 @@
 //
 // The extension holds no rules: it posts the graph as the editor serializes it (the workflow
 // file's UI format) to POST /omni_diffusion/check, which runs the same Python check as
-// `omni-diffusion validate` (headless/validate.py: check_graph) and answers
+// `omni-diffusion validate` (graph/check.py: check_graph) and answers
 // {problems: {nodeId: [{node, title, problem, fix, rule}]}, support: {loaderId: [line]}}.
 
 const PACK_PREFIX = "Omni";

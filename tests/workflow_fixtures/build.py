@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 
 from omni_diffusion_nodes.headless.builder import WorkflowBuilder
-from omni_diffusion_nodes.headless.node_defs import all_node_classes
+from omni_diffusion_nodes.headless.node_classes import all_node_classes
 from omni_diffusion_nodes.headless.recipes import LORA_FILES, base_workflow
 from omni_diffusion_nodes.headless.runner import to_prompt
 

@@ -1,7 +1,6 @@
-"""The node classes a headless run knows: this pack's nodes plus stand-ins for ComfyUI core nodes.
-
-Also the one reading of INPUT_TYPES that the workflow converter, the widget checker and the
-builder share: which inputs are widgets, in what order, and how many values each one saves.
+"""The one reading of a node class's INPUT_TYPES that the workflow converter, the widget checker,
+the queue's checks and the workflow builder share: which inputs are widgets, in what order, and how
+many values each one saves.
 """
 
 from __future__ import annotations
@@ -51,10 +50,3 @@ def node_inputs(node_class) -> list[InputDef]:
 def widget_inputs(node_class) -> list[InputDef]:
     return [i for i in node_inputs(node_class) if i.is_widget]
 
-
-def all_node_classes() -> dict:
-    from ..nodes import NODE_CLASS_MAPPINGS
-
-    from .core_nodes import CORE_NODE_CLASSES
-
-    return {**CORE_NODE_CLASSES, **NODE_CLASS_MAPPINGS}

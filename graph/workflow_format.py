@@ -5,6 +5,10 @@ node's INPUT_TYPES (required, then optional), plus UI-only values such as a seed
 "control_after_generate". Turning it into the API format ({id: {class_type, inputs}}) needs the
 node definitions, which is also what lets us check that a saved workflow still matches the nodes:
 a renamed or reordered input shows up as a mismatch instead of silently shifting values.
+
+The node definitions come from the caller, as ComfyUI keeps them: `classes` (node type -> class,
+NODE_CLASS_MAPPINGS) and `titles` (node type -> display name, NODE_DISPLAY_NAME_MAPPINGS), the
+title a node without one of its own shows in the editor and in every problem reported at it.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ class WorkflowProblem:
     title: str
     problem: str
     fix: str
-    rule: str = ""  # the compat rule id, for feature combinations (see headless/validate.py)
+    rule: str = ""  # the compat rule id, for feature combinations (see check.py)
 
     def __str__(self) -> str:
         return f"node {self.node_id} ({self.title}): {self.problem}. Fix: {self.fix}"
@@ -132,12 +136,10 @@ def is_api_format(data: dict) -> bool:
     return bool(data) and all(isinstance(v, dict) and "class_type" in v for v in data.values())
 
 
-def node_title(node: dict) -> str:
+def node_title(node: dict, titles: dict) -> str:
     """The title the editor shows: a user's own, else the node's display name."""
-    from ..nodes import NODE_DISPLAY_NAME_MAPPINGS
-
     kind = node.get("type", "?")
-    return node.get("title") or NODE_DISPLAY_NAME_MAPPINGS.get(kind, kind)
+    return node.get("title") or titles.get(kind, kind)
 
 
 # ---- widgets ------------------------------------------------------------------------------
@@ -155,14 +157,14 @@ def read_widgets(node: dict, node_class) -> dict:
     return values
 
 
-def check_widgets(workflow: dict, classes: dict) -> list[WorkflowProblem]:
+def check_widgets(workflow: dict, classes: dict, titles: dict) -> list[WorkflowProblem]:
     """Saved widget names, count and values against the nodes' current inputs."""
     problems = []
     for node in workflow.get("nodes", []):
         node_class = classes.get(node.get("type"))
         if node_class is None:
             continue
-        node_id, title = str(node.get("id")), node_title(node)
+        node_id, title = str(node.get("id")), node_title(node, titles)
         expected = widget_inputs(node_class)
         saved_names = [i["widget"].get("name", i.get("name")) for i in node.get("inputs", [])
                        if isinstance(i, dict) and isinstance(i.get("widget"), dict)]
@@ -235,7 +237,7 @@ def value_problem(widget: InputDef, value) -> str | None:
 
 
 # ---- UI -> API ----------------------------------------------------------------------------
-def ui_to_api(workflow: dict, classes: dict) -> dict:
+def ui_to_api(workflow: dict, classes: dict, titles: dict) -> dict:
     nodes = {str(n["id"]): n for n in workflow.get("nodes", [])}
     links = {link[0]: link for link in workflow.get("links", [])}
     prompt: dict[str, dict] = {}
@@ -245,26 +247,29 @@ def ui_to_api(workflow: dict, classes: dict) -> dict:
             continue
         node_class = classes.get(kind)
         if node_class is None:
-            raise WorkflowError(unknown_node_problem(node_id, node_title(node), kind, classes))
+            raise WorkflowError(unknown_node_problem(node_id, node_title(node, titles), kind, classes))
         inputs = dict(read_widgets(node, node_class))
         for slot in node.get("inputs", []):
             if slot.get("link") is None:
                 continue
-            source = _resolve_link(slot["link"], links, nodes)
+            source = _resolve_link(slot["link"], links, nodes, titles)
             if source is not None:
                 inputs[slot["name"]] = source
-        prompt[node_id] = {"class_type": kind, "inputs": inputs, "_meta": {"title": node_title(node)}}
+        prompt[node_id] = {"class_type": kind, "inputs": inputs, "_meta": {"title": node_title(node, titles)}}
     return prompt
 
 
 def unknown_node_problem(node_id: str, title: str, kind: str, classes: dict) -> WorkflowProblem:
+    if kind.startswith("Omni"):  # saved by another version of the pack (ComfyUI's check asks too)
+        return WorkflowProblem(node_id, title, f"unknown node type {kind!r}",
+                               "this version of the pack has no such node: update the pack, or replace the node")
     return WorkflowProblem(node_id, title, f"unknown node type {kind!r}",
                            "headless runs know this pack's Omni nodes and " + ", ".join(
                                sorted(k for k in classes if not k.startswith("Omni")))
                            + "; run other nodes in ComfyUI itself")
 
 
-def _resolve_link(link_id, links, nodes):
+def _resolve_link(link_id, links, nodes, titles):
     """Follow a link through reroutes, primitives and bypassed nodes to [node_id, slot] or a value."""
     seen = set()
     while True:
@@ -286,7 +291,7 @@ def _resolve_link(link_id, links, nodes):
             passthrough = [i for i in source.get("inputs", []) if i.get("link") is not None
                            and i.get("type") == link_type]
             if not passthrough:
-                raise WorkflowError(WorkflowProblem(str(source_id), node_title(source),
+                raise WorkflowError(WorkflowProblem(str(source_id), node_title(source, titles),
                                                     f"is bypassed but has no {link_type} input to pass through",
                                                     "un-bypass it or connect its input"))
             link_id = passthrough[0]["link"]
