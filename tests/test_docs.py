@@ -101,3 +101,26 @@ def test_the_readme_keeps_the_test_command_ci_runs():
     """`.ci/run` ends with the README's test command (tests/test_packaging.py checks the pytest line too)."""
     last = [line for line in (PACK_ROOT / ".ci" / "run").read_text().splitlines() if line.strip()][-1]
     assert last in README.read_text().splitlines()
+
+
+def test_the_example_graph_shows_its_workflow_file():
+    """The README draws workflows/qwen-image-teacache.json by hand: its nodes and settings stay the file's."""
+    import json
+
+    from omni_diffusion_nodes.nodes import NODE_DISPLAY_NAME_MAPPINGS
+
+    readme = README.read_text()
+    section = readme[readme.index("## Example graph"):].split("\n## ")[0]
+    name = re.search(r"`(workflows/[\w.-]+\.json)`", section).group(1)
+    graph = section[section.index("```\n") + 4:].split("```")[0]
+    nodes = {node["type"]: node["widgets_values"] for node in json.loads((PACK_ROOT / name).read_text())["nodes"]}
+    titles = {**NODE_DISPLAY_NAME_MAPPINGS, "SaveImage": "Save Image"}
+    assert [titles[kind] for kind in nodes] == re.findall(r"^\[([^\]]+)\]", graph, re.M)
+    kinds = ("OmniLoadModel", "OmniApplyTeaCache", "OmniSample", "OmniVAEDecode", "SaveImage")
+    model, teacache, sample, decode, save = (nodes[kind] for kind in kinds)
+    prompt, _negative, seed, _control, steps, guidance, width, height = sample[:8]
+    shown = [f"model_name {model[0]}", f"rel_l1_thresh {teacache[0]:g}", f"target_db {teacache[5]:g}",
+             f'prompt "{prompt}"', f"seed {seed}", f"{steps} steps", f"guidance {guidance:g}", f"{width} x {height}",
+             f"tile_size {decode[0]}, tile_overlap {decode[1]}", f"filename_prefix {save[0]}"]
+    assert not [text for text in shown if text not in graph], f"the README's example graph differs from {name}"
+    assert f"omni-diffusion run {name}" in section
