@@ -124,3 +124,14 @@ def test_the_example_graph_shows_its_workflow_file():
              f"tile_size {decode[0]}, tile_overlap {decode[1]}", f"filename_prefix {save[0]}"]
     assert not [text for text in shown if text not in graph], f"the README's example graph differs from {name}"
     assert f"omni-diffusion run {name}" in section
+
+
+def test_the_readme_headline_numbers_are_the_benchmarks_page_numbers():
+    """The README's Benchmarks table is a short copy of docs/benchmarks.md: a re-measured figure changes both."""
+    readme = README.read_text()
+    table = readme[readme.index("## Benchmarks"):].split("\n## ")[0]
+    rows = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith("| Benchmark")]
+    full = (PACK_ROOT / "docs" / "benchmarks.md").read_text()
+    figures = {figure for row in rows for figure in re.findall(r"(?<![\w.])\d+\.\d+(?:x| dB| s| ms)?", row)}
+    assert figures, "no figures found in the README's Benchmarks table"
+    assert not sorted(f for f in figures if f not in full), "update the README's headline numbers from docs/benchmarks.md"
