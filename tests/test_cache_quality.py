@@ -31,13 +31,6 @@ NODE_DEFAULT, NODE_MAX = 0.2, 2.0  # Apply TeaCache's rel_l1_thresh
 
 
 @pytest.fixture(scope="module")
-def engine():
-    engine = Engine()
-    yield engine
-    engine.unload_all()
-
-
-@pytest.fixture(scope="module")
 def spec(models_dir):
     return ModelSpec.from_folder(str(models_dir / "diffusers" / "qwen-image"), dtype="fp32", device="cpu")
 
