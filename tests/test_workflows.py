@@ -8,7 +8,8 @@ from pathlib import Path
 
 import jsonschema
 import pytest
-from comfyui_host import COMFYUI_PATH, SUBSET_SINGLE_FILES, covering_subset, node_types, only_cases, output_kind
+from comfyui_host import (COMFYUI_PATH, SUBSET_SINGLE_FILES, covering_subset, host_traits, node_types, only_cases,
+                          output_kind)
 from omni_diffusion_nodes.graph.workflow_format import (
     WorkflowError,
     check_widgets,
@@ -55,10 +56,10 @@ def test_saved_widgets_match_current_node_inputs(headless, path):
 
 
 def _headless_runs_it(path: Path) -> bool:
-    """Every workflow, but while the real-ComfyUI tier runs (it runs every one in a real server) only the
-    subset that covers every node type, output kind and single-file loader: the same engine runs both,
-    and the headless host's own parts (its core-node stand-ins) are all in that subset."""
-    return not COMFYUI_PATH or path in covering_subset(WORKFLOWS)
+    """Every workflow, but while the real-ComfyUI tier runs (it runs every one in a real server, with the
+    same nodes and engine) only the fewest that cover what the headless host adds: its core-node
+    stand-ins and every output kind."""
+    return not COMFYUI_PATH or path in covering_subset(WORKFLOWS, host_traits, first=())
 
 
 @only_cases(lambda path: _headless_runs_it(path))
@@ -149,3 +150,7 @@ def test_the_subset_covers_every_node_and_output_kind():
     assert {output_kind(p) for p in subset} == {"image", "video", "audio", "layered"}
     assert SUBSET_SINGLE_FILES in {p.name for p in subset}
     assert len(subset) < len(WORKFLOWS)
+    hosted = covering_subset(WORKFLOWS, host_traits, first=())
+    assert set().union(*map(host_traits, hosted)) == set().union(*map(host_traits, WORKFLOWS))
+    assert {"SaveImage", "SaveAudio", "SaveAnimatedPNG", "JoinImageWithAlpha", "LoadImage"} <= \
+        set().union(*map(node_types, hosted))
