@@ -5,7 +5,9 @@ main.py); without it, every test of the tier is skipped with that reason. COMFYU
 interpreter that runs them (ComfyUI's requirements and this pack's; default: this one). A version
 whose frontend differs from the interpreter's may have its own packages in COMFYUI_OVERLAYS/<version>
 (`pip install --target`, put before the interpreter's on PYTHONPATH): `.ci/run` puts 0.3.64's pinned
-frontend there.
+frontend there. COMFYUI_ENV_READY, when set, names a file that appears holding an exit status once
+those interpreters are built: `.ci/run` builds them while the rest of the suite runs (the tier runs
+last), and the tier waits for that file before it starts anything.
 
 A tree is never run where it lies: each is copied once per session to a temporary folder (ComfyUI
 writes its database and caches beside its code), and each server gets its own base directory with
@@ -39,6 +41,8 @@ OVERLAYS = os.environ.get("COMFYUI_OVERLAYS")
 SKIP_REASON = "COMFYUI_PATH is not set (a ComfyUI source tree, or a folder of them, to run the real host)"
 STARTUP_SECONDS = 300  # importing torch, ComfyUI and the pack on two shared cores
 RUN_SECONDS = 600
+ENV_READY = os.environ.get("COMFYUI_ENV_READY")
+ENV_BUILD_SECONDS = 1800  # the longest the tier waits for a build that .ci/run started beside pytest
 
 # The tier's marks: `pytest -m comfyui` selects it, `-m "not comfyui"` leaves it out.
 tier = [pytest.mark.comfyui, pytest.mark.skipif(not COMFYUI_PATH, reason=SKIP_REASON)]
@@ -97,6 +101,24 @@ def working_copy(tree: Tree, scratch: Path) -> Path:
     return target
 
 
+def wait_for_environment(status_file: str | None = ENV_READY, timeout: float = ENV_BUILD_SECONDS) -> None:
+    """Return once the tier's interpreters are built: at once without COMFYUI_ENV_READY; otherwise when
+    its status file appears, failing the test with the build's log when the build failed."""
+    if not status_file:
+        return
+    status, deadline = Path(status_file), time.monotonic() + timeout
+    while not status.exists():
+        if time.monotonic() > deadline:
+            pytest.fail(f"the real-ComfyUI tier's environment was not built in {timeout:.0f} s "
+                        f"(COMFYUI_ENV_READY = {status_file} never appeared)")
+        time.sleep(2)
+    code = status.read_text().strip()
+    if code != "0":
+        log = status.with_suffix(".log")
+        tail = log.read_text(errors="replace")[-4000:] if log.exists() else "(no log)"
+        pytest.fail(f"building the real-ComfyUI tier's environment failed (exit status {code}):\n{tail}")
+
+
 def environment(tree: Tree, code_dir: Path, **extra) -> dict:
     """The environment ComfyUI runs in: its tree (and the version's overlay) first on the import path."""
     paths = [str(code_dir)] + ([str(tree.overlay)] if tree.overlay else [])
@@ -114,6 +136,7 @@ class ComfyCode:
 
     def run(self, script: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
         """Run `script` in ComfyUI's interpreter with its modules importable (`comfy`, `nodes`, ...)."""
+        wait_for_environment()
         return subprocess.run([PYTHON, str(script), *args], cwd=self.path, capture_output=True, text=True,
                               timeout=timeout, env=environment(self.tree, self.path))
 
@@ -166,6 +189,7 @@ class ComfyServer:
         return self.log_path.read_text(errors="replace")[-chars:] if self.log_path.exists() else ""
 
     def start(self) -> "ComfyServer":
+        wait_for_environment()
         self._log = open(self.log_path, "w")
         self.process = subprocess.Popen(
             [PYTHON, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
