@@ -15,10 +15,10 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from omni_backend.reference import EDIT_MODEL_DIR, edit_model_path  # noqa: E402
-from omni_backend.reference.edit_dataset import (  # noqa: E402
+from omni_diffusion_nodes.training.edit_dataset import (  # noqa: E402
     Edit, held_out_combinations, held_out_edits, random_edits, render_pairs, training_combinations,
 )
-from omni_backend.reference.edit_evaluate import held_out_inputs, score_edits  # noqa: E402
+from omni_diffusion_nodes.training.edit_evaluate import held_out_inputs, score_edits  # noqa: E402
 
 # Edits 0-1 (recolour), 10-11 (move), 20-21 (new background) of the held-out list.
 QUICK_EDITS = (0, 1, 10, 11, 20, 21)
@@ -79,7 +79,7 @@ def test_input_area_of_a_folder_applies_to_its_run_only():
 @needs_model
 def test_committed_edit_model_follows_held_out_edits_through_the_family():
     from omni_backend.engine import Engine
-    from omni_backend.reference.edit_evaluate import evaluate_edits
+    from omni_diffusion_nodes.training.edit_evaluate import evaluate_edits
     from omni_backend.spec import ModelSpec
 
     folder = edit_model_path()
@@ -97,8 +97,8 @@ def test_committed_edit_model_follows_held_out_edits_through_the_family():
 def test_demo_edit_writes_the_scene_and_its_edit(tmp_path, monkeypatch):
     from PIL import Image
 
-    from omni_backend.reference.dataset import parse_caption
-    from omni_backend.reference.evaluate import score_images
+    from omni_diffusion_nodes.training.dataset import parse_caption
+    from omni_diffusion_nodes.training.evaluate import score_images
     from omni_diffusion_nodes.headless.demo import run_demo
     from omni_diffusion_nodes.headless.recipes import DEMO_EDIT, DEMO_PROMPT
 
@@ -114,8 +114,8 @@ def test_demo_edit_writes_the_scene_and_its_edit(tmp_path, monkeypatch):
 
 def test_edit_training_runs_and_its_loss_falls(tmp_path):
     from omni_backend.engine import Engine
-    from omni_backend.reference.edit_evaluate import generate_edits
-    from omni_backend.reference.train_edit import main
+    from omni_diffusion_nodes.training.edit_evaluate import generate_edits
+    from omni_diffusion_nodes.training.train_edit import main
     from omni_backend.spec import ModelSpec
 
     out = tmp_path / "tiny-edit-run"

@@ -124,7 +124,7 @@ def test_patch_decode_of_the_reference_vae_matches_the_whole_decode(engine, refe
     the whole decode at the model's size (64 px) and at 4x it (256 px), each rank's peak <= 0.6 of one
     device's."""
     from omni_backend.parallel.config import ParallelConfig
-    from omni_backend.reference.vae_training import scene_latents
+    from omni_diffusion_nodes.training.vae_training import scene_latents
 
     vae = engine.loaded(reference_spec).pipe.vae
     spec = reference_spec.replace(parallel=ParallelConfig(cfg_parallel=2, vae_patch_parallel=2))
@@ -143,7 +143,7 @@ def test_one_vae_rank_means_only_rank_0_decodes(reference_spec):
     """With vae_patch_parallel 1 on a 2-rank layout, rank 1's runner returns at once, decoding nothing."""
     from omni_backend.parallel.config import ParallelConfig
     from omni_backend.parallel.runtime import ParallelContext, set_current_context
-    from omni_backend.reference.vae_training import scene_latents
+    from omni_diffusion_nodes.training.vae_training import scene_latents
     from omni_backend.runner import DecodeSettings, LocalRunner
 
     runner = LocalRunner()

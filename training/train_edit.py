@@ -1,6 +1,6 @@
 """Train the reference edit model on the CPU and save it as a QwenImageEditPipeline folder.
 
-    python -m omni_backend.reference.train_edit --out omni_backend/reference/qwen-image-edit-shapes
+    python -m omni_diffusion_nodes.training.train_edit --out omni_backend/reference/qwen-image-edit-shapes
 
 It reuses the text-to-image reference model (`--base`, the committed qwen-image-shapes): its
 trained VAE as is, and its DiT's weights as the start (QwenImageEditPipeline appends the input
@@ -24,9 +24,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def parse_args(argv=None):
-    from . import MODEL_DIR
+    from omni_backend.reference import MODEL_DIR
 
-    parser = argparse.ArgumentParser(prog="python -m omni_backend.reference.train_edit", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m omni_diffusion_nodes.training.train_edit", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, help="folder to write the pipeline to")
     parser.add_argument("--base", default=str(MODEL_DIR), help="the text-to-image reference model folder")
@@ -127,9 +127,9 @@ def write_model_card(out: Path, summary: dict, argv: list[str]) -> None:
     lines = [
         "# qwen-image-edit-shapes: a small Qwen-Image-Edit trained on procedural edits of the shape scenes",
         "",
-        "Made by `omni_backend/reference/train_edit.py` (see its docstring and `edit_dataset.py`) with:",
+        "Made by `training/train_edit.py` (see its docstring and `edit_dataset.py`) with:",
         "",
-        f"    python -m omni_backend.reference.train_edit {' '.join(argv)}",
+        f"    python -m omni_diffusion_nodes.training.train_edit {' '.join(argv)}",
         "",
         "- QwenImageEditPipeline: the input image's latent tokens join the denoised sequence; the pipeline "
         "resizes the input image to 64x64 px (model_index.json `_omni_input_image_area` 4096, which our "

@@ -37,7 +37,7 @@ def tokenizer():
     """Qwen2Tokenizer with the vision markers whose BPE makes every instruction and template word one token."""
     from transformers import Qwen2Tokenizer
 
-    from ..tiny.tokenizers import QWEN_CHAT_TEMPLATE, QWEN_SPECIAL_TOKENS, train_byte_level_bpe
+    from omni_backend.tiny.tokenizers import QWEN_CHAT_TEMPLATE, QWEN_SPECIAL_TOKENS, train_byte_level_bpe
 
     texts = instructions() * 4 + [_TEMPLATE_PREFIX + _TEMPLATE_SUFFIX] * 100
     vocab, merges = train_byte_level_bpe(texts, vocab_size=2000, special_tokens=QWEN_SPECIAL_TOKENS)
@@ -70,7 +70,7 @@ def processor(tok):
     """Image-only Qwen2-VL processor: a 64 px image becomes 56x56 px, 4x4 patches, 4 merged tokens."""
     from transformers import Qwen2VLImageProcessor
 
-    from ..families.qwen_vl_processor import image_only_processor
+    from omni_backend.families.qwen_vl_processor import image_only_processor
 
     image_processor = Qwen2VLImageProcessor(min_pixels=56 * 56, max_pixels=112 * 112, patch_size=14, merge_size=2,
                                             temporal_patch_size=2)
@@ -102,7 +102,7 @@ def save(pipe, out: Path, dtype) -> None:
         pipe.processor = processor_obj
     processor_obj.image_processor.save_pretrained(out / "processor")
     processor_obj.tokenizer.save_pretrained(out / "processor")
-    from ..families.qwen_image_edit import INPUT_AREA_KEY
+    from omni_backend.families.qwen_image_edit import INPUT_AREA_KEY
 
     index_file = out / "model_index.json"
     index = json.loads(index_file.read_text())
