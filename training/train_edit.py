@@ -3,11 +3,12 @@
     python -m omni_diffusion_nodes.training.train_edit --out omni_backend/reference/qwen-image-edit-shapes
 
 It reuses the text-to-image reference model (`--base`, the committed qwen-image-shapes): its
-trained VAE as is, and its DiT's weights as the start (QwenImageEditPipeline appends the input
-image's latent tokens to the sequence, so the architecture is the same; the DiT learns to read
-them). The text side is new (edit_components.py). Stages: build the tokenizer, the frozen text
-encoder and the processor; encode a pool of procedural edits (edit_dataset.py); train the DiT with
-an EMA; save (float16 by default); score the held-out edits through the engine (edit_evaluate.py).
+trained VAE as is (named, not copied, when `--out` sits beside `--base`), and its DiT's weights as
+the start (QwenImageEditPipeline appends the input image's latent tokens to the sequence, so the
+architecture is the same; the DiT learns to read them). The text side is new (edit_components.py).
+Stages: build the tokenizer, the frozen text encoder and the processor; encode a pool of procedural
+edits (edit_dataset.py); train the DiT with an EMA; save (float16 by default); score the held-out
+edits through the engine (edit_evaluate.py).
 Step counts, not time, decide the defaults (`--minutes` caps the DiT stage's wall time instead).
 """
 
@@ -99,7 +100,10 @@ def _main(args, argv) -> dict:
 
     out = Path(args.out)
     trained = edit_components.pipeline(vae, ema, text_encoder, tokenizer, processor)
-    edit_components.save(trained, out, getattr(torch, args.store_dtype))
+    # The VAE is the base's, unchanged: a folder written beside the base names it instead of a copy.
+    summary["shared_vae"] = out.resolve().parent == base.resolve().parent
+    edit_components.save(trained, out, getattr(torch, args.store_dtype),
+                         shared_vae=base / "vae" if summary["shared_vae"] else None)
     summary["size_mb"] = folder_size_mb(out)
     summary["train_seconds"] = time.time() - begin
     summary["load_average_end"] = os.getloadavg()[0]
@@ -134,7 +138,10 @@ def write_model_card(out: Path, summary: dict, argv: list[str]) -> None:
         "- QwenImageEditPipeline: the input image's latent tokens join the denoised sequence; the pipeline "
         "resizes the input image to 64x64 px (model_index.json `_omni_input_image_area` 4096, which our "
         "qwen-image-edit family applies; diffusers alone would use about 1024x1024 px)",
-        f"- VAE: the text-to-image reference's ({_shown(args['base'])}/vae), unchanged",
+        f"- VAE: the text-to-image reference's ({_shown(args['base'])}/vae), unchanged"
+        + ("; kept once, in that folder: model_index.json's `_omni_shared_components` names it, and the "
+           "engine loads it from there (diffusers alone: pass `vae=AutoencoderKLQwenImage.from_pretrained(...)`)"
+           if summary.get("shared_vae") else ""),
         (f"- DiT (QwenImageTransformer2DModel, {TRANSFORMER_CONFIG['num_layers']} layers, "
          f"{TRANSFORMER_CONFIG['num_attention_heads']} heads x {TRANSFORMER_CONFIG['attention_head_dim']}) started "
          f"from {start}: {dit['steps']} steps at batch {args['batch']} on {args['pool']} edits, "
