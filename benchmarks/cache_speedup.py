@@ -35,12 +35,12 @@ from pathlib import Path
 import torch
 from _common import ROOT  # noqa: F401  (offline mode and the pack on sys.path)
 
+from omni_backend.blocks.diagnostics import count_block_work
 from omni_backend.cache import CacheDiTConfig, TeaCacheConfig
-from omni_backend.decode import to_comfy_images
-from omni_backend.diagnostics import count_block_work
 from omni_backend.engine import Engine
 from omni_backend.families import FAMILIES
 from omni_backend.request import GenerationRequest
+from omni_backend.run.decode import to_comfy_images
 from omni_backend.spec import ModelSpec
 
 OURS = {

@@ -37,7 +37,7 @@ from omni_backend.memory import MemoryConfig
 from omni_backend.memory.apply import memory_state
 from omni_backend.memory.residency import resident_parameter_bytes
 from omni_backend.request import GenerationRequest
-from omni_backend.sampling import RunControl
+from omni_backend.run.sampling import RunControl
 from omni_backend.spec import ModelSpec
 
 REFERENCE_DIR = ROOT / "omni_backend" / "reference" / "qwen-image-shapes"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from omni_backend.feature_matrix import FEATURES, PAIR_VERDICTS, PARALLEL_FEATURES, render_markdown
+from omni_backend.rules.feature_matrix import FEATURES, PAIR_VERDICTS, PARALLEL_FEATURES, render_markdown
 from omni_backend.spec import all_rules
 
 PACK_ROOT = Path(__file__).resolve().parent.parent
@@ -84,4 +84,4 @@ def test_readme_shows_the_generated_matrix():
     readme = (PACK_ROOT / "README.md").read_text()
     block = readme[readme.index(README_START) + len(README_START):readme.index(README_END)]
     assert block.strip("\n") == render_markdown().strip("\n"), \
-        "regenerate the README's matrix with `python -m omni_backend.feature_matrix`"
+        "regenerate the README's matrix with `python -m omni_backend.rules.feature_matrix`"

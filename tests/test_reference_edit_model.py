@@ -63,7 +63,7 @@ def test_input_area_of_a_folder_applies_to_its_run_only():
     from diffusers.pipelines.qwenimage import pipeline_qwenimage_edit as edit_module
 
     from omni_backend.families.qwen_image_edit import INPUT_AREA_KEY, _input_area
-    from omni_backend.model_folder import ModelFolder
+    from omni_backend.weights.model_folder import ModelFolder
 
     with _input_area(64 * 64):
         assert edit_module.calculate_dimensions(1024 * 1024, 1.0)[:2] == (64, 64)
@@ -97,8 +97,8 @@ def test_committed_edit_model_follows_held_out_edits_through_the_family():
 def test_no_weights_file_is_stored_twice_and_the_edit_model_names_the_vae_it_shares():
     import hashlib
 
-    from omni_backend.model_folder import inspect_model_folder
     from omni_backend.reference import MODEL_DIR
+    from omni_backend.weights.model_folder import inspect_model_folder
 
     weights = sorted(EDIT_MODEL_DIR.parent.rglob("*.safetensors"))
     digests = {}
@@ -119,8 +119,8 @@ def test_a_shared_component_is_checked_where_it_lives(tmp_path):
     import json
     import shutil
 
-    from omni_backend.model_folder import SHARED_COMPONENTS_KEY, folder_label, inspect_model_folder
     from omni_backend.reference import MODEL_DIR
+    from omni_backend.weights.model_folder import SHARED_COMPONENTS_KEY, folder_label, inspect_model_folder
 
     models = tmp_path / "diffusers"
     base, edit = models / MODEL_DIR.name, models / EDIT_MODEL_DIR.name

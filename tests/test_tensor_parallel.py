@@ -89,7 +89,7 @@ def test_patch_parallel_decode_equals_one_device_tiled_decode(models_dir, engine
 
 def test_patches_cover_the_latent_once_and_balance_across_ranks():
     from omni_backend.parallel.vae_patch import assign_tiles, plan_patches
-    from omni_backend.vae_tiling import plan_tiles
+    from omni_backend.run.vae_tiling import plan_tiles
 
     for height, width, ranks in [(8, 8, 2), (32, 32, 2), (18, 26, 3), (40, 24, 4), (3, 40, 2)]:
         patches = plan_patches(height, width, ranks)
@@ -144,7 +144,7 @@ def test_one_vae_rank_means_only_rank_0_decodes(reference_spec):
     from omni_backend.parallel.config import ParallelConfig
     from omni_backend.parallel.runtime import ParallelContext, set_current_context
     from omni_diffusion_nodes.training.vae_training import scene_latents
-    from omni_backend.runner import DecodeSettings, LocalRunner
+    from omni_backend.run.runner import DecodeSettings, LocalRunner
 
     runner = LocalRunner()
     config = ParallelConfig(cfg_parallel=2)

@@ -108,7 +108,7 @@ def save(pipe, out: Path, dtype, shared_vae: Path | None = None) -> None:
     processor_obj.image_processor.save_pretrained(out / "processor")
     processor_obj.tokenizer.save_pretrained(out / "processor")
     from omni_backend.families.qwen_image_edit import INPUT_AREA_KEY
-    from omni_backend.model_folder import SHARED_COMPONENTS_KEY
+    from omni_backend.weights.model_folder import SHARED_COMPONENTS_KEY
 
     index_file = out / "model_index.json"
     index = json.loads(index_file.read_text())

@@ -86,8 +86,8 @@ def generate_edits(engine, spec, edits: list[Edit], inputs, *, steps: int = STEP
     """Outputs [len(edits) * seeds_per_edit, H, W, 3] in 0..1; edit i runs with seeds i*k .. i*k+k-1."""
     import torch
 
-    from omni_backend.decode import to_comfy_images
     from omni_backend.request import GenerationRequest
+    from omni_backend.run.decode import to_comfy_images
 
     outputs = []
     for index, (edit, image) in enumerate(zip(edits, inputs)):

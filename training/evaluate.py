@@ -91,8 +91,8 @@ def generate(engine, spec, prompts: list[str], *, steps: int = STEPS, guidance: 
              images_per_prompt: int = IMAGES_PER_PROMPT, size: int = IMAGE_SIZE, reports: list | None = None):
     """Images [len(prompts) * images_per_prompt, H, W, 3] in 0..1; prompt i uses seed i. Each run's
     RunReport is appended to `reports` when given."""
-    from omni_backend.decode import to_comfy_images
     from omni_backend.request import GenerationRequest
+    from omni_backend.run.decode import to_comfy_images
 
     batches = []
     for seed, prompt in enumerate(prompts):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 
-from ..diagnostics import BlockWork, count_block_work
+from ..blocks.diagnostics import BlockWork, count_block_work
 
 
 @contextlib.contextmanager

@@ -8,9 +8,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..checks import real_number
-from ..compat import alternative, define_rule, ways_out
 from ..errors import OmniInputError
+from ..rules.checks import real_number
+from ..rules.compat import alternative, define_rule, ways_out
 from .cachedit import CacheDiTConfig
 from .calibration import quality_target
 from .one_method import ONE_CACHE_METHOD

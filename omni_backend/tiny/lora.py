@@ -21,7 +21,7 @@ import argparse
 import json
 from pathlib import Path
 
-from ..model_folder import inspect_model_folder
+from ..weights.model_folder import inspect_model_folder
 
 LAYOUTS = ("diffusers", "kohya", "comfyui")
 # Families whose LoRA loader converts each community layout written here.

@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
-from .errors import OmniInputError
-from .families import FAMILIES, ModelFamily, family_for_pipeline
+from ..errors import OmniInputError
+from ..families import FAMILIES, ModelFamily, family_for_pipeline
 
 TRUSTED_LIBRARIES = {"diffusers", "transformers"}
 MODEL_COMPONENT_PREFIXES = ("transformer", "vae", "text_encoder")

@@ -5,11 +5,11 @@ from __future__ import annotations
 import logging
 import os
 
-from .devices import torch_dtype
-from .errors import OmniInputError
+from ..errors import OmniInputError
+from ..single_file.model_files import load_pipeline_from_files
+from ..system.devices import torch_dtype
+from ..system.process_lock import process_lock
 from .model_folder import TRUSTED_LIBRARIES
-from .process_lock import process_lock
-from .single_file.model_files import load_pipeline_from_files
 
 log = logging.getLogger("omni_diffusion")
 
