@@ -69,7 +69,7 @@ def test_vae_training_path_computes_what_encode_and_decode_compute():
     """Training runs the VAE's convolutions as 2-D and skips decode's clamp; neither may change a number."""
     import torch
 
-    from omni_backend.reference import components
+    from omni_diffusion_nodes.training import components
     from omni_diffusion_nodes.training.vae_training import (
         decode_unclamped, encode_moments, single_frame_convs, to_model_range,
     )
@@ -139,7 +139,7 @@ def test_demo_draws_what_its_prompt_says(tmp_path, monkeypatch):
 def test_shape_crops_contain_the_shape_and_edge_training_runs():
     import torch
 
-    from omni_backend.reference import components
+    from omni_diffusion_nodes.training import components
     from omni_diffusion_nodes.training.vae_training import shape_crops, train_vae
 
     rng = np.random.default_rng(4)
