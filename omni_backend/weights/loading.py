@@ -66,7 +66,8 @@ def load_shared_components(info, dtype) -> dict:
     loaded = {}
     for name, path in info.shared.items():
         library, class_name = info.components[name]
-        module = importlib.import_module(library if library in TRUSTED_LIBRARIES else f"diffusers.pipelines.{library}")
+        package = library if library in TRUSTED_LIBRARIES else f"diffusers.pipelines.{library}"
+        module = importlib.import_module(package)
         loaded[name] = getattr(module, class_name).from_pretrained(
             path, dtype=dtype, local_files_only=True, use_safetensors=True)
     return loaded
