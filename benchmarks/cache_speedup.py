@@ -193,6 +193,7 @@ def quality_rows(model: str, folder: str, prompts, calibration_prompt: str, step
             speedup = round(base_blocks / blocks, 3)
             rows.append({"model": model, "method": method, "target_db": target,
                          "threshold": round(calibrated["threshold"], 4), "psnr_db": worst, "speedup": speedup,
+                         "calibration_psnr_db": round(calibrated["psnr_db"], 2),
                          "calibration_runs": calibrated["runs"], "best_fixed_threshold": best[0],
                          "best_fixed_speedup": best[2], "met": worst >= target,
                          "within_10_percent": speedup >= 0.9 * best[2]})

@@ -11,7 +11,7 @@ import torch
 from cache_support import assert_report_counts_the_work
 
 from omni_backend.cache import CACHE_BACKENDS, CacheDiTConfig, TeaCacheConfig
-from omni_backend.cache.calibration import CACHED_RUNS, calibrate, psnr_db
+from omni_backend.cache.calibration import CACHED_RUNS, MARGIN_DB, calibrate, psnr_db
 from omni_backend.cache.teacache import coefficient_floor
 from omni_backend.cache.teacache_hooks import (
     TeaCacheDecider,
@@ -109,11 +109,12 @@ class Quality:
 
 
 def test_the_bisection_keeps_the_largest_threshold_that_meets_the_target(spec):
-    model = Quality(spec, lambda t: math.inf if t == 0 else 50.0 - 40.0 * t)  # 35 dB at 0.375
+    model = Quality(spec, lambda t: math.inf if t == 0 else 50.0 - 40.0 * t)  # 35 + MARGIN_DB dB at `edge`
     found = calibrate(model.generate, model.decode, spec.replace(cache=TeaCacheConfig(target_db=35.0)), request(),
                       RunControl())
+    edge = (50.0 - 35.0 - MARGIN_DB) / 40.0
     assert found.runs == len(model.thresholds) <= CACHED_RUNS + 1 and model.thresholds[0] == 0.0
-    assert 0.375 / 1.34 < found.threshold <= 0.375 and found.psnr_db >= 35.0
+    assert edge / 1.16 < found.threshold <= edge and found.psnr_db >= 35.0 + MARGIN_DB
 
 
 def test_an_unreachable_target_runs_uncached_and_says_so(spec):

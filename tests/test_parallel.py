@@ -109,7 +109,7 @@ def test_caches_agree_across_sequence_parallel_ranks(models_dir, engine):
     # A quality target calibrates through the worker group as in one process.
     targeted = base.replace(cache=TeaCacheConfig(target_db=30.0), parallel=ParallelConfig(ulysses_degree=2))
     calibrated = engine.generate(targeted, request).report.sections["Quality target"]
-    assert 2 <= calibrated["runs"] <= 6 and calibrated["psnr_db"] >= 30.0, calibrated["text"]
+    assert 2 <= calibrated["runs"] <= 7 and calibrated["psnr_db"] >= 30.0, calibrated["text"]
 
 
 @pytest.mark.parametrize("layout, family, fragment", [
