@@ -142,7 +142,8 @@ def cache_workflows() -> dict[str, dict]:
                                             max_warmup_steps=8))
     dbcache = ("OmniApplyCacheDiT", dict(preset="vllm-omni default (Fn1 B0 W4)"))
     return {
-        "qwen-image-teacache.json": base_workflow("qwen-image", [teacache], "omni-qwen-image-teacache"),
+        "qwen-image-teacache.json": base_workflow("qwen-image", [teacache], "omni-qwen-image-teacache",
+                                                  sample=dict(width=512, height=512)),
         "qwen-image-cache-dit-taylorseer.json": base_workflow("qwen-image", [taylorseer],
                                                               "omni-qwen-image-cache-dit"),
         "z-image-cache-dit.json": base_workflow("z-image", [dbcache], "omni-z-image-cache-dit"),

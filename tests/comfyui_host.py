@@ -294,11 +294,17 @@ def output_kind(path: Path) -> str:
             else "video" if "SaveAnimatedPNG" in types else "image")
 
 
+# The single-file workflow every subset runs: ComfyUI's most used file format (FP8 weights, the text
+# encoder's tokenizer from ComfyUI's own tree). The others load through the same node and host code, and
+# test_single_file*.py load every family's files headlessly; the newest ComfyUI runs them all.
+SUBSET_SINGLE_FILES = "qwen-image-comfy-files.json"
+
+
 def covering_subset(paths: list[Path]) -> list[Path]:
     """The workflows an older ComfyUI runs, and the headless runner while the tier runs them all:
-    every single-file workflow, then the fewest more that cover every node type and output kind
+    the FP8 single-file workflow, then the fewest more that cover every node type and output kind
     (greedy, most new coverage first, names breaking ties)."""
-    chosen = [p for p in paths if p.stem.endswith("-comfy-files")]
+    chosen = [p for p in paths if p.name == SUBSET_SINGLE_FILES]
     covered = set().union(*(node_types(p) | {output_kind(p)} for p in chosen))
     wanted = set().union(*(node_types(p) | {output_kind(p)} for p in paths))
     while covered != wanted:

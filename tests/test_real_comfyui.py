@@ -8,7 +8,7 @@ dialog, and queues it with the frontend's own graph-to-prompt conversion. The ru
 every file its output nodes report must exist and not be empty.
 
 All shipped workflows run on the newest tree; older trees run a subset that still covers every node
-type, every output kind and every single-file workflow (`comfyui_host.covering_subset`).
+type, every output kind and the FP8 single-file workflow (`comfyui_host.covering_subset`).
 """
 
 from __future__ import annotations

@@ -174,13 +174,14 @@ def test_a_local_group_listens_on_loopback_only_while_it_forms_and_leaves_nothin
     group = engine._groups.group
     assert seen == {"address": "127.0.0.1", "folder_mode": 0o700}
     assert listening_ports(os.getpid()) == before_ports, "no port stays open once the ranks have joined"
-    for _ in range(2):  # rebuilds (a layout change) free what the old group held
-        engine.generate(spec_for(models_dir, "z-image", ring_degree=2), request_for("z-image"))
-        engine.generate(spec, request_for("z-image"))
+    # Rebuilds (a layout change, and back) free what the old groups held.
+    engine.generate(spec_for(models_dir, "z-image", ring_degree=2), request_for("z-image"))
+    engine.generate(spec, request_for("z-image"))
     folders = [group.folder, engine._groups.group.folder]
     engine.unload_all()
     assert not any(folder.exists() for folder in folders)
-    assert len(os.listdir("/proc/self/fd")) == before_fds, "sockets, process handles and logs are closed"
+    # At most as many as before: an object of an earlier test that the collector frees meanwhile may close one.
+    assert len(os.listdir("/proc/self/fd")) <= before_fds, "sockets, process handles and logs are closed"
     assert listening_ports(os.getpid()) == before_ports
 
 

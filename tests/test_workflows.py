@@ -8,7 +8,7 @@ from pathlib import Path
 
 import jsonschema
 import pytest
-from comfyui_host import COMFYUI_PATH, covering_subset, node_types, only_cases, output_kind
+from comfyui_host import COMFYUI_PATH, SUBSET_SINGLE_FILES, covering_subset, node_types, only_cases, output_kind
 from omni_diffusion_nodes.graph.workflow_format import (
     WorkflowError,
     check_widgets,
@@ -147,5 +147,5 @@ def test_the_subset_covers_every_node_and_output_kind():
     subset = covering_subset(WORKFLOWS)
     assert set().union(*map(node_types, subset)) == set().union(*map(node_types, WORKFLOWS))
     assert {output_kind(p) for p in subset} == {"image", "video", "audio", "layered"}
-    assert all(p in subset for p in WORKFLOWS if p.stem.endswith("-comfy-files"))
+    assert SUBSET_SINGLE_FILES in {p.name for p in subset}
     assert len(subset) < len(WORKFLOWS)
