@@ -77,12 +77,13 @@ class Engine:
         problem = calibration.refusal(cache, request)
         if problem is not None:
             raise problem
-        found = self.calibrations.get(spec, request)
+        key = self.calibrations.key(spec, request)  # once: it reads the weights files' sizes and times
+        found = self.calibrations.get(key)
         reused = found is not None
         if found is None:
             found = calibration.calibrate(self._generate, lambda s, latents: self.decode(s, latents), spec,
                                           request, control)
-            self.calibrations.put(spec, request, found)
+            self.calibrations.put(key, found)
         run_spec = spec.replace(cache=cache.with_threshold(found.threshold) if found.threshold else None)
         result = self._generate(run_spec, request, calibration.final_control(control) if not reused else control)
         result.report.add("Quality target", {"text": found.text(cache, cache.target_db, reused), "reused": reused,

@@ -52,7 +52,7 @@ class Omni:
                                  "also pass cache_backend='tea_cache' or 'cache_dit'")
         if features:
             raise OmniInputError("Omni", sorted(features), "unknown keyword arguments",
-                                 "see the README's Python section for the supported options")
+                                 "see docs/python-and-cli.md for the supported options")
         self.spec = spec
         self.engine = engine or default_engine()
 

@@ -300,16 +300,26 @@ def output_kind(path: Path) -> str:
 SUBSET_SINGLE_FILES = "qwen-image-comfy-files.json"
 
 
-def covering_subset(paths: list[Path]) -> list[Path]:
-    """The workflows an older ComfyUI runs, and the headless runner while the tier runs them all:
-    the FP8 single-file workflow, then the fewest more that cover every node type and output kind
-    (greedy, most new coverage first, names breaking ties)."""
-    chosen = [p for p in paths if p.name == SUBSET_SINGLE_FILES]
-    covered = set().union(*(node_types(p) | {output_kind(p)} for p in chosen))
-    wanted = set().union(*(node_types(p) | {output_kind(p)} for p in paths))
+def tier_traits(path: Path) -> set[str]:
+    """What a real ComfyUI must see run: every node type (its widgets in the editor) and output kind."""
+    return node_types(path) | {output_kind(path)}
+
+
+def host_traits(path: Path) -> set[str]:
+    """What the headless host adds to the nodes it runs: its core-node stand-ins, and every output kind."""
+    return {t for t in node_types(path) if not t.startswith("Omni")} | {output_kind(path)}
+
+
+def covering_subset(paths: list[Path], traits=tier_traits, first: tuple[str, ...] = (SUBSET_SINGLE_FILES,)
+                    ) -> list[Path]:
+    """The workflows an older ComfyUI runs (the defaults): the `first` ones, then the fewest more that
+    cover every trait (greedy, most new coverage first, shorter names breaking ties)."""
+    chosen = [p for p in paths if p.name in first]
+    covered = set().union(*map(traits, chosen))
+    wanted = set().union(*map(traits, paths))
     while covered != wanted:
         best = max((p for p in paths if p not in chosen),
-                   key=lambda p: (len((node_types(p) | {output_kind(p)}) - covered), -len(p.name), p.name))
+                   key=lambda p: (len(traits(p) - covered), -len(p.name), p.name))
         chosen.append(best)
-        covered |= node_types(best) | {output_kind(best)}
+        covered |= traits(best)
     return sorted(chosen)

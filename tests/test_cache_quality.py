@@ -31,13 +31,6 @@ NODE_DEFAULT, NODE_MAX = 0.2, 2.0  # Apply TeaCache's rel_l1_thresh
 
 
 @pytest.fixture(scope="module")
-def engine():
-    engine = Engine()
-    yield engine
-    engine.unload_all()
-
-
-@pytest.fixture(scope="module")
 def spec(models_dir):
     return ModelSpec.from_folder(str(models_dir / "diffusers" / "qwen-image"), dtype="fp32", device="cpu")
 
@@ -148,7 +141,7 @@ def test_cancel_during_calibration_keeps_nothing_and_the_next_run_calibrates(eng
 
     with pytest.raises(OmniInterrupted):
         engine.generate(spec.replace(cache=cache), request(), RunControl(interrupted=interrupted))
-    assert engine.calibrations.get(spec.replace(cache=cache), request()) is None
+    assert engine.calibrations.get(engine.calibrations.key(spec.replace(cache=cache), request())) is None
     section = engine.generate(spec.replace(cache=cache), request()).report.sections["Quality target"]
     assert not section["reused"] and section["psnr_db"] >= 33.0
 
@@ -245,5 +238,5 @@ def test_a_damaged_calibration_file_is_not_trusted_and_nothing_breaks(engine, sp
     kept = tmp_path / "cache-calibrations.json"
     kept.write_text(content, encoding="utf-8")
     calibrations = type(engine.calibrations)(kept)
-    assert calibrations.get(spec.replace(cache=TeaCacheConfig(target_db=35)), request()) is None
+    assert calibrations.get(calibrations.key(spec.replace(cache=TeaCacheConfig(target_db=35)), request())) is None
     assert "could not be read" in caplog.text

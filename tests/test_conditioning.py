@@ -139,8 +139,8 @@ def test_cfg_parallel_ranks_get_the_embeddings(models_dir, engine):
     assert torch.equal(got, expected)
 
 
-def test_readme_matrix_agrees_with_the_families():
-    """The README's CONDITIONING table says yes exactly for the families that accept it."""
+def test_docs_conditioning_table_agrees_with_the_families():
+    """The CONDITIONING table (docs/nodes.md) says yes exactly for the families that accept it."""
     from pathlib import Path
 
     rows = {"Qwen-Image": ["qwen-image"], "Z-Image": ["z-image"], "FLUX.2-klein": ["flux2-klein"],
@@ -149,8 +149,8 @@ def test_readme_matrix_agrees_with_the_families():
             "Stable-Diffusion-3.5": ["sd3"], "Stable-Audio-Open": ["stable-audio"],
             "LongCat-Image, -Edit": ["longcat-image", "longcat-image-edit"], "Ovis-Image": ["ovis-image"],
             "GLM-Image": ["glm-image"], "Qwen-Image-Layered": ["qwen-image-layered"]}
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    table = readme[readme.index("| Model | CONDITIONING | Why |"):].split("\n\n")[0].splitlines()[2:]
+    page = (Path(__file__).resolve().parent.parent / "docs" / "nodes.md").read_text()
+    table = page[page.index("| Model | CONDITIONING | Why |"):].split("\n\n")[0].splitlines()[2:]
     said = {line.split("|")[1].strip(): line.split("|")[2].strip() for line in table}
     assert set(said) == set(rows)
     assert sorted(key for keys in rows.values() for key in keys) == sorted(FAMILIES)

@@ -1,4 +1,4 @@
-"""The support matrix: every pair of vLLM-Omni's table has a verdict, its evidence exists, the README shows it."""
+"""The support matrix: every pair of vLLM-Omni's table has a verdict, its evidence exists, docs/compatibility.md shows it."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ from omni_backend.spec import all_rules
 PACK_ROOT = Path(__file__).resolve().parent.parent
 # vLLM-Omni's feature compatibility table: see tests/reference/README.md.
 VLLM_OMNI_TABLE = Path(__file__).resolve().parent / "reference" / "vllm-omni-feature-compatibility.md"
-README_START, README_END = "<!-- feature-matrix:start -->", "<!-- feature-matrix:end -->"
+MATRIX_PAGE = PACK_ROOT / "docs" / "compatibility.md"
+MATRIX_START, MATRIX_END = "<!-- feature-matrix:start -->", "<!-- feature-matrix:end -->"
 TABLE_COLUMNS = {"TeaCache": "teacache", "Cache-DiT": "cache_dit", "Seq Parallel": "sequence_parallel",
                 "Tensor Parallel": "tensor_parallel", "CFG-Parallel": "cfg_parallel", "LoRA Inference": "lora",
                 "CPU Offloading": "offload", "FP8 Quantization": "fp8", "VAE Patch Parallel": "vae_patch_parallel"}
@@ -80,8 +81,8 @@ def test_verdict_evidence_exists(pair):
         assert all(side & between for side in sides), f"{verdict.rule} is about {between}, not {pair}"
 
 
-def test_readme_shows_the_generated_matrix():
-    readme = (PACK_ROOT / "README.md").read_text()
-    block = readme[readme.index(README_START) + len(README_START):readme.index(README_END)]
+def test_docs_show_the_generated_matrix():
+    page = MATRIX_PAGE.read_text()
+    block = page[page.index(MATRIX_START) + len(MATRIX_START):page.index(MATRIX_END)]
     assert block.strip("\n") == render_markdown().strip("\n"), \
-        "regenerate the README's matrix with `python -m omni_backend.rules.feature_matrix`"
+        "regenerate the matrix in docs/compatibility.md with `python -m omni_backend.rules.feature_matrix`"

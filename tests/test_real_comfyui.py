@@ -23,7 +23,7 @@ from comfyui_host import (ComfyServer, covering_subset, error_of, newest, on_eve
 
 WORKFLOWS = sorted((Path(__file__).resolve().parent.parent / "workflows").glob("*.json"))
 CHROMIUM = "/usr/bin/chromium"
-# What the machine's closed network needs: no background fetches, no first-run work (see the README).
+# What the machine's closed network needs: no background fetches, no first-run work (see docs/testing.md).
 CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import jsonschema
 import pytest
-from comfyui_host import COMFYUI_PATH, SUBSET_SINGLE_FILES, covering_subset, node_types, only_cases, output_kind
+from comfyui_host import (COMFYUI_PATH, SUBSET_SINGLE_FILES, covering_subset, host_traits, node_types, only_cases,
+                          output_kind)
 from omni_diffusion_nodes.graph.workflow_format import (
     WorkflowError,
     check_widgets,
@@ -32,16 +33,16 @@ def test_there_is_a_workflow_per_family():
                          "in the family module, then run `python -m omni_diffusion_nodes.headless.recipes workflows`")
 
 
-def test_the_readme_lists_every_family():
-    """What cannot be generated from a family module: the README's Models table, written for users."""
+def test_the_models_page_lists_every_family():
+    """What cannot be generated from a family module: the Models table (docs/models.md), written for users."""
     from omni_backend.families import FAMILIES
 
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    table = readme[readme.index("## Models"):readme.index("## Nodes")]
+    page = (Path(__file__).resolve().parent.parent / "docs" / "models.md").read_text()
+    table = page[page.index("| Family | Pipeline |"):].split("\n\n")[0]
     for family in FAMILIES.values():
         assert family.example_model, f"{family.key}: set example_model (the real checkpoint's folder name)"
         assert any(name in table for name in family.pipeline_classes), \
-            f"add a row for {family.title} ({family.pipeline_classes[0]}) to the README's Models table"
+            f"add a row for {family.title} ({family.pipeline_classes[0]}) to the Models table in docs/models.md"
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
@@ -55,10 +56,10 @@ def test_saved_widgets_match_current_node_inputs(headless, path):
 
 
 def _headless_runs_it(path: Path) -> bool:
-    """Every workflow, but while the real-ComfyUI tier runs (it runs every one in a real server) only the
-    subset that covers every node type, output kind and single-file loader: the same engine runs both,
-    and the headless host's own parts (its core-node stand-ins) are all in that subset."""
-    return not COMFYUI_PATH or path in covering_subset(WORKFLOWS)
+    """Every workflow, but while the real-ComfyUI tier runs (it runs every one in a real server, with the
+    same nodes and engine) only the fewest that cover what the headless host adds: its core-node
+    stand-ins and every output kind."""
+    return not COMFYUI_PATH or path in covering_subset(WORKFLOWS, host_traits, first=())
 
 
 @only_cases(lambda path: _headless_runs_it(path))
@@ -149,3 +150,7 @@ def test_the_subset_covers_every_node_and_output_kind():
     assert {output_kind(p) for p in subset} == {"image", "video", "audio", "layered"}
     assert SUBSET_SINGLE_FILES in {p.name for p in subset}
     assert len(subset) < len(WORKFLOWS)
+    hosted = covering_subset(WORKFLOWS, host_traits, first=())
+    assert set().union(*map(host_traits, hosted)) == set().union(*map(host_traits, WORKFLOWS))
+    assert {"SaveImage", "SaveAudio", "SaveAnimatedPNG", "JoinImageWithAlpha", "LoadImage"} <= \
+        set().union(*map(node_types, hosted))

@@ -13,13 +13,14 @@ import dataclasses
 import logging
 from dataclasses import dataclass
 
+from ..blocks.diagnostics import count_block_work
 from ..errors import OmniInputError
 from ..rules.checks import real_number, whole_number
 from ..rules.compat import alternative, define_rule
 from ..system.process_lock import process_lock
 from .calibration import quality_target
 from .one_method import ONE_CACHE_METHOD
-from .skipped_work import cache_section, counted_work
+from .skipped_work import cache_section
 
 log = logging.getLogger("omni_diffusion")
 
@@ -116,7 +117,7 @@ class CacheDiTConfig:
                       if self.enable_taylorseer else None)
         # cache-dit patches the pipeline's and the transformer's classes: process-wide state (process_lock.py;
         # class_guard.py keeps other runs of those classes out until it is disabled again).
-        with counted_work(ctx) as work:
+        with count_block_work(ctx.pipe, ctx.family) as work:  # before the cache's own hooks
             with process_lock():
                 cache_dit.enable_cache(pipe, cache_config=base, calibrator_config=calibrator,
                                        params_modifiers=modifiers)

@@ -139,13 +139,11 @@ class Calibrations:
         return repr((spec.replace(cache=None), settings, cache.target_db, request_key(request),
                      weights_fingerprint(spec)))
 
-    def get(self, spec, request) -> Calibration | None:
-        key = self.key(spec, request)
+    def get(self, key: str) -> Calibration | None:
         with self._lock:
             return self._found.get(key)
 
-    def put(self, spec, request, found: Calibration) -> None:
-        key = self.key(spec, request)
+    def put(self, key: str, found: Calibration) -> None:
         with self._lock:
             self._found.pop(key, None)
             self._found[key] = found  # newest last

@@ -8,16 +8,7 @@ same transformer calls computes. A run that skipped nothing says so, and why.
 
 from __future__ import annotations
 
-import contextlib
-
-from ..blocks.diagnostics import BlockWork, count_block_work
-
-
-@contextlib.contextmanager
-def counted_work(ctx):
-    """Count block work for the length of a cache session (the hooks go before the cache's own)."""
-    with count_block_work(ctx.pipe, ctx.family) as work:
-        yield work
+from ..blocks.diagnostics import BlockWork
 
 
 def cache_section(work: BlockWork, detail: str, why_nothing_skipped: str) -> dict:

@@ -8,13 +8,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..blocks.diagnostics import count_block_work
 from ..errors import OmniInputError
 from ..rules.checks import real_number
 from ..rules.compat import alternative, define_rule, ways_out
 from .cachedit import CacheDiTConfig
 from .calibration import quality_target
 from .one_method import ONE_CACHE_METHOD
-from .skipped_work import cache_section, counted_work
+from .skipped_work import cache_section
 
 TEACACHE_NEEDS_EXTRACTOR = define_rule(
     "teacache.family", ("teacache", "family"),
@@ -109,7 +110,7 @@ class TeaCacheConfig:
         schedule = TeaCacheSchedule(ctx.request.steps, self.start_fraction, self.end_fraction,
                                     self.compute_last_step)
         attached = []
-        with counted_work(ctx) as work:
+        with count_block_work(ctx.pipe, ctx.family) as work:  # before the cache's own hooks
             try:
                 for _name, transformer in family.transformers(ctx.pipe):
                     block_lists = [blocks for _attr, blocks in family.block_lists(transformer)]

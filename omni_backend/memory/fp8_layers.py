@@ -11,7 +11,7 @@ the kind of activation quantization that broke vLLM-Omni's FP8 (vllm-project/vll
 there by skipping these layers). Stored in e4m3 with a scale per output channel, i.e. per modulation
 coefficient, they hold the quality: on the trained reference model (Qwen-Image's architecture, where
 img_mod/txt_mod are a third of every block) the DiT went from 0.686 to 0.530 of its bf16 bytes while
-PSNR against bf16 went from 46.4 to 46.2 dB, with the same prompt-following (README, Offload/FP8).
+PSNR against bf16 went from 46.4 to 46.2 dB, with the same prompt-following (docs/memory.md).
 Measured on that model only; the other families' modulation linears are the same kind of layer.
 
 Kept in high precision: norms; the timestep/text embeddings (one small MLP whose output drives every

@@ -1,9 +1,9 @@
 """Compatibility rules between features, and between features and model families.
 
 One declaration form: every feature config (a field of ModelSpec) declares the rules it can break
-as `RULES` (RuleDefs: id, the two things the rule is about, a one-line summary for the README's
-matrix, message templates) and checks them in `problems(spec)`. A rule between two features
-belongs to the one that comes later in a chain. `check_spec` asks each feature of a spec, so no
+as `RULES` (RuleDefs: id, the two things the rule is about, a one-line summary for the matrix in
+docs/compatibility.md, message templates) and checks them in `problems(spec)`. A rule between two
+features belongs to the one that comes later in a chain. `check_spec` asks each feature of a spec, so no
 list of rule modules is kept anywhere; `spec.all_rules()` collects the declarations.
 
 Nodes, the CLI validator and the browser extension (through the server's check route) all run
@@ -68,7 +68,7 @@ class RuleDef:
 
     id: str
     between: tuple[str, str]  # feature keys (FEATURES in feature_matrix.py), "family" or "machine"
-    summary: str  # why, in one line, without values (the README's matrix and the web page)
+    summary: str  # why, in one line, without values (docs/compatibility.md's matrix and the web page)
     first: str
     second: str
     reason: str

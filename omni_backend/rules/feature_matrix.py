@@ -5,11 +5,11 @@ Compatibility"; a copy is in tests/reference/), where all but one pair were mark
 yet". Each pair here is either
 supported, naming the tests that run it on tiny models, or refused, naming the compat rule that
 refuses it (so the reason shown is the one users get); "partly" is both, e.g. model offload runs
-with a multi-device layout and layerwise offload is refused. README.md shows `render_markdown()`;
-tests/test_feature_matrix.py checks that the README block is current, that every test named here
-exists and that every rule named here exists and is about that pair.
+with a multi-device layout and layerwise offload is refused. docs/compatibility.md shows
+`render_markdown()`; tests/test_feature_matrix.py checks that the block there is current, that every
+test named here exists and that every rule named here exists and is about that pair.
 
-`python -m omni_backend.rules.feature_matrix` prints the README block.
+`python -m omni_backend.rules.feature_matrix` prints the block for docs/compatibility.md.
 """
 
 from __future__ import annotations
