@@ -24,7 +24,7 @@ if "omni_diffusion_nodes" not in sys.modules:
         sys.modules["omni_diffusion_nodes"] = module
         spec.loader.exec_module(module)
 
-from omni_backend.loading import quiet_libraries  # noqa: E402
+from omni_backend.weights.loading import quiet_libraries  # noqa: E402
 
 quiet_libraries()
 

@@ -6,11 +6,11 @@
 
 - "reference": the trained reference model (real denoising trajectories, so thresholds mean what
   they mean on real models): quality and dynamic-cache speed. `follow_score` is the fraction of
-  its images that draw what their held-out prompt asks (omni_backend/reference/evaluate.py;
+  its images that draw what their held-out prompt asks (training/evaluate.py;
   the uncached run's is in the "none" row).
 - "reference-edit": the trained reference edit model (QwenImageEditPipeline) on held-out edits of
   rendered scenes; `follow_score` is the fraction of its outputs that make the asked change and keep
-  the rest (omni_backend/reference/edit_evaluate.py). No peer rows (their calls take no input image).
+  the rest (training/edit_evaluate.py). No peer rows (their calls take no input image).
 - "random-heavy": a random Qwen-Image transformer big enough that compute dominates; random
   weights never look alike between steps, so it measures overhead, not cache quality.
 - Quality-target rows ("method": "tea-quality" / "dit-quality", on both reference models): the cache
@@ -35,12 +35,12 @@ from pathlib import Path
 import torch
 from _common import ROOT  # noqa: F401  (offline mode and the pack on sys.path)
 
+from omni_backend.blocks.diagnostics import count_block_work
 from omni_backend.cache import CacheDiTConfig, TeaCacheConfig
-from omni_backend.decode import to_comfy_images
-from omni_backend.diagnostics import count_block_work
 from omni_backend.engine import Engine
 from omni_backend.families import FAMILIES
 from omni_backend.request import GenerationRequest
+from omni_backend.run.decode import to_comfy_images
 from omni_backend.spec import ModelSpec
 
 OURS = {
@@ -204,20 +204,20 @@ def quality_rows(model: str, folder: str, prompts, calibration_prompt: str, step
 
 
 def follow_score(prompts):
-    from omni_backend.reference.evaluate import score_images
+    from omni_diffusion_nodes.training.evaluate import score_images
 
     return lambda images: round(sum(score_images(prompts, images.numpy())) / len(prompts), 3)
 
 
 def edit_follow_score(edits, inputs):
-    from omni_backend.reference.edit_evaluate import score_edits
+    from omni_diffusion_nodes.training.edit_evaluate import score_edits
 
     return lambda images: round(sum(score_edits(edits, inputs, images.numpy())) / len(edits), 3)
 
 
 def reference_edits(count: int):
     """(edits, input renders [N, H, W, 3]): the first `count` held-out edits, kinds taken in turn."""
-    from omni_backend.reference.edit_evaluate import held_out_inputs
+    from omni_diffusion_nodes.training.edit_evaluate import held_out_inputs
 
     edits, _inputs, _targets = held_out_inputs()
     per_kind = len(edits) // 3
@@ -226,7 +226,7 @@ def reference_edits(count: int):
 
 
 def reference_prompts(count: int):
-    from omni_backend.reference.evaluate import default_prompts
+    from omni_diffusion_nodes.training.evaluate import default_prompts
 
     return default_prompts()[:count]
 

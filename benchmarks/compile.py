@@ -26,7 +26,7 @@ import torch
 from omni_backend.compile import CompileConfig
 from omni_backend.engine import Engine
 from omni_backend.reference import model_path
-from omni_backend.reference.evaluate import default_prompts
+from omni_diffusion_nodes.training.evaluate import default_prompts
 from omni_backend.request import GenerationRequest
 from omni_backend.spec import ModelSpec
 

@@ -33,7 +33,7 @@ from omni_backend.engine import Engine
 from omni_backend.families import FAMILIES
 from omni_backend.lora import LoraSpec
 from omni_backend.request import GenerationRequest
-from omni_backend.sampling import RunContext, RunControl, RunReport
+from omni_backend.run.sampling import RunContext, RunControl, RunReport
 from omni_backend.spec import ModelSpec
 from omni_backend.tiny.lora import make_tiny_lora
 

@@ -37,7 +37,7 @@ from omni_backend.memory import MemoryConfig
 from omni_backend.memory.apply import memory_state
 from omni_backend.memory.residency import resident_parameter_bytes
 from omni_backend.request import GenerationRequest
-from omni_backend.sampling import RunControl
+from omni_backend.run.sampling import RunControl
 from omni_backend.spec import ModelSpec
 
 REFERENCE_DIR = ROOT / "omni_backend" / "reference" / "qwen-image-shapes"
@@ -75,8 +75,8 @@ def requests(args, prompts, negative_prompt=" ") -> list[GenerationRequest]:
 
 
 def follow_score(batch, images) -> float:
-    """The reference model's prompt-following score of these images (omni_backend/reference/evaluate.py)."""
-    from omni_backend.reference.evaluate import score_images
+    """The reference model's prompt-following score of these images (training/evaluate.py)."""
+    from omni_diffusion_nodes.training.evaluate import score_images
 
     followed = score_images([request.prompt for request in batch], images.permute(0, 2, 3, 1).float().numpy())
     return round(sum(followed) / len(followed), 3)
@@ -193,7 +193,7 @@ def main() -> None:
                  "random-weight Qwen-Image stand-in of the reference shape: the reference model is missing, so "
                  "PSNR here says little about FP8's quality")
         if use_reference:
-            from omni_backend.reference.evaluate import default_prompts
+            from omni_diffusion_nodes.training.evaluate import default_prompts
 
             # Held-out captions, and the empty negative the model was trained with (caption dropout).
             batch = requests(args, default_prompts(), negative_prompt="")

@@ -21,7 +21,7 @@ import torch
 from omni_backend.engine import Engine
 from omni_backend.families import FAMILIES
 from omni_backend.request import GenerationRequest
-from omni_backend.sampling import RunControl
+from omni_backend.run.sampling import RunControl
 from omni_backend.spec import ModelSpec
 
 
@@ -73,7 +73,7 @@ def main() -> None:
 
 def edit_row(args) -> dict:
     """Qwen-Image-Edit: our Sample with an input image vs QwenImageEditPipeline with the same image."""
-    from omni_backend.images import to_pil
+    from omni_backend.files.images import to_pil
 
     family = FAMILIES["qwen-image-edit"]
     image = torch.rand(1, args.size, args.size, 3, generator=torch.Generator().manual_seed(0))

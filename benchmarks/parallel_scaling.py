@@ -101,7 +101,7 @@ def vae_patch_row(engine, spec, latents, repeats, family, model) -> dict:
 def measure_reference_vae(repeats: int) -> list[dict]:
     """vae_patch rows on the trained reference model's VAE, at 64 px and 256 px."""
     from omni_backend.reference import model_path
-    from omni_backend.reference.vae_training import scene_latents
+    from omni_diffusion_nodes.training.vae_training import scene_latents
 
     spec = ModelSpec.from_folder(str(model_path()), dtype="fp32", device="cpu")
     engine = Engine()

@@ -6,9 +6,9 @@ Prints one line per setting and task: {"setting", "task", "prompts", "score", "p
 "speedup_estimate", "seconds"}. Task "text-to-image" is the reference model on its held-out prompts;
 task "edit" is the reference edit model on its held-out edits ("prompts" counts the edits; "score"
 is the fraction of outputs that make the asked change and keep the rest, see
-omni_backend/reference/edit_evaluate.py; EDIT_SETTINGS are run).
+training/edit_evaluate.py; EDIT_SETTINGS are run).
 `score` is the fraction of images that follow their held-out prompt (see
-omni_backend/reference/evaluate.py); `psnr_db` compares the setting's images with the plain
+training/evaluate.py); `psnr_db` compares the setting's images with the plain
 run's (null for plain itself); `speedup_estimate` is the cache's own count of transformer work
 skipped (total / computed steps). A lossy feature should keep the score and report its PSNR.
 
@@ -80,7 +80,7 @@ def psnr_db(images, reference) -> float | None:
 
 def main(argv=None) -> list[dict]:
     from omni_backend.engine import Engine
-    from omni_backend.reference.evaluate import GUIDANCE, IMAGES_PER_PROMPT, STEPS
+    from omni_diffusion_nodes.training.evaluate import GUIDANCE, IMAGES_PER_PROMPT, STEPS
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", action="store_true", help="one JSON object per line")
@@ -113,7 +113,7 @@ def _print(line: dict, as_json: bool) -> None:
 
 def edit(engine, args) -> list[dict]:
     from omni_backend.reference import edit_model_path
-    from omni_backend.reference.edit_evaluate import GUIDANCE, SEEDS_PER_EDIT, STEPS, evaluate_edits
+    from omni_diffusion_nodes.training.edit_evaluate import GUIDANCE, SEEDS_PER_EDIT, STEPS, evaluate_edits
 
     names = [name for name in EDIT_SETTINGS if name in args.settings or name == "plain"]
     plain_pixels, lines = None, []
@@ -135,7 +135,7 @@ def edit(engine, args) -> list[dict]:
 
 def text_to_image(engine, args) -> list[dict]:
     from omni_backend.reference import model_path
-    from omni_backend.reference.evaluate import default_prompts, evaluate
+    from omni_diffusion_nodes.training.evaluate import default_prompts, evaluate
 
     prompts = default_prompts()[:args.prompts]
     names = ["plain"] + [name for name in args.settings if name != "plain"]  # plain is every PSNR's reference

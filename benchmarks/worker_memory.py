@@ -27,9 +27,9 @@ from _common import ROOT  # noqa: F401  (offline mode and the pack on sys.path)
 
 from omni_backend.engine import Engine
 from omni_backend.parallel.config import ParallelConfig
-from omni_backend.process_probe import listening_ports
 from omni_backend.reference import model_path
 from omni_backend.spec import ModelSpec
+from omni_backend.system.process_probe import listening_ports
 
 
 def rss_mb() -> float:

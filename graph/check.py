@@ -26,8 +26,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from omni_backend.compat import check_spec, collecting_problems
 from omni_backend.errors import OmniError
+from omni_backend.rules.compat import check_spec, collecting_problems
 
 from .node_contract import LINKED, builds_spec
 from .prompt_check import is_link, node_title_in, validate_prompt

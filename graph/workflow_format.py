@@ -18,8 +18,8 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from omni_backend.compat import Problem
 from omni_backend.errors import OmniError, OmniIncompatibleError, OmniInputError
+from omni_backend.rules.compat import Problem
 
 from .node_defs import InputDef, widget_inputs
 

@@ -8,7 +8,7 @@ import signal
 import sys
 
 from omni_backend.errors import OmniError, OmniInterrupted
-from omni_backend.loading import offline_environment, quiet_libraries
+from omni_backend.weights.loading import offline_environment, quiet_libraries
 from omni_backend.workers.worker import add_worker_arguments
 
 # Varied subjects and compositions: the fit wants many kinds of trajectories.

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from omni_backend.images import load_image, save_pngs
+from omni_backend.files.images import load_image, save_pngs
 
 from ..nodes.comfy_bridge import HEADLESS as HOST
 
@@ -86,7 +86,7 @@ class SaveAnimatedPNG:
     check_inputs = SaveImage.check_inputs
 
     def save_images(self, images, fps, compress_level, filename_prefix="ComfyUI", prompt=None, extra_pnginfo=None):
-        from omni_backend.images import to_pil
+        from omni_backend.files.images import to_pil
 
         frames = to_pil(images)
         folder, prefix = output_target(filename_prefix)
@@ -115,7 +115,7 @@ class SaveAudio:
     check_inputs = SaveImage.check_inputs
 
     def save_flac(self, audio, filename_prefix="audio/ComfyUI", prompt=None, extra_pnginfo=None):
-        from omni_backend.audio_files import save_flacs
+        from omni_backend.files.audio_files import save_flacs
 
         folder, prefix = output_target(filename_prefix)
         paths = save_flacs(audio, folder, prefix)
@@ -133,7 +133,7 @@ class PreviewAudio(SaveAudio):
         return {"required": {"audio": ("AUDIO",)}, "hidden": {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"}}
 
     def save_flac(self, audio, filename_prefix="audio/ComfyUI", prompt=None, extra_pnginfo=None):
-        from omni_backend.audio_files import check_audio
+        from omni_backend.files.audio_files import check_audio
 
         check_audio("audio", audio)  # ComfyUI writes previews to its temp folder; headless nothing shows them
         return {"ui": {"audio": []}}

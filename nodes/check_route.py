@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 
 from omni_backend.errors import OmniError
-from omni_backend.feature_matrix import support_lines
+from omni_backend.rules.feature_matrix import support_lines
 
 from ..graph.check import check_graph
 from . import comfy_bridge

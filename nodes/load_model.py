@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from omni_backend.devices import DTYPE_CHOICES, available_devices
 from omni_backend.errors import OmniError
-from omni_backend.model_folder import folder_label, inspect_model_folder
 from omni_backend.spec import ModelSpec
+from omni_backend.system.devices import DTYPE_CHOICES, available_devices
+from omni_backend.weights.model_folder import folder_label, inspect_model_folder
 
 from . import comfy_bridge
 from .common import CATEGORY, OMNI_MODEL, as_verdict, with_mark, without_mark

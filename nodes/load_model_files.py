@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from omni_backend.devices import DTYPE_CHOICES
 from omni_backend.single_file.model_files import AUTO, PROFILES, ModelFiles, detect_family, inspect_model_files
 from omni_backend.single_file.weights_file import inspect_weights_file
 from omni_backend.spec import ModelSpec
+from omni_backend.system.devices import DTYPE_CHOICES
 
 from . import comfy_bridge
 from .common import CATEGORY, OMNI_MODEL, as_verdict

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import logging
 
-from omni_backend.conditioning import check_conditioning
 from omni_backend.engine import default_engine
 from omni_backend.request import LIMITS, GenerationRequest, check_image_slots, check_model_options
-from omni_backend.sampling import RunControl
+from omni_backend.run.conditioning import check_conditioning
+from omni_backend.run.sampling import RunControl
 
 from . import comfy_bridge
 from .common import CATEGORY, LINKED, OMNI_MODEL, host_interrupts

@@ -8,8 +8,8 @@ are refused with their key's name, never dropped silently.
 
 from __future__ import annotations
 
-from omni_backend.conditioning import TextEmbedding
 from omni_backend.errors import OmniInputError
+from omni_backend.run.conditioning import TextEmbedding
 
 from .common import LINKED
 

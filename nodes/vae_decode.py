@@ -5,8 +5,8 @@ message saying which output to use (ComfyUI's ExecutionBlocker)."""
 
 from __future__ import annotations
 
-from omni_backend.decode import decode_to_audio, decode_to_images, split_alpha
 from omni_backend.engine import DecodeSettings, default_engine
+from omni_backend.run.decode import decode_to_audio, decode_to_images, split_alpha
 
 from . import comfy_bridge
 from .common import CATEGORY, OMNI_MODEL, host_interrupts

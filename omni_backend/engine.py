@@ -15,10 +15,10 @@ import threading
 
 from .cache import calibration
 from .errors import OmniInputError
-from .pipeline_cache import LoadedPipeline
 from .request import GenerationRequest
-from .runner import DecodeSettings, Generation, LocalRunner
-from .sampling import RunControl
+from .run.runner import DecodeSettings, Generation, LocalRunner
+from .run.sampling import RunControl
+from .weights.pipeline_cache import LoadedPipeline
 
 __all__ = ["DecodeSettings", "Engine", "Generation", "default_engine"]
 log = logging.getLogger("omni_diffusion")

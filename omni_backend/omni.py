@@ -14,13 +14,13 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from .cache import CACHE_BACKENDS
-from .checks import real_number
-from .decode import decode_to_audio, to_comfy_images
 from .engine import DecodeSettings, Engine, default_engine
 from .errors import OmniInputError
-from .images import to_pil
+from .files.images import to_pil
 from .request import GenerationRequest
-from .sampling import RunControl, RunReport
+from .rules.checks import real_number
+from .run.decode import decode_to_audio, to_comfy_images
+from .run.sampling import RunControl, RunReport
 from .spec import ModelSpec
 
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .checks import check_image, check_mask, in_image_range, prompt_text, real_number, whole_number
-from .conditioning import TextEmbedding, check_conditioning
 from .errors import OmniInputError
+from .rules.checks import check_image, check_mask, in_image_range, prompt_text, real_number, whole_number
+from .run.conditioning import TextEmbedding, check_conditioning
 
 LIMITS = {
     "steps": (1, 1000),

@@ -20,15 +20,15 @@ import dataclasses
 from dataclasses import dataclass
 
 from .cache import CacheDiTConfig, TeaCacheConfig
-from .compat import RuleDef, validate_spec
 from .compile import CompileConfig
-from .devices import resolve_device, resolve_dtype
 from .families import FAMILIES, ModelFamily
 from .lora.config import LoraSpec
 from .memory.config import MemoryConfig
-from .model_folder import ModelFolder, inspect_model_folder
 from .parallel.config import ParallelConfig
+from .rules.compat import RuleDef, validate_spec
 from .single_file.model_files import ModelFiles, inspect_model_files
+from .system.devices import resolve_device, resolve_dtype
+from .weights.model_folder import ModelFolder, inspect_model_folder
 
 # The features a spec can hold (its fields below). Each declares the rules it can break as RULES and
 # checks them in problems(spec) (see compat.py).

@@ -42,7 +42,7 @@ from omni_diffusion_nodes.headless import recipes  # noqa: E402
 from omni_diffusion_nodes.nodes import comfy_bridge  # noqa: E402
 
 from omni_backend.families import FAMILIES  # noqa: E402
-from omni_backend.loading import quiet_libraries  # noqa: E402
+from omni_backend.weights.loading import quiet_libraries  # noqa: E402
 from omni_backend.single_file.comfy_layout import write_comfy_files  # noqa: E402
 from omni_backend.tiny.lora import make_tiny_lora  # noqa: E402
 

@@ -16,7 +16,7 @@ from omni_backend.errors import OmniIncompatibleError, OmniInputError, OmniInter
 from omni_backend.lora.config import LoraSpec
 from omni_backend.parallel.config import ParallelConfig
 from omni_backend.request import GenerationRequest
-from omni_backend.sampling import RunControl
+from omni_backend.run.sampling import RunControl
 from omni_backend.spec import ModelSpec
 
 FAMILY = "stable-audio"
@@ -44,7 +44,7 @@ def test_graph_gives_the_plain_pipelines_audio_and_save_audio_writes_it(headless
     from omni_diffusion_nodes.headless.core_nodes import SaveAudio
     from omni_diffusion_nodes.nodes.comfy_bridge import ExecutionBlocker
 
-    from omni_backend.audio_files import read_audio
+    from omni_backend.files.audio_files import read_audio
 
     (spec,) = nodes["OmniLoadModel"]().load(FAMILY, "fp32", "cpu")
     chosen = settings()
@@ -226,8 +226,8 @@ def test_omni_facade_returns_audio(headless, engine):
 
 def test_cfg_parallel_on_two_ranks_equals_one_process(engine, spec):
     """Each rank runs one half of the pipeline's batched CFG call; the group also decodes the AUDIO."""
-    from omni_backend.decode import decode_to_audio
-    from omni_backend.runner import DecodeSettings
+    from omni_backend.run.decode import decode_to_audio
+    from omni_backend.run.runner import DecodeSettings
 
     from parallel_support import assert_same
 

@@ -1,7 +1,7 @@
 """Broken or hostile weight files are refused by name, before anything reads a weight.
 
 Every .safetensors reader (ComfyUI's single files, LoRA files) checks the header completely against
-safetensors' own rules first (omni_backend/safetensors_header.py), so `omni-diffusion validate`
+safetensors' own rules first (omni_backend/files/safetensors_header.py), so `omni-diffusion validate`
 names the file and the rule instead of a traceback, and nothing broken reaches a run.
 """
 

@@ -351,7 +351,7 @@ def test_resampling_overshoot_is_clamped_not_refused():
 ], ids=["all-zero", "seven", "nan"])
 @pytest.mark.parametrize("role", ["positive", "negative"])
 def test_conditioning_masks_comfyui_never_makes_are_refused_by_name(headless, nodes, mask, fragment, role):
-    from omni_backend.conditioning import TextEmbedding
+    from omni_backend.run.conditioning import TextEmbedding
 
     good = [[torch.rand(1, 6, 32), {"attention_mask": torch.ones(1, 6)}]]
     bad = [[torch.rand(1, 6, 32), {"attention_mask": mask}]]

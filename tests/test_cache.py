@@ -9,8 +9,8 @@ import torch
 from cache_support import assert_report_counts_the_work
 
 from omni_backend import Omni
+from omni_backend.blocks.diagnostics import count_block_work
 from omni_backend.cache import CacheDiTConfig, TeaCacheConfig
-from omni_backend.diagnostics import count_block_work
 from omni_backend.engine import default_engine
 from omni_backend.errors import OmniIncompatibleError, OmniInputError
 from omni_backend.request import GenerationRequest
@@ -109,7 +109,7 @@ def test_teacache_keeps_cfg_branches_apart(headless, nodes):
             seen.update({branch: state.residuals[0][0].clone()
                          for branch, state in hook.state_manager._state_cache.items()})
 
-    from omni_backend.sampling import RunControl
+    from omni_backend.run.sampling import RunControl
 
     result = default_engine().generate(spec, request, RunControl(progress=inspect_states))
     assert set(seen) == {"cond", "uncond"}

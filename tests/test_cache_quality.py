@@ -18,13 +18,13 @@ from omni_backend.cache.teacache_hooks import (
     TeaCacheSchedule,
     TeaCacheState,
 )
-from omni_backend.diagnostics import count_block_work
+from omni_backend.blocks.diagnostics import count_block_work
 from omni_backend.engine import Engine
 from omni_backend.errors import OmniInputError, OmniInterrupted
 from omni_backend.families import FAMILIES
 from omni_backend.request import GenerationRequest
-from omni_backend.runner import Generation
-from omni_backend.sampling import RunControl, RunReport
+from omni_backend.run.runner import Generation
+from omni_backend.run.sampling import RunControl, RunReport
 from omni_backend.spec import ModelSpec
 
 NODE_DEFAULT, NODE_MAX = 0.2, 2.0  # Apply TeaCache's rel_l1_thresh

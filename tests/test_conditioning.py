@@ -11,10 +11,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from omni_backend.conditioning import TextEmbedding
 from omni_backend.engine import default_engine
 from omni_backend.errors import OmniInputError
 from omni_backend.families import FAMILIES
+from omni_backend.run.conditioning import TextEmbedding
 from omni_backend.workers import wire
 
 from image_support import picture

@@ -102,7 +102,7 @@ def test_lora_runs_and_model_loads_on_two_engines_at_once(models_dir, tmp_path, 
 def test_a_patch_left_behind_inside_the_lock_is_undone(where, caplog):
     """An exception may leave a process-wide patch in place (a context manager that did not restore, or
     two that restored each other's): the lock's holder finds it changed on release and restores it."""
-    from omni_backend.process_lock import process_lock
+    from omni_backend.system.process_lock import process_lock
 
     before = _torch_globals()
     caplog.set_level("WARNING", logger="omni_diffusion")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from omni_backend.feature_matrix import FEATURES, PAIR_VERDICTS, PARALLEL_FEATURES, render_markdown
+from omni_backend.rules.feature_matrix import FEATURES, PAIR_VERDICTS, PARALLEL_FEATURES, render_markdown
 from omni_backend.spec import all_rules
 
 PACK_ROOT = Path(__file__).resolve().parent.parent
@@ -85,4 +85,4 @@ def test_docs_show_the_generated_matrix():
     page = MATRIX_PAGE.read_text()
     block = page[page.index(MATRIX_START) + len(MATRIX_START):page.index(MATRIX_END)]
     assert block.strip("\n") == render_markdown().strip("\n"), \
-        "regenerate the matrix in docs/compatibility.md with `python -m omni_backend.feature_matrix`"
+        "regenerate the matrix in docs/compatibility.md with `python -m omni_backend.rules.feature_matrix`"

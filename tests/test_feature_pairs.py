@@ -2,7 +2,7 @@
 run on tiny models.
 
 Each test runs several features at once, so one run covers several pairs; the verdicts in
-omni_backend/feature_matrix.py name these tests (test_feature_matrix.py checks that every name
+omni_backend/rules/feature_matrix.py name these tests (test_feature_matrix.py checks that every name
 exists). What "supported" means here: the combination runs, each feature still does its job (a cache
 still skips work, a LoRA still changes the output), lossless features stay lossless (offload equals
 the run without it bit for bit; a parallel layout equals one process within float32 reduction

@@ -16,7 +16,7 @@ from omni_backend.families import FAMILIES
 from omni_backend.families.glm_image import reference_images
 from omni_backend.parallel.config import ParallelConfig
 from omni_backend.request import GenerationRequest
-from omni_backend.sampling import RunControl
+from omni_backend.run.sampling import RunControl
 
 FAMILY = FAMILIES["glm-image"]
 REQUEST = GenerationRequest(prompt='a sign that says "open"', negative_prompt="", steps=3, guidance=1.5,

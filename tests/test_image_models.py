@@ -9,11 +9,11 @@ from cache_support import assert_report_counts_the_work
 from image_support import assert_lora_acts_and_switches_off, picture
 from parallel_support import assert_same
 
+from omni_backend.blocks.diagnostics import count_block_work
 from omni_backend.cache import CacheDiTConfig, TeaCacheConfig
-from omni_backend.diagnostics import count_block_work
 from omni_backend.engine import Engine
 from omni_backend.errors import OmniInputError
-from omni_backend.images import to_pil
+from omni_backend.files.images import to_pil
 from omni_backend.memory import MemoryConfig
 from omni_backend.parallel.config import ParallelConfig
 from omni_backend.request import GenerationRequest

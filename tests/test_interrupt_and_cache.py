@@ -9,7 +9,7 @@ import pytest
 from omni_backend.engine import default_engine
 from omni_backend.errors import OmniInterrupted
 from omni_backend.request import GenerationRequest
-from omni_backend.sampling import RunControl
+from omni_backend.run.sampling import RunControl
 
 
 def test_interrupt_mid_run_stops_at_that_step_and_next_run_works(headless, nodes, tiny_settings):

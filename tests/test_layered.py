@@ -9,8 +9,8 @@ from cache_support import assert_report_counts_the_work
 from image_support import assert_lora_acts_and_switches_off, picture
 from parallel_support import assert_same
 
+from omni_backend.blocks.diagnostics import count_block_work
 from omni_backend.cache import CacheDiTConfig, TeaCacheConfig
-from omni_backend.diagnostics import count_block_work
 from omni_backend.engine import Engine
 from omni_backend.errors import OmniInputError
 from omni_backend.memory import MemoryConfig
@@ -53,7 +53,7 @@ def test_layers_come_out_as_images_with_masks_in_the_pipelines_order(headless, n
     from diffusers import QwenImageLayeredPipeline
     from omni_diffusion_nodes.nodes.comfy_bridge import ExecutionBlocker
 
-    from omni_backend.images import rgba_pil
+    from omni_backend.files.images import rgba_pil
 
     (model,) = nodes["OmniLoadModel"]().load(FAMILY, "fp32", "cpu")
     settings = tiny_settings(FAMILY, steps=2, negative_prompt=" ")
@@ -161,7 +161,7 @@ def test_layered_inputs_are_refused_by_name(headless, nodes, tiny_settings, fami
 
 def test_core_load_images_mask_of_a_file_without_alpha_means_opaque(engine, spec):
     """Load Image gives a 64x64 zero mask for an RGB file, whatever its size: that is no transparency."""
-    from omni_backend.images import rgba_pil
+    from omni_backend.files.images import rgba_pil
 
     pil = rgba_pil(picture(1), torch.zeros(1, 64, 64))
     assert pil.mode == "RGBA" and pil.size == (56, 40) and pil.getextrema()[3] == (255, 255)

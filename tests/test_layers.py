@@ -9,6 +9,8 @@ The layers, lowest first (a module imports its own layer and the layers below, n
                   the queue's checks and the feature check; it is handed the node classes
     nodes         the ComfyUI nodes and the server's check route (they ask `graph`)
     headless      the `omni-diffusion` CLI and the host that runs the nodes outside ComfyUI
+    training      how the shipped reference models were made and are scored (it uses the engine);
+                  no module outside it imports it: the engine ships the weights, not their making
     (root)        the pack's own __init__.py, ComfyUI's entry point: it imports the nodes
 
 So the nodes never import the CLI that hosts them: what both need lives in `graph`, below both.
@@ -26,9 +28,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 BACKEND = ROOT / "omni_backend"
 PACK = "omni_diffusion_nodes"  # the repository root is this package; omni_backend sits beside it when installed
-LAYERS = ("omni_backend", f"{PACK}.graph", f"{PACK}.nodes", f"{PACK}.headless", PACK)
+LAYERS = ("omni_backend", f"{PACK}.graph", f"{PACK}.nodes", f"{PACK}.headless", f"{PACK}.training", PACK)
 FEATURE_PACKAGES = ("cache", "parallel", "memory", "lora", "workers")
-ENGINE_MODULES = ("engine", "runner", "sampling", "loading", "spec", "compat", "omni")
+ENGINE_MODULES = ("engine", "run.runner", "run.sampling", "weights.loading", "spec", "rules.compat", "omni")
 COMFYUI_MODULES = ("comfy", "folder_paths", "server", "nodes", "execution", "comfy_extras")
 NOT_CODE = ("tests", "benchmarks", "web", "workflows")  # folders of the repository that no module imports
 
@@ -129,8 +131,8 @@ def test_no_layer_imports_a_layer_above_it():
 def test_families_are_data_and_import_no_feature():
     for name, targets in IMPORTS.items():
         if name.startswith("omni_backend.families"):
-            upward = {t for t in targets if t.startswith("omni_backend.")
-                      and t.split(".")[1] in FEATURE_PACKAGES + ENGINE_MODULES}
+            upward = {t for t in targets for inner in FEATURE_PACKAGES + ENGINE_MODULES
+                      if t == f"omni_backend.{inner}" or t.startswith(f"omni_backend.{inner}.")}
             assert not upward, f"{name} imports {sorted(upward)}: features ask the family, never the reverse"
 
 
@@ -138,6 +140,13 @@ def test_workers_do_not_import_the_engine_that_starts_them():
     for name, targets in IMPORTS.items():
         if name.startswith("omni_backend.workers"):
             assert "omni_backend.engine" not in targets, name
+
+
+def test_nothing_imports_the_training_code():
+    training = f"{PACK}.training"
+    importers = [f"{name} imports {target}" for name, targets in sorted(IMPORTS.items())
+                 if layer_of(name) != training for target in sorted(targets) if layer_of(target) == training]
+    assert not importers, "training is used by tests and benchmarks only:\n" + "\n".join(importers)
 
 
 def test_the_engine_never_imports_comfyui():

@@ -17,15 +17,15 @@ from cache_support import assert_report_counts_the_work
 from image_support import assert_lora_acts_and_switches_off, picture
 from parallel_support import assert_same, request_for, spec_for
 
+from omni_backend.blocks.diagnostics import count_block_work
 from omni_backend.cache import CacheDiTConfig, TeaCacheConfig
-from omni_backend.diagnostics import count_block_work
 from omni_backend.engine import default_engine
 from omni_backend.errors import OmniInputError, OmniInterrupted
-from omni_backend.images import to_pil
+from omni_backend.files.images import to_pil
 from omni_backend.lora.adapters import STATE_KEY
 from omni_backend.memory import MemoryConfig
 from omni_backend.request import GenerationRequest
-from omni_backend.sampling import RunControl
+from omni_backend.run.sampling import RunControl
 from omni_backend.tiny.lora import make_tiny_lora
 
 LONGCAT, EDIT, OVIS = "longcat-image", "longcat-image-edit", "ovis-image"

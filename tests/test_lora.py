@@ -20,7 +20,7 @@ from omni_backend.errors import OmniIncompatibleError, OmniInputError, OmniInter
 from omni_backend.families import FAMILIES
 from omni_backend.lora.adapters import STATE_KEY
 from omni_backend.request import GenerationRequest
-from omni_backend.sampling import RunControl
+from omni_backend.run.sampling import RunControl
 from omni_backend.tiny.lora import make_tiny_lora
 
 SUBDIR = "test_lora"  # under the session models dir's loras/, so the node resolves the names

@@ -10,8 +10,8 @@ import shutil
 import pytest
 import torch
 
-from omni_backend import model_folder
 from omni_backend.errors import OmniInputError
+from omni_backend.weights import model_folder
 from omni_diffusion_nodes.graph.prompt_check import validate_prompt
 from omni_diffusion_nodes.headless.executor import NodeExecutionError, execute
 from omni_diffusion_nodes.headless.node_classes import all_node_classes

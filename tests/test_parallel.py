@@ -12,7 +12,7 @@ from omni_backend.cache import CacheDiTConfig, TeaCacheConfig
 from omni_backend.errors import OmniIncompatibleError, OmniInterrupted, OmniWorkerError
 from omni_backend.families import FAMILIES
 from omni_backend.parallel.config import ParallelConfig
-from omni_backend.sampling import RunControl
+from omni_backend.run.sampling import RunControl
 
 # Families that need an input image are checked under every method in tests/test_image_models.py.
 TEXT_FAMILIES = {key: family for key, family in FAMILIES.items() if not family.requires_image}

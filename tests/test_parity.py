@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from omni_backend.families import FAMILIES
-from omni_backend.model_folder import inspect_model_folder
+from omni_backend.weights.model_folder import inspect_model_folder
 
 # Families that need an input image run their own path: tests/test_image_models.py; audio families
 # (a waveform, not pixels): tests/test_audio.py.

@@ -14,11 +14,12 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from omni_backend.errors import OmniInputError  # noqa: E402
 from omni_backend.reference import EDIT_MODEL_DIR, edit_model_path  # noqa: E402
-from omni_backend.reference.edit_dataset import (  # noqa: E402
+from omni_diffusion_nodes.training.edit_dataset import (  # noqa: E402
     Edit, held_out_combinations, held_out_edits, random_edits, render_pairs, training_combinations,
 )
-from omni_backend.reference.edit_evaluate import held_out_inputs, score_edits  # noqa: E402
+from omni_diffusion_nodes.training.edit_evaluate import held_out_inputs, score_edits  # noqa: E402
 
 # Edits 0-1 (recolour), 10-11 (move), 20-21 (new background) of the held-out list.
 QUICK_EDITS = (0, 1, 10, 11, 20, 21)
@@ -61,9 +62,8 @@ def _draw_both(edit, before, after):
 def test_input_area_of_a_folder_applies_to_its_run_only():
     from diffusers.pipelines.qwenimage import pipeline_qwenimage_edit as edit_module
 
-    from omni_backend.errors import OmniInputError
     from omni_backend.families.qwen_image_edit import INPUT_AREA_KEY, _input_area
-    from omni_backend.model_folder import ModelFolder
+    from omni_backend.weights.model_folder import ModelFolder
 
     with _input_area(64 * 64):
         assert edit_module.calculate_dimensions(1024 * 1024, 1.0)[:2] == (64, 64)
@@ -79,7 +79,7 @@ def test_input_area_of_a_folder_applies_to_its_run_only():
 @needs_model
 def test_committed_edit_model_follows_held_out_edits_through_the_family():
     from omni_backend.engine import Engine
-    from omni_backend.reference.edit_evaluate import evaluate_edits
+    from omni_diffusion_nodes.training.edit_evaluate import evaluate_edits
     from omni_backend.spec import ModelSpec
 
     folder = edit_model_path()
@@ -94,11 +94,65 @@ def test_committed_edit_model_follows_held_out_edits_through_the_family():
 
 
 @needs_model
+def test_no_weights_file_is_stored_twice_and_the_edit_model_names_the_vae_it_shares():
+    import hashlib
+
+    from omni_backend.reference import MODEL_DIR
+    from omni_backend.weights.model_folder import inspect_model_folder
+
+    weights = sorted(EDIT_MODEL_DIR.parent.rglob("*.safetensors"))
+    digests = {}
+    for path in weights:
+        digests.setdefault(hashlib.sha256(path.read_bytes()).hexdigest(), []).append(path)
+    assert len(weights) >= 5 and all(len(paths) == 1 for paths in digests.values()), \
+        [paths for paths in digests.values() if len(paths) > 1]
+    assert not (EDIT_MODEL_DIR / "vae").exists()
+    info = inspect_model_folder(EDIT_MODEL_DIR)
+    assert info.component_path("vae") == MODEL_DIR / "vae"
+    assert info.vae_config == inspect_model_folder(MODEL_DIR).vae_config
+
+
+@needs_model
+def test_a_shared_component_is_checked_where_it_lives(tmp_path):
+    """The edit folder's VAE is the folder beside it: that folder's files are checked (and a change there
+    is seen), a missing neighbour is named, and a share that leaves the models' directory is refused."""
+    import json
+    import shutil
+
+    from omni_backend.reference import MODEL_DIR
+    from omni_backend.weights.model_folder import SHARED_COMPONENTS_KEY, folder_label, inspect_model_folder
+
+    models = tmp_path / "diffusers"
+    base, edit = models / MODEL_DIR.name, models / EDIT_MODEL_DIR.name
+    shutil.copytree(MODEL_DIR, base)
+    shutil.copytree(EDIT_MODEL_DIR, edit)
+    assert folder_label(edit) is None and inspect_model_folder(edit).component_path("vae") == base / "vae"
+
+    weights = base / "vae" / "diffusion_pytorch_model.safetensors"
+    weights.rename(weights.with_name("kept-aside"))
+    assert folder_label(edit) == "broken: weights missing"
+    with pytest.raises(OmniInputError, match=r"\.\./qwen-image-shapes/vae/diffusion_pytorch_model"):
+        inspect_model_folder(edit)
+    weights.with_name("kept-aside").rename(weights)
+    assert folder_label(edit) is None
+
+    shutil.move(base, tmp_path / "elsewhere")
+    with pytest.raises(OmniInputError, match="put the qwen-image-shapes folder beside qwen-image-edit-shapes"):
+        inspect_model_folder(edit)
+
+    index = json.loads((edit / "model_index.json").read_text())
+    for shared in ({"vae": "../../elsewhere/vae"}, {"vae": str(tmp_path / "elsewhere" / "vae")},
+                   {"scheduler": "../qwen-image-shapes/scheduler"}, {"vae": ".."}, ["vae"]):
+        (edit / "model_index.json").write_text(json.dumps({**index, SHARED_COMPONENTS_KEY: shared}))
+        assert folder_label(edit) == "broken: unreadable config", shared
+
+
+@needs_model
 def test_demo_edit_writes_the_scene_and_its_edit(tmp_path, monkeypatch):
     from PIL import Image
 
-    from omni_backend.reference.dataset import parse_caption
-    from omni_backend.reference.evaluate import score_images
+    from omni_diffusion_nodes.training.dataset import parse_caption
+    from omni_diffusion_nodes.training.evaluate import score_images
     from omni_diffusion_nodes.headless.demo import run_demo
     from omni_diffusion_nodes.headless.recipes import DEMO_EDIT, DEMO_PROMPT
 
@@ -114,8 +168,8 @@ def test_demo_edit_writes_the_scene_and_its_edit(tmp_path, monkeypatch):
 
 def test_edit_training_runs_and_its_loss_falls(tmp_path):
     from omni_backend.engine import Engine
-    from omni_backend.reference.edit_evaluate import generate_edits
-    from omni_backend.reference.train_edit import main
+    from omni_diffusion_nodes.training.edit_evaluate import generate_edits
+    from omni_diffusion_nodes.training.train_edit import main
     from omni_backend.spec import ModelSpec
 
     out = tmp_path / "tiny-edit-run"

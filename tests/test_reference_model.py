@@ -15,10 +15,10 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from omni_backend.reference import MODEL_DIR, model_path  # noqa: E402
-from omni_backend.reference.dataset import (  # noqa: E402
+from omni_diffusion_nodes.training.dataset import (  # noqa: E402
     PALETTE, held_out_combinations, held_out_scenes, random_scenes, render_batch, training_combinations,
 )
-from omni_backend.reference.evaluate import default_prompts, evaluate, score_images  # noqa: E402
+from omni_diffusion_nodes.training.evaluate import default_prompts, evaluate, score_images  # noqa: E402
 
 QUICK_PROMPTS = 8  # the first 8 held-out prompts: every colour, position and shape appears
 QUICK_STEPS = 10
@@ -49,7 +49,7 @@ def test_scorer_accepts_true_renders_and_rejects_wrong_prompts():
 
 def test_shape_guess_recognises_every_true_render():
     """The shape score (and the VAE's shape round trip, which the model card reports) rests on it."""
-    from omni_backend.reference.evaluate import guess_shape
+    from omni_diffusion_nodes.training.evaluate import guess_shape
 
     scenes = held_out_scenes() * 2
     images = render_batch(scenes, np.random.default_rng(2)).transpose(0, 2, 3, 1)
@@ -58,8 +58,8 @@ def test_shape_guess_recognises_every_true_render():
 
 @needs_model
 def test_committed_vae_keeps_what_its_model_card_says():
-    from omni_backend.reference.train import load_vae
-    from omni_backend.reference.vae_training import shape_round_trip
+    from omni_diffusion_nodes.training.train import load_vae
+    from omni_diffusion_nodes.training.vae_training import shape_round_trip
 
     kept = shape_round_trip(load_vae(str(MODEL_DIR / "vae")))
     assert f"the shape survives the round trip for {kept:.3f}" in (MODEL_DIR / "README.md").read_text()
@@ -69,8 +69,8 @@ def test_vae_training_path_computes_what_encode_and_decode_compute():
     """Training runs the VAE's convolutions as 2-D and skips decode's clamp; neither may change a number."""
     import torch
 
-    from omni_backend.reference import components
-    from omni_backend.reference.vae_training import (
+    from omni_diffusion_nodes.training import components
+    from omni_diffusion_nodes.training.vae_training import (
         decode_unclamped, encode_moments, single_frame_convs, to_model_range,
     )
 
@@ -139,8 +139,8 @@ def test_demo_draws_what_its_prompt_says(tmp_path, monkeypatch):
 def test_shape_crops_contain_the_shape_and_edge_training_runs():
     import torch
 
-    from omni_backend.reference import components
-    from omni_backend.reference.vae_training import shape_crops, train_vae
+    from omni_diffusion_nodes.training import components
+    from omni_diffusion_nodes.training.vae_training import shape_crops, train_vae
 
     rng = np.random.default_rng(4)
     scenes = random_scenes(rng, 16)
@@ -157,8 +157,8 @@ def test_shape_crops_contain_the_shape_and_edge_training_runs():
 
 def test_training_runs_and_its_losses_fall(tmp_path):
     from omni_backend.engine import Engine
-    from omni_backend.reference.evaluate import generate
-    from omni_backend.reference.train import main
+    from omni_diffusion_nodes.training.evaluate import generate
+    from omni_diffusion_nodes.training.train import main
     from omni_backend.spec import ModelSpec
 
     out = tmp_path / "tiny-run"

@@ -17,14 +17,14 @@ from diffusers import DiffusionPipeline
 
 from omni_backend.cache import CacheDiTConfig, TeaCacheConfig
 from omni_backend.compile import CompileConfig
-from omni_backend.compat import check_spec, collecting_problems, features_of, validate_spec
 from omni_backend.errors import OmniIncompatibleError, OmniInputError
 from omni_backend.families import FAMILIES
 from omni_backend.families.sd3 import StableDiffusion3
-from omni_backend.feature_matrix import model_support
 from omni_backend.lora import LoraSpec
 from omni_backend.memory import MemoryConfig
 from omni_backend.parallel.config import ParallelConfig
+from omni_backend.rules.compat import check_spec, collecting_problems, features_of, validate_spec
+from omni_backend.rules.feature_matrix import model_support
 from omni_backend.spec import ModelSpec, all_rules
 from omni_diffusion_nodes.headless.recipes import LORA_FILES
 

@@ -228,7 +228,7 @@ def test_without_a_text_encoder_conditioning_gives_the_prompt_texts_latents(qwen
     pipeline's own encoding, which ComfyUI's Qwen-Image text encode matches: test_comfyui_text_encode.py)."""
     from dataclasses import replace
 
-    from omni_backend.conditioning import TextEmbedding
+    from omni_backend.run.conditioning import TextEmbedding
 
     _folder, files, engine, _reference = qwen_twins
     with_encoder = ModelSpec.from_files(files["fp32"], dtype="fp32", device="cpu")

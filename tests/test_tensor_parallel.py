@@ -89,7 +89,7 @@ def test_patch_parallel_decode_equals_one_device_tiled_decode(models_dir, engine
 
 def test_patches_cover_the_latent_once_and_balance_across_ranks():
     from omni_backend.parallel.vae_patch import assign_tiles, plan_patches
-    from omni_backend.vae_tiling import plan_tiles
+    from omni_backend.run.vae_tiling import plan_tiles
 
     for height, width, ranks in [(8, 8, 2), (32, 32, 2), (18, 26, 3), (40, 24, 4), (3, 40, 2)]:
         patches = plan_patches(height, width, ranks)
@@ -124,7 +124,7 @@ def test_patch_decode_of_the_reference_vae_matches_the_whole_decode(engine, refe
     the whole decode at the model's size (64 px) and at 4x it (256 px), each rank's peak <= 0.6 of one
     device's."""
     from omni_backend.parallel.config import ParallelConfig
-    from omni_backend.reference.vae_training import scene_latents
+    from omni_diffusion_nodes.training.vae_training import scene_latents
 
     vae = engine.loaded(reference_spec).pipe.vae
     spec = reference_spec.replace(parallel=ParallelConfig(cfg_parallel=2, vae_patch_parallel=2))
@@ -143,8 +143,8 @@ def test_one_vae_rank_means_only_rank_0_decodes(reference_spec):
     """With vae_patch_parallel 1 on a 2-rank layout, rank 1's runner returns at once, decoding nothing."""
     from omni_backend.parallel.config import ParallelConfig
     from omni_backend.parallel.runtime import ParallelContext, set_current_context
-    from omni_backend.reference.vae_training import scene_latents
-    from omni_backend.runner import DecodeSettings, LocalRunner
+    from omni_diffusion_nodes.training.vae_training import scene_latents
+    from omni_backend.run.runner import DecodeSettings, LocalRunner
 
     runner = LocalRunner()
     config = ParallelConfig(cfg_parallel=2)

@@ -14,8 +14,8 @@ from parallel_support import request_for, spec_for
 
 from omni_backend.engine import Engine
 from omni_backend.errors import OmniInterrupted, OmniWorkerError
-from omni_backend.process_probe import listening_ports
-from omni_backend.sampling import RunControl
+from omni_backend.run.sampling import RunControl
+from omni_backend.system.process_probe import listening_ports
 from omni_backend.workers import group as group_module
 from omni_backend.workers.connection import AuthenticationFailed, accept, listen
 

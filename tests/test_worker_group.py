@@ -20,9 +20,9 @@ from parallel_support import assert_same, request_for, spec_for
 
 from omni_backend.engine import Engine
 from omni_backend.errors import OmniInputError, OmniInterrupted, OmniWorkerError
-from omni_backend.process_probe import listening_ports
-from omni_backend.runner import Generation
-from omni_backend.sampling import RunControl, RunReport
+from omni_backend.run.runner import Generation
+from omni_backend.run.sampling import RunControl, RunReport
+from omni_backend.system.process_probe import listening_ports
 from omni_backend.workers import group as group_module
 from omni_backend.workers import wire
 from omni_backend.workers.connection import (

@@ -13,11 +13,11 @@ import dataclasses
 import logging
 from dataclasses import dataclass
 
-from ..checks import real_number, whole_number
-from ..compat import alternative, define_rule
-from ..diagnostics import count_block_work
+from ..blocks.diagnostics import count_block_work
 from ..errors import OmniInputError
-from ..process_lock import process_lock
+from ..rules.checks import real_number, whole_number
+from ..rules.compat import alternative, define_rule
+from ..system.process_lock import process_lock
 from .calibration import quality_target
 from .one_method import ONE_CACHE_METHOD
 from .skipped_work import cache_section

@@ -25,9 +25,9 @@ from pathlib import Path
 
 import torch
 
-from ..checks import real_number
 from ..errors import OmniInputError
-from ..sampling import RunControl
+from ..rules.checks import real_number
+from ..run.sampling import RunControl
 
 log = logging.getLogger("omni_diffusion")
 

@@ -6,7 +6,7 @@ before they replace the cache a spec already has. Both cache configs declare the
 
 from __future__ import annotations
 
-from ..compat import define_rule, refuse
+from ..rules.compat import define_rule, refuse
 
 ONE_CACHE_METHOD = define_rule(
     "cache.one_method", ("teacache", "cache_dit"),

@@ -8,7 +8,7 @@ same transformer calls computes. A run that skipped nothing says so, and why.
 
 from __future__ import annotations
 
-from ..diagnostics import BlockWork
+from ..blocks.diagnostics import BlockWork
 
 
 def cache_section(work: BlockWork, detail: str, why_nothing_skipped: str) -> dict:

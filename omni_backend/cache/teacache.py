@@ -8,10 +8,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..checks import real_number
-from ..compat import alternative, define_rule, ways_out
-from ..diagnostics import count_block_work
+from ..blocks.diagnostics import count_block_work
 from ..errors import OmniInputError
+from ..rules.checks import real_number
+from ..rules.compat import alternative, define_rule, ways_out
 from .cachedit import CacheDiTConfig
 from .calibration import quality_target
 from .one_method import ONE_CACHE_METHOD

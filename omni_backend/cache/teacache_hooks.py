@@ -21,9 +21,9 @@ from typing import Callable
 import torch
 from diffusers.hooks.hooks import BaseState, CacheContext, ModelHook, StateManager
 
-from ..hooks import add_hook, remove_hook
+from ..blocks.hooks import add_hook, remove_hook
 
-from ..block_io import make_output, stream_inputs_as_computed, stream_outputs
+from ..blocks.block_io import make_output, stream_inputs_as_computed, stream_outputs
 
 BLOCK_HOOK = "omni_teacache_block"
 CONTEXT_HOOK = "omni_teacache_default_context"

@@ -31,8 +31,8 @@ import importlib
 import shutil
 from dataclasses import dataclass
 
-from ..compat import alternative, define_rule
 from ..errors import OmniInputError
+from ..rules.compat import alternative, define_rule
 
 BACKENDS = ("inductor", "aot_eager", "eager")
 

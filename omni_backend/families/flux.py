@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..block_io import block_arguments
+from ..blocks.block_io import block_arguments
 from . import flux_like
 from .base import GATHERED_COLWISE, GuidanceStyle, ModelFamily, embedding_mlp
 

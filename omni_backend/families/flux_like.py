@@ -10,7 +10,7 @@ written here, in diffusers' own formats, from the same structure as `FluxTransfo
 
 from __future__ import annotations
 
-from ..block_io import block_arguments
+from ..blocks.block_io import block_arguments
 
 # The double- and single-stream block lists, in execution order.
 BLOCK_LISTS = ("transformer_blocks", "single_transformer_blocks")

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import contextlib
 
-from ..images import to_pil
+from ..files.images import to_pil
 from .base import GuidanceStyle, ModelFamily
 from .peft_lora import with_lora_loader
 

@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 
 from ..errors import OmniInputError
-from ..images import one_pil
+from ..files.images import one_pil
 from . import flux_like
 from .base import GATHERED_COLWISE, GuidanceStyle, ModelFamily, embedding_mlp
 from .peft_lora import with_lora_loader

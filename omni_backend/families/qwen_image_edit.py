@@ -14,7 +14,7 @@ import importlib
 from pathlib import Path
 
 from ..errors import OmniInputError
-from ..images import one_pil
+from ..files.images import one_pil
 from .qwen_image import QwenImage
 from .qwen_vl_processor import image_only_processor, load_processor, torchvision_available
 

@@ -14,7 +14,7 @@ pipeline does and gives the layers batch-major in the pipeline's order, each as 
 
 from __future__ import annotations
 
-from ..images import rgba_pil
+from ..files.images import rgba_pil
 from .qwen_image import _latent_stats
 from .qwen_image_edit import QwenImageEdit
 

@@ -53,7 +53,7 @@ class StableAudio(ModelFamily):
         return [("transformer_blocks", transformer.transformer_blocks)]
 
     def teacache_modulated_input(self, block, args, kwargs):
-        from ..block_io import block_arguments
+        from ..blocks.block_io import block_arguments
 
         return block.norm1(block_arguments(block, args, kwargs)["hidden_states"])
 

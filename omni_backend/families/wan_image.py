@@ -11,7 +11,7 @@ kept clean by a mask. Neither uses a CLIP image encoder (image_encoder/image_pro
 
 from __future__ import annotations
 
-from ..images import one_pil
+from ..files.images import one_pil
 from .wan import Wan
 
 

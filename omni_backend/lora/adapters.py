@@ -64,7 +64,7 @@ class PipelineAdapters:
 
     @classmethod
     def of(cls, ctx) -> "PipelineAdapters":
-        from ..devices import torch_dtype
+        from ..system.devices import torch_dtype
 
         adapters = ctx.state.get(STATE_KEY)
         if adapters is None or adapters.source is not ctx.pipe:

@@ -13,8 +13,8 @@ import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from ..compat import alternative, define_rule
 from ..errors import OmniInputError
+from ..rules.compat import alternative, define_rule
 
 # "auto": every part of the file, where diffusers puts it. "transformer_2": the file's denoiser
 # part into Wan2.2 A14B's second (low-noise) expert. Others: only that part of the file acts.

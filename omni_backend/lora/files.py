@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import OmniInputError
-from ..safetensors_header import HeaderError, read_header
+from ..files.safetensors_header import HeaderError, read_header
 
 INPUT = "lora_name"  # the Load LoRA input every file error names
 SUFFIX = ".safetensors"

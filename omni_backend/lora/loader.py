@@ -27,7 +27,7 @@ import inspect
 import warnings
 
 from ..errors import OmniError, OmniInputError
-from ..process_lock import process_lock
+from ..system.process_lock import process_lock
 from .files import INPUT, SUFFIX, LoraFile, check_lora_file, first_line  # noqa: F401 (nodes import these here)
 from .matching import PIPELINE, SECOND_EXPERT, KeyMatch, family_hint, load_targets, loadable_components, match_lora
 from .precision import adapters_in_compute_dtype, low_precision_factors

@@ -3,7 +3,7 @@
 config.py            MemoryConfig, the feature the Offload/FP8 node puts into a ModelSpec
 apply.py             applying it to a loaded pipeline, and the record of what runs
 residency.py         master copies, placeholders and real storage of a unit of parameters
-hooks.py             adding/removing our named diffusers hooks without a trace
+(blocks/hooks.py      adding/removing our named diffusers hooks without a trace: shared with TeaCache)
 model_offload.py     components take turns on the execution device
 layerwise_offload.py a window of DiT blocks resident, the next one prefetched
 auto_offload.py      offload = auto: the choice from free memory and model size

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from ..devices import torch_dtype
+from ..system.devices import torch_dtype
 from .auto_offload import choose_for_device
 from .fp8 import w8a8_supported
 from .fp8_layers import dit_modulation_targets, dit_targets, quantize_linears, text_encoder_targets, text_encoders

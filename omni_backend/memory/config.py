@@ -13,8 +13,8 @@ import contextlib
 import dataclasses
 from dataclasses import dataclass
 
-from ..compat import alternative, define_rule, ways_out
 from ..errors import OmniInputError
+from ..rules.compat import alternative, define_rule, ways_out
 
 OFFLOAD_CHOICES = ("none", "auto", "model", "layerwise")
 FP8_CHOICES = ("off", "weight_only", "w8a8")

@@ -29,7 +29,7 @@ from __future__ import annotations
 import torch
 from diffusers.hooks import ModelHook
 
-from ..hooks import add_hook, remove_hook
+from ..blocks.hooks import add_hook, remove_hook
 from .residency import ParameterSet
 
 HOOK_NAME = "omni_layerwise_offload"

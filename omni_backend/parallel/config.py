@@ -11,9 +11,9 @@ import contextlib
 import dataclasses
 from dataclasses import dataclass
 
-from ..compat import alternative, define_rule, ways_out
-from ..checks import whole_number
 from ..errors import OmniInputError
+from ..rules.checks import whole_number
+from ..rules.compat import alternative, define_rule, ways_out
 
 # "{layout}" is the Parallel Config's describe(), e.g. "2 ranks (ulysses 2)"; "{instead}" is the way out
 # this model and machine accept (ParallelConfig.instead and the checks in problems()).

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from ..vae_tiling import Tile, decode_tile, stitch
+from ..run.vae_tiling import Tile, decode_tile, stitch
 
 
 def assign_tiles(tiles: list[Tile], ranks: int) -> list[list[int]]:

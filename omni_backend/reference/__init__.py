@@ -1,8 +1,8 @@
 """The trained reference model: a small Qwen-Image trained on this CPU on procedural shapes.
 
 Random-weight tiny models prove plumbing; this one proves quality. It is a complete
-QwenImagePipeline folder (`MODEL_DIR`) made by `python -m omni_backend.reference.train`, and
-`omni_backend.reference.evaluate` checks that it follows prompts it never saw in training.
+QwenImagePipeline folder (`MODEL_DIR`) made by `python -m omni_diffusion_nodes.training.train`, and
+`omni_diffusion_nodes.training.evaluate` checks that it follows prompts it never saw in training.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 MODEL_DIR = Path(__file__).resolve().parent / "qwen-image-shapes"
-# The edit model (QwenImageEditPipeline) made from it by `python -m omni_backend.reference.train_edit`.
+# The edit model (QwenImageEditPipeline) made from it by `python -m omni_diffusion_nodes.training.train_edit`.
 EDIT_MODEL_DIR = Path(__file__).resolve().parent / "qwen-image-edit-shapes"
 
 # TeaCache polynomial fitted for this model (Apply TeaCache's `coefficients`), from 16 runs of
@@ -25,7 +25,7 @@ def model_path() -> Path:
     """The committed model folder; raises if its weights are missing (e.g. a partial checkout)."""
     if not (MODEL_DIR / "model_index.json").is_file():
         raise FileNotFoundError(f"the reference model is missing at {MODEL_DIR}; train it with "
-                                "`python -m omni_backend.reference.train --out <that folder>`")
+                                "`python -m omni_diffusion_nodes.training.train --out <that folder>`")
     return MODEL_DIR
 
 
@@ -33,5 +33,5 @@ def edit_model_path() -> Path:
     """The committed edit model folder; raises if its weights are missing."""
     if not (EDIT_MODEL_DIR / "model_index.json").is_file():
         raise FileNotFoundError(f"the reference edit model is missing at {EDIT_MODEL_DIR}; train it with "
-                                "`python -m omni_backend.reference.train_edit --out <that folder>`")
+                                "`python -m omni_diffusion_nodes.training.train_edit --out <that folder>`")
     return EDIT_MODEL_DIR

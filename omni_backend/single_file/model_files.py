@@ -15,8 +15,8 @@ from functools import lru_cache
 from pathlib import Path
 
 from ..errors import OmniError, OmniInputError
-from ..model_folder import ModelFolder
-from ..process_lock import process_lock
+from ..system.process_lock import process_lock
+from ..weights.model_folder import ModelFolder
 from . import (flux, flux2_klein, longcat_image, ovis_image, qwen_image, qwen_image_edit, qwen_image_layered, sd3,
                stable_audio, wan, z_image)
 from .profile import FilesProfile

@@ -19,7 +19,7 @@ import json
 import re
 
 from ..errors import OmniInputError
-from ..process_lock import process_lock
+from ..system.process_lock import process_lock
 from . import text_encoders
 from .fused_keys import Rule, rename, to_diffusers, to_original
 from .profile import Component, FilesProfile, with_file_config

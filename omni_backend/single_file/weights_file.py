@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import OmniInputError
-from ..safetensors_header import HeaderError, read_header
+from ..files.safetensors_header import HeaderError, read_header
 
 PICKLE_SUFFIXES = {".ckpt", ".pt", ".pth", ".bin", ".pkl"}
 # Prefixes ComfyUI strips before detecting a model (comfy/model_detection.unet_prefix_from_state_dict),

@@ -21,7 +21,7 @@ import argparse
 import json
 from pathlib import Path
 
-from ..model_folder import inspect_model_folder
+from ..weights.model_folder import inspect_model_folder
 
 LAYOUTS = ("diffusers", "kohya", "comfyui")
 # Families whose LoRA loader converts each community layout written here.
@@ -95,7 +95,7 @@ def _load_component(info, component: str):
 
     library, class_name = info.components[component]
     module_class = getattr(importlib.import_module(library), class_name)
-    return module_class.from_pretrained(info.path, subfolder=component, local_files_only=True).eval()
+    return module_class.from_pretrained(info.component_path(component), local_files_only=True).eval()
 
 
 def _save_community_layout(layers: dict, alpha: float, layout: str, target_file: Path) -> None:

@@ -36,7 +36,7 @@ from pathlib import Path
 
 from ..errors import OmniInterrupted, OmniWorkerError
 from ..parallel.config import rendezvous_address
-from ..sampling import RunControl
+from ..run.sampling import RunControl
 from .connection import (
     ADMISSION_TIMEOUT,
     AuthenticationFailed,

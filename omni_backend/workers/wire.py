@@ -21,10 +21,10 @@ import torch
 from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 
-from ..conditioning import TextEmbedding
 from ..request import GenerationRequest
-from ..runner import DecodeSettings, Generation
-from ..sampling import RunReport
+from ..run.conditioning import TextEmbedding
+from ..run.runner import DecodeSettings, Generation
+from ..run.sampling import RunReport
 from ..single_file.model_files import ModelFiles
 from ..spec import FEATURE_TYPES, ModelSpec
 

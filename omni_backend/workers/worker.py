@@ -61,8 +61,8 @@ def serve_group(connection, setup: dict, rank: int, world_size: int, device_name
 
     from ..errors import OmniInterrupted
     from ..parallel.runtime import build_context, set_current_context
-    from ..runner import LocalRunner
-    from ..sampling import RunControl
+    from ..run.runner import LocalRunner
+    from ..run.sampling import RunControl
     from .connection import ConnectionClosed
     from .rendezvous import channel_store
 
@@ -210,8 +210,8 @@ def run_worker(rank: int, world_size: int, master: str, device: str, threads: in
 
     import torch
 
-    from ..devices import resolve_device
-    from ..loading import quiet_libraries
+    from ..system.devices import resolve_device
+    from ..weights.loading import quiet_libraries
 
     quiet_libraries()
     if threads:

@@ -91,8 +91,8 @@ def generate(engine, spec, prompts: list[str], *, steps: int = STEPS, guidance: 
              images_per_prompt: int = IMAGES_PER_PROMPT, size: int = IMAGE_SIZE, reports: list | None = None):
     """Images [len(prompts) * images_per_prompt, H, W, 3] in 0..1; prompt i uses seed i. Each run's
     RunReport is appended to `reports` when given."""
-    from ..decode import to_comfy_images
-    from ..request import GenerationRequest
+    from omni_backend.request import GenerationRequest
+    from omni_backend.run.decode import to_comfy_images
 
     batches = []
     for seed, prompt in enumerate(prompts):
@@ -115,8 +115,8 @@ def evaluate(model_dir, engine=None, *, steps: int = STEPS, guidance: float = GU
     "failed" (prompts with any failing image), "seconds", "speedup_estimate" (a cache's own count:
     transformer steps in all / computed; 1.0 without a cache), "pixels" (the images, [N, H, W, 3])}.
     """
-    from ..engine import Engine
-    from ..spec import ModelSpec
+    from omni_backend.engine import Engine
+    from omni_backend.spec import ModelSpec
 
     engine = engine or Engine()
     prompts = list(prompts) if prompts is not None else default_prompts()

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import OmniInputError
+from ..errors import OmniInputError
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .errors import OmniInputError
+from ..errors import OmniInputError
 
 DTYPE_CHOICES = ("auto", "bf16", "fp16", "fp32")
 _DTYPE_NAMES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}

@@ -1,6 +1,6 @@
 """Train the reference model from scratch on the CPU and save it as a QwenImagePipeline folder.
 
-    python -m omni_backend.reference.train --out omni_backend/reference/qwen-image-shapes
+    python -m omni_diffusion_nodes.training.train --out omni_backend/reference/qwen-image-shapes
 
 Stages: build a tokenizer and a frozen random text encoder; train the VAE; encode a pool of
 training images and write the latents' per-channel mean/std into the VAE config (so the
@@ -23,7 +23,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m omni_backend.reference.train", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m omni_diffusion_nodes.training.train", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, help="folder to write the pipeline to")
     parser.add_argument("--seed", type=int, default=0)
@@ -161,9 +161,9 @@ def write_model_card(out: Path, summary: dict, argv: list[str]) -> None:
     lines = [
         "# qwen-image-shapes: a small Qwen-Image trained from scratch on procedural shapes",
         "",
-        "Made by `omni_backend/reference/train.py` (see its docstring and `dataset.py`) with:",
+        "Made by `training/train.py` (see its docstring and `dataset.py`) with:",
         "",
-        f"    python -m omni_backend.reference.train {' '.join(argv)}",
+        f"    python -m omni_diffusion_nodes.training.train {' '.join(argv)}",
         "",
         (f"{vae_line}; held-out reconstruction {vae.get('psnr_db', float('nan')):.2f} dB PSNR "
         f"({args['vae_eval_images']} images), palette round trip max error {vae['palette']['max_error']:.3f} "

@@ -9,18 +9,18 @@ with a multi-device layout and layerwise offload is refused. docs/compatibility.
 `render_markdown()`; tests/test_feature_matrix.py checks that the block there is current, that every
 test named here exists and that every rule named here exists and is about that pair.
 
-`python -m omni_backend.feature_matrix` prints the block for docs/compatibility.md.
+`python -m omni_backend.rules.feature_matrix` prints the block for docs/compatibility.md.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .families import FAMILIES
-from .lora.config import lora_components
-from .model_folder import inspect_model_folder
-from .parallel.config import tensor_parallel_degrees, ulysses_degrees
-from .spec import ModelSpec, all_rules
+from ..families import FAMILIES
+from ..lora.config import lora_components
+from ..parallel.config import tensor_parallel_degrees, ulysses_degrees
+from ..spec import ModelSpec, all_rules
+from ..weights.model_folder import inspect_model_folder
 
 # vLLM-Omni's table's columns, in its order.
 FEATURES = {

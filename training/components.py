@@ -38,7 +38,7 @@ def tokenizer():
     """Qwen2Tokenizer whose byte-level BPE makes every caption word and template word one token."""
     from transformers import Qwen2Tokenizer
 
-    from ..tiny.tokenizers import QWEN_CHAT_TEMPLATE, QWEN_SPECIAL_TOKENS, train_byte_level_bpe
+    from omni_backend.tiny.tokenizers import QWEN_CHAT_TEMPLATE, QWEN_SPECIAL_TOKENS, train_byte_level_bpe
 
     # The template text repeated like the captions: its words are then merged as readily.
     texts = corpus() + [_TEMPLATE_PREFIX + _TEMPLATE_SUFFIX] * 100

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .errors import OmniInputError
+from ..errors import OmniInputError
 
 
 @dataclass(frozen=True)

@@ -1,13 +1,14 @@
 """Train the reference edit model on the CPU and save it as a QwenImageEditPipeline folder.
 
-    python -m omni_backend.reference.train_edit --out omni_backend/reference/qwen-image-edit-shapes
+    python -m omni_diffusion_nodes.training.train_edit --out omni_backend/reference/qwen-image-edit-shapes
 
 It reuses the text-to-image reference model (`--base`, the committed qwen-image-shapes): its
-trained VAE as is, and its DiT's weights as the start (QwenImageEditPipeline appends the input
-image's latent tokens to the sequence, so the architecture is the same; the DiT learns to read
-them). The text side is new (edit_components.py). Stages: build the tokenizer, the frozen text
-encoder and the processor; encode a pool of procedural edits (edit_dataset.py); train the DiT with
-an EMA; save (float16 by default); score the held-out edits through the engine (edit_evaluate.py).
+trained VAE as is (named, not copied, when `--out` sits beside `--base`), and its DiT's weights as
+the start (QwenImageEditPipeline appends the input image's latent tokens to the sequence, so the
+architecture is the same; the DiT learns to read them). The text side is new (edit_components.py).
+Stages: build the tokenizer, the frozen text encoder and the processor; encode a pool of procedural
+edits (edit_dataset.py); train the DiT with an EMA; save (float16 by default); score the held-out
+edits through the engine (edit_evaluate.py).
 Step counts, not time, decide the defaults (`--minutes` caps the DiT stage's wall time instead).
 """
 
@@ -24,9 +25,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def parse_args(argv=None):
-    from . import MODEL_DIR
+    from omni_backend.reference import MODEL_DIR
 
-    parser = argparse.ArgumentParser(prog="python -m omni_backend.reference.train_edit", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m omni_diffusion_nodes.training.train_edit", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, help="folder to write the pipeline to")
     parser.add_argument("--base", default=str(MODEL_DIR), help="the text-to-image reference model folder")
@@ -99,7 +100,10 @@ def _main(args, argv) -> dict:
 
     out = Path(args.out)
     trained = edit_components.pipeline(vae, ema, text_encoder, tokenizer, processor)
-    edit_components.save(trained, out, getattr(torch, args.store_dtype))
+    # The VAE is the base's, unchanged: a folder written beside the base names it instead of a copy.
+    summary["shared_vae"] = out.resolve().parent == base.resolve().parent
+    edit_components.save(trained, out, getattr(torch, args.store_dtype),
+                         shared_vae=base / "vae" if summary["shared_vae"] else None)
     summary["size_mb"] = folder_size_mb(out)
     summary["train_seconds"] = time.time() - begin
     summary["load_average_end"] = os.getloadavg()[0]
@@ -127,14 +131,17 @@ def write_model_card(out: Path, summary: dict, argv: list[str]) -> None:
     lines = [
         "# qwen-image-edit-shapes: a small Qwen-Image-Edit trained on procedural edits of the shape scenes",
         "",
-        "Made by `omni_backend/reference/train_edit.py` (see its docstring and `edit_dataset.py`) with:",
+        "Made by `training/train_edit.py` (see its docstring and `edit_dataset.py`) with:",
         "",
-        f"    python -m omni_backend.reference.train_edit {' '.join(argv)}",
+        f"    python -m omni_diffusion_nodes.training.train_edit {' '.join(argv)}",
         "",
         "- QwenImageEditPipeline: the input image's latent tokens join the denoised sequence; the pipeline "
         "resizes the input image to 64x64 px (model_index.json `_omni_input_image_area` 4096, which our "
         "qwen-image-edit family applies; diffusers alone would use about 1024x1024 px)",
-        f"- VAE: the text-to-image reference's ({_shown(args['base'])}/vae), unchanged",
+        f"- VAE: the text-to-image reference's ({_shown(args['base'])}/vae), unchanged"
+        + ("; kept once, in that folder: model_index.json's `_omni_shared_components` names it, and the "
+           "engine loads it from there (diffusers alone: pass `vae=AutoencoderKLQwenImage.from_pretrained(...)`)"
+           if summary.get("shared_vae") else ""),
         (f"- DiT (QwenImageTransformer2DModel, {TRANSFORMER_CONFIG['num_layers']} layers, "
          f"{TRANSFORMER_CONFIG['num_attention_heads']} heads x {TRANSFORMER_CONFIG['attention_head_dim']}) started "
          f"from {start}: {dit['steps']} steps at batch {args['batch']} on {args['pool']} edits, "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .errors import OmniInputError
+from ..errors import OmniInputError
 
 
 def check_latent(spec, latent: dict):

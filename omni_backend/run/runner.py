@@ -12,13 +12,13 @@ from typing import Any
 
 import torch
 
-from .checks import whole_number
-from .loading import load_pipeline
-from .parallel.runtime import current_context
-from .parallel.vae_patch import PeakActivation, decode_on_ranks, plan_patches
-from .pipeline_cache import LoadedPipeline, PipelineCache
-from .process_lock import process_lock
-from .request import GenerationRequest
+from ..parallel.runtime import current_context
+from ..parallel.vae_patch import PeakActivation, decode_on_ranks, plan_patches
+from ..request import GenerationRequest
+from ..rules.checks import whole_number
+from ..system.process_lock import process_lock
+from ..weights.loading import load_pipeline
+from ..weights.pipeline_cache import LoadedPipeline, PipelineCache
 from .sampling import RunContext, RunReport, sample
 from .vae_tiling import decode_tiled, plan_for
 

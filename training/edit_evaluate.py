@@ -86,8 +86,8 @@ def generate_edits(engine, spec, edits: list[Edit], inputs, *, steps: int = STEP
     """Outputs [len(edits) * seeds_per_edit, H, W, 3] in 0..1; edit i runs with seeds i*k .. i*k+k-1."""
     import torch
 
-    from ..decode import to_comfy_images
-    from ..request import GenerationRequest
+    from omni_backend.request import GenerationRequest
+    from omni_backend.run.decode import to_comfy_images
 
     outputs = []
     for index, (edit, image) in enumerate(zip(edits, inputs)):
@@ -109,8 +109,8 @@ def evaluate_edits(model_dir, engine=None, *, steps: int = STEPS, guidance: floa
     Returns {"edits", "images", "score", "by_kind" (score per kind), "failed" (instructions of failing
     images), "seconds", "speedup_estimate" (a cache's own count; 1.0 without one), "pixels" [N, H, W, 3]}.
     """
-    from ..engine import Engine
-    from ..spec import ModelSpec
+    from omni_backend.engine import Engine
+    from omni_backend.spec import ModelSpec
 
     engine = engine or Engine()
     edits, inputs, _targets = held_out_inputs(edits)

@@ -22,7 +22,7 @@ import dataclasses
 from contextvars import ContextVar
 from dataclasses import dataclass
 
-from .errors import OmniIncompatibleError
+from ..errors import OmniIncompatibleError
 
 
 def features_of(between) -> set[str]:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import logging
 import os
-from pathlib import Path
 
-from .devices import torch_dtype
-from .errors import OmniInputError
-from .process_lock import process_lock
-from .single_file.model_files import load_pipeline_from_files
+from ..errors import OmniInputError
+from ..single_file.model_files import load_pipeline_from_files
+from ..system.devices import torch_dtype
+from ..system.process_lock import process_lock
+from .model_folder import TRUSTED_LIBRARIES
 
 log = logging.getLogger("omni_diffusion")
 
@@ -35,6 +35,7 @@ def load_pipeline(spec):
                     local_files_only=True,  # never reach for a hub: a missing file is an error, not a download
                     use_safetensors=True,
                     trust_remote_code=False,
+                    **load_shared_components(info, torch_dtype(spec.dtype)),
                     **family.load_kwargs(info),
                 )
     except OmniInputError:
@@ -56,6 +57,22 @@ def load_pipeline(spec):
     return pipe
 
 
+def load_shared_components(info, dtype) -> dict:
+    """The components the folder keeps in a folder beside it (model_folder's `_omni_shared_components`),
+    loaded from there: diffusers builds a pipeline around components passed in and reads no subfolder
+    for them."""
+    import importlib
+
+    loaded = {}
+    for name, path in info.shared.items():
+        library, class_name = info.components[name]
+        package = library if library in TRUSTED_LIBRARIES else f"diffusers.pipelines.{library}"
+        module = importlib.import_module(package)
+        loaded[name] = getattr(module, class_name).from_pretrained(
+            path, dtype=dtype, local_files_only=True, use_safetensors=True)
+    return loaded
+
+
 def refuse_unloaded_weights(info, name: str, module) -> None:
     """A weights file whose tensor names do not match its config loads without an error: diffusers
     leaves the unmatched parameters on the meta device and the run fails later with "Cannot copy out
@@ -63,7 +80,7 @@ def refuse_unloaded_weights(info, name: str, module) -> None:
     missing = [key for key, tensor in (*module.named_parameters(), *module.named_buffers()) if tensor.is_meta]
     if not missing:
         return
-    folder = Path(info.path) / name
+    folder = info.component_path(name)
     files = ", ".join(sorted(p.name for p in folder.glob("*.safetensors"))) or "(no .safetensors file)"
     shown = ", ".join(missing[:4]) + (f" and {len(missing) - 4} more" if len(missing) > 4 else "")
     raise OmniInputError("model", info.name, f"{name}/{files} holds no weights for {len(missing)} tensors its "

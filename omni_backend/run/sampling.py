@@ -11,9 +11,9 @@ import contextlib
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from .class_guard import class_guard
-from .errors import OmniInterrupted
-from .request import GenerationRequest
+from ..errors import OmniInterrupted
+from ..request import GenerationRequest
+from ..system.class_guard import class_guard
 
 
 @dataclass

@@ -12,7 +12,7 @@ import math
 import numbers
 import unicodedata
 
-from .errors import OmniInputError
+from ..errors import OmniInputError
 
 
 def whole_number(name: str, value, low: int | None = None, high: int | None = None, fix: str = "") -> int:
@@ -112,7 +112,7 @@ def check_mask(mask, image) -> None:
     Image's 64x64 zeros for a file without alpha are taken as "opaque" whatever the image's size."""
     import torch
 
-    from .images import mask_is_opaque
+    from ..files.images import mask_is_opaque
 
     if not isinstance(mask, torch.Tensor) or not mask.is_floating_point() or mask.ndim not in (2, 3) \
             or (mask.ndim == 3 and mask.shape[0] != 1):

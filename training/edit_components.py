@@ -11,6 +11,8 @@ processor (families/qwen_vl_processor.py) that expands <|image_pad|> for them.
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from pathlib import Path
 
 from . import components
@@ -37,7 +39,7 @@ def tokenizer():
     """Qwen2Tokenizer with the vision markers whose BPE makes every instruction and template word one token."""
     from transformers import Qwen2Tokenizer
 
-    from ..tiny.tokenizers import QWEN_CHAT_TEMPLATE, QWEN_SPECIAL_TOKENS, train_byte_level_bpe
+    from omni_backend.tiny.tokenizers import QWEN_CHAT_TEMPLATE, QWEN_SPECIAL_TOKENS, train_byte_level_bpe
 
     texts = instructions() * 4 + [_TEMPLATE_PREFIX + _TEMPLATE_SUFFIX] * 100
     vocab, merges = train_byte_level_bpe(texts, vocab_size=2000, special_tokens=QWEN_SPECIAL_TOKENS)
@@ -70,7 +72,7 @@ def processor(tok):
     """Image-only Qwen2-VL processor: a 64 px image becomes 56x56 px, 4x4 patches, 4 merged tokens."""
     from transformers import Qwen2VLImageProcessor
 
-    from ..families.qwen_vl_processor import image_only_processor
+    from omni_backend.families.qwen_vl_processor import image_only_processor
 
     image_processor = Qwen2VLImageProcessor(min_pixels=56 * 56, max_pixels=112 * 112, patch_size=14, merge_size=2,
                                             temporal_patch_size=2)
@@ -89,10 +91,13 @@ def pipeline(vae_model, transformer_model, text_encoder_model, tokenizer_obj, pr
     return pipe
 
 
-def save(pipe, out: Path, dtype) -> None:
+def save(pipe, out: Path, dtype, shared_vae: Path | None = None) -> None:
     """Cast `pipe` to `dtype` in place and write the folder. save_pretrained cannot write a processor
     without its video part, so the processor's two halves are written to processor/ (as the family's
-    make_tiny does), and model_index.json gets the input image area (INPUT_IMAGE_AREA)."""
+    make_tiny does), and model_index.json gets the input image area (INPUT_IMAGE_AREA).
+
+    `shared_vae`: the VAE folder of a model beside `out` that holds this pipeline's VAE unchanged; the
+    folder then names it (model_index.json's `_omni_shared_components`) instead of a second copy."""
     out.mkdir(parents=True, exist_ok=True)
     pipe.to(dtype)
     processor_obj, pipe.processor = pipe.processor, None
@@ -102,10 +107,14 @@ def save(pipe, out: Path, dtype) -> None:
         pipe.processor = processor_obj
     processor_obj.image_processor.save_pretrained(out / "processor")
     processor_obj.tokenizer.save_pretrained(out / "processor")
-    from ..families.qwen_image_edit import INPUT_AREA_KEY
+    from omni_backend.families.qwen_image_edit import INPUT_AREA_KEY
+    from omni_backend.weights.model_folder import SHARED_COMPONENTS_KEY
 
     index_file = out / "model_index.json"
     index = json.loads(index_file.read_text())
     index["processor"] = ["transformers", "Qwen2VLProcessor"]
     index[INPUT_AREA_KEY] = INPUT_IMAGE_AREA
+    if shared_vae is not None:
+        shutil.rmtree(out / "vae")
+        index[SHARED_COMPONENTS_KEY] = {"vae": Path(os.path.relpath(shared_vae, out)).as_posix()}
     index_file.write_text(json.dumps(index, indent=2) + "\n")
