@@ -72,8 +72,8 @@ class OmniLoadModelFiles:
                                                      "(models/vae), or the checkpoint that bundles it (SD3.5)."}),
             "dtype": (list(DTYPE_CHOICES), {"default": "auto",
                                            "tooltip": "Compute dtype: auto = bf16 on GPUs that support it, fp32 on "
-                                                      "the CPU. FP8 files are upcast to it (Offload/FP8's fp8 "
-                                                      "stores the DiT in FP8 again)."}),
+                                                      "the CPU. FP8 files stay FP8 in memory (their layer "
+                                                      "linears are upcast to it one layer at a time as they run)."}),
             "device": device_input(),
         }, "optional": {
             "family": ([AUTO, *sorted(PROFILES)], {

@@ -10,6 +10,7 @@ import safetensors.torch
 import torch
 
 from omni_backend.errors import OmniInputError
+from omni_backend.single_file.stored_fp8 import StoredFP8
 from omni_backend.single_file.weights_file import inspect_weights_file, read_tensors
 
 
@@ -101,7 +102,7 @@ def test_plain_fp8_file_can_stay_fp8(tmp_path):
     safetensors.torch.save_file(weights, path)
     file = inspect_weights_file(path, "diffusion_model")
     assert file.weight_format == "fp8_e4m3fn" and file.prefix == ""
-    assert read_tensors(file, torch.bfloat16, keep_fp8=True)["blocks.0.attn.to_q.weight"].dtype == torch.float8_e4m3fn
+    assert read_tensors(file, torch.bfloat16, fp8=StoredFP8())["blocks.0.attn.to_q.weight"].dtype == torch.float8_e4m3fn
     assert read_tensors(file, torch.bfloat16)["blocks.0.attn.to_q.weight"].dtype == torch.bfloat16
 
 
@@ -250,24 +251,3 @@ def test_a_model_that_needs_its_text_encoder_refuses_none(tmp_path):
     files = ModelFiles(str(written["diffusion_model"]), "", str(written["vae"]), family="qwen-image-edit")
     with pytest.raises(OmniInputError, match="text_encoder = 'none'.*needs its text encoder"):
         inspect_model_files(files)
-
-
-def test_an_fp8_files_weights_stay_its_values_under_the_fp8_node(tmp_path):
-    """fp8_e4m3fn weights are upcast to the compute dtype (exactly: e4m3 fits in bf16/fp32); the FP8 node
-    then stores those very values again (scale 1), not a per-row rescaling that would round them twice."""
-    from omni_backend.memory import MemoryConfig
-    from omni_backend.memory.fp8 import FP8Linear
-
-    written = write_comfy_files("qwen-image", tmp_path, "fp8_e4m3fn")
-    spec = ModelSpec.from_files(_files(written), dtype="fp32", device="cpu").replace(
-        memory=MemoryConfig(fp8="weight_only"))
-    engine = Engine()
-    try:
-        layer = engine.loaded(spec).pipe.transformer.transformer_blocks[0].attn.to_q
-        raw = safetensors.torch.load_file(written["diffusion_model"])[
-            "model.diffusion_model.transformer_blocks.0.attn.to_q.weight"]
-        assert isinstance(layer, FP8Linear) and raw.dtype == torch.float8_e4m3fn
-        assert torch.equal(layer.weight.view(torch.uint8), raw.view(torch.uint8)), "the file's FP8 values, bit for bit"
-        assert bool((layer.weight_scale == 1).all())
-    finally:
-        engine.unload_all()

@@ -20,7 +20,7 @@ import torch
 
 from ..system.devices import torch_dtype
 from .auto_offload import choose_for_device
-from .fp8 import w8a8_supported
+from .fp8 import FP8Linear, w8a8_supported
 from .fp8_layers import dit_modulation_targets, dit_targets, quantize_linears, text_encoder_targets, text_encoders
 from .layerwise_offload import install_layerwise_offload
 from .model_offload import install_model_offload
@@ -78,6 +78,11 @@ def apply_memory(pipe, spec, config) -> MemoryState:
                 fp8_mode = "weight_only"
                 notices.append(f"fp8 = w8a8: {why_not}; ran FP8 weight-only instead (same weights, "
                                "activations in high precision)")
+        stored = sum(isinstance(layer, FP8Linear) for _name, transformer in family.transformers(pipe)
+                     for layer in transformer.modules())
+        if stored:
+            notices.append(f"fp8 = {config.fp8}: {stored} of the DiT's linears are FP8 as the model file stores "
+                           "them; they are kept as they are (quantizing them again would add nothing)")
         # Offload keeps master copies on the CPU; `auto` may still choose "none", which moves them up later.
         store_device = torch.device("cpu") if config.offload != "none" else device
         for name, transformer in family.transformers(pipe):

@@ -107,8 +107,33 @@ class FP8Linear(torch.nn.Linear):
     def from_linear(cls, source: torch.nn.Linear, use_scaled_mm: bool = False) -> "FP8Linear":
         return cls(source, use_scaled_mm)
 
+    @classmethod
+    def empty_like(cls, source: torch.nn.Linear, compute_dtype: torch.dtype) -> "FP8Linear":
+        """An FP8Linear of `source`'s shape on the meta device, for `load_state_dict(assign=True)` to fill
+        with FP8 weights as a file stores them and their float32 [out, 1] `weight_scale`
+        (single_file/stored_fp8.py). Weight-only: a file's e5m2 weights have no fast matmul."""
+        layer = cls.__new__(cls)
+        torch.nn.Module.__init__(layer)
+        layer.in_features, layer.out_features = source.in_features, source.out_features
+        layer.compute_dtype = compute_dtype
+        layer.weight = torch.nn.Parameter(torch.empty(source.out_features, source.in_features, dtype=E4M3,
+                                                      device="meta"), requires_grad=False)
+        layer.weight_scale = torch.nn.Parameter(torch.empty(source.out_features, 1, device="meta"),
+                                                requires_grad=False)
+        layer.register_parameter("bias", source.bias)
+        layer.use_scaled_mm = False
+        return layer
+
     def dequantized_weight(self) -> torch.Tensor:
         return (self.weight.float() * self.weight_scale).to(self.compute_dtype)
+
+    def dequantized_linear(self) -> torch.nn.Linear:
+        """A plain nn.Linear with this layer's weights in its compute dtype (for code that cuts weights,
+        e.g. tensor parallelism, which would otherwise cut the FP8 values without their scales)."""
+        linear = torch.nn.Linear(self.in_features, self.out_features, bias=self.bias is not None, device="meta")
+        linear.weight = torch.nn.Parameter(self.dequantized_weight(), requires_grad=False)
+        linear.bias = self.bias
+        return linear
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.use_scaled_mm:

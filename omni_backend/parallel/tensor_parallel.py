@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from diffusers.hooks.tensor_parallel import PackedColwiseParallel, PackedRowwiseParallel
 
 from ..families.base import GATHERED_COLWISE
+from ..memory.fp8 import FP8Linear
 
 
 def _block_sizes(total: int, blocks) -> list[int]:
@@ -189,6 +190,8 @@ def apply_tensor_parallel(model: torch.nn.Module, plan: dict, group) -> int:
 
 
 def _shard(linear, style, group):
+    if isinstance(linear, FP8Linear):  # a file's FP8 weights: cut in the compute dtype, as before they were kept
+        linear = linear.dequantized_linear()
     if style == GATHERED_COLWISE:
         return GatheredColumnLinear.from_linear(linear, group)
     if style == "colwise":

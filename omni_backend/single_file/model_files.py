@@ -3,23 +3,29 @@ and the diffusers pipeline they build.
 
 `inspect_model_files` gives the same `ModelFolder` description a diffusers folder gives (family,
 pipeline class, configs), so every feature works on either source unchanged. The weights are read by
-`load_pipeline_from_files`: prefix stripped, scaled FP8 dequantized, keys mapped to the diffusers or
+`load_pipeline_from_files`: prefix stripped, FP8 linears kept as stored (stored_fp8.py), keys mapped to the diffusers or
 transformers class, loaded strictly (a tensor missing or left over is an error, not a silent default).
 """
 
 from __future__ import annotations
 
 import importlib
+from itertools import chain
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+import torch
+
 from ..errors import OmniError, OmniInputError
+from ..memory.fp8 import FP8Linear
+from ..memory.fp8_layers import dit_modulation_targets, dit_targets, text_encoder_targets
 from ..system.process_lock import process_lock
 from ..weights.model_folder import ModelFolder
 from . import (flux, flux2_klein, longcat_image, ovis_image, qwen_image, qwen_image_edit, qwen_image_layered, sd3,
                stable_audio, wan, z_image)
 from .profile import FilesProfile
+from .stored_fp8 import StoredFP8, dequantize, is_fp8, row_scale
 from .text_encoders import kind_of
 from .weights_file import WeightsFile, inspect_weights_file, read_tensors
 
@@ -317,10 +323,16 @@ def load_pipeline_from_files(files: ModelFiles, info: ModelFolder, dtype):
     """The diffusers pipeline, every weight read from the single files (on the CPU, in `dtype`)."""
     import diffusers
 
-    profile = PROFILES[info.family_key]
+    from ..families import FAMILIES  # the family's pipeline class and its FP8 layers
+
+    profile, family = PROFILES[info.family_key], FAMILIES[info.family_key]
+
+    def dit_fp8(transformer):
+        return chain(dit_targets(family, transformer), dit_modulation_targets(family, transformer))
+
     parts = {
         "transformer": _load_component(profile.transformer, files.diffusion_model, info.transformer_config, dtype,
-                                       "diffusion_model"),
+                                       "diffusion_model", dit_fp8),
         "vae": _load_component(profile.vae, files.vae, info.vae_config, dtype, "vae"),
         "scheduler": getattr(diffusers, profile.scheduler_class).from_config(
             profile.scheduler_for(info.transformer_config)),
@@ -331,7 +343,7 @@ def load_pipeline_from_files(files: ModelFiles, info: ModelFolder, dtype):
             continue
         encoder = inspect_weights_file(getattr(files, name), name)
         config = component.config(encoder)
-        parts[name] = _load_component(component, getattr(files, name), config, dtype, name)
+        parts[name] = _load_component(component, getattr(files, name), config, dtype, name, text_encoder_targets)
         parts[name.replace("text_encoder", "tokenizer")] = _tokenizer(profile, files, name, encoder, config)
     for name, component in profile.bundled.items():  # read from the bundle under its own prefix
         parts[name] = _load_component(component, files.diffusion_model,
@@ -340,11 +352,8 @@ def load_pipeline_from_files(files: ModelFiles, info: ModelFolder, dtype):
         parts[profile.processor_name] = profile.processor(parts["tokenizer"], find_tokenizer(profile, files))
     if profile.second_expert:
         parts["transformer_2"] = _load_component(profile.transformer, files.diffusion_model_2, info.transformer_config,
-                                                 dtype, "diffusion_model_2")
-    from ..families import FAMILIES  # the family's pipeline class (e.g. Wan2.2-TI2V's image-capable one)
-
-    return FAMILIES[info.family_key].pipeline_class(profile.pipeline_class)(**parts,
-                                                                            **profile.pipeline_arguments(files))
+                                                 dtype, "diffusion_model_2", dit_fp8)
+    return family.pipeline_class(profile.pipeline_class)(**parts, **profile.pipeline_arguments(files))
 
 
 def _tokenizer(profile: FilesProfile, files: ModelFiles, name: str, encoder: WeightsFile, config: dict):
@@ -367,12 +376,13 @@ def _tokenizer(profile: FilesProfile, files: ModelFiles, name: str, encoder: Wei
     return tokenizer
 
 
-def _load_component(component, path: str, config: dict, dtype, input_name: str):
+def _load_component(component, path: str, config: dict, dtype, input_name: str, fp8_targets=None):
+    """`fp8_targets(module)`: the linears (memory/fp8_layers.py's targets) whose FP8 weights stay FP8."""
     library = importlib.import_module(component.library)
     cls = getattr(library, component.class_name)
     file = inspect_weights_file(path, input_name)
     try:
-        return _build_component(component, cls, file, config, dtype, input_name)
+        return _build_component(component, cls, file, config, dtype, input_name, fp8_targets)
     except (OmniError, MemoryError, OSError):
         raise  # already named, or out of memory / a read error: not the file's shapes
     except Exception as exc:  # noqa: BLE001 - diffusers/transformers/torch raise many kinds here
@@ -391,7 +401,7 @@ def _first_line(exc: BaseException) -> str:
     return text[:300]
 
 
-def _build_component(component, cls, file: WeightsFile, config: dict, dtype, input_name: str):
+def _build_component(component, cls, file: WeightsFile, config: dict, dtype, input_name: str, fp8_targets=None):
     from accelerate import init_empty_weights
 
     # Parameters on the meta device (no random init of billions of weights): accelerate patches
@@ -405,7 +415,9 @@ def _build_component(component, cls, file: WeightsFile, config: dict, dtype, inp
     keep = [key for key in module.state_dict() if kept(key)]
     # The file's names of those tensors (the writer's map, applied to names only: a pure renaming there).
     float32_keys = frozenset(component.to_file_keys(dict.fromkeys(keep), config)) if keep else frozenset()
-    state = component.keys(read_tensors(file, dtype, float32_keys=float32_keys), config)
+    stored = StoredFP8() if fp8_targets is not None and file.weight_format.startswith("fp8") else None
+    read = read_tensors(file, dtype, fp8=stored, float32_keys=float32_keys)
+    state = component.keys(read, config)
     expected = dict(module.state_dict())
     missing = [key for key in expected if key not in state and key not in component.stand_ins]
     unexpected = [key for key in state if key not in expected]
@@ -417,12 +429,15 @@ def _build_component(component, cls, file: WeightsFile, config: dict, dtype, inp
                              "use the release's original file (this one is from another model or version)")
     stood_in = [key for key in component.stand_ins if key not in state]
     state.update({key: state[component.stand_ins[key]] for key in stood_in})
+    if stored is not None:
+        _keep_fp8_linears(module, state, stored.mapped_scales(component.keys, read, config),
+                          _fp8_linears(module, fp8_targets), component.stand_ins, kept, dtype)
     module.load_state_dict(state, strict=True, assign=True)
     # As from_pretrained: loaded tensors in `dtype` except the modules the class keeps in float32; diffusers
     # leaves buffers that are not weights (e.g. Wan's rotary tables) as built, transformers casts them.
-    import torch
-
     for name, sub in module.named_modules():
+        if isinstance(sub, FP8Linear):
+            continue  # FP8 as stored, its scale in float32, its bias read in `dtype` like every tensor
         for table in (sub._parameters, sub._buffers):
             for attribute, tensor in table.items():
                 key = f"{name}.{attribute}" if name else attribute
@@ -436,6 +451,30 @@ def _build_component(component, cls, file: WeightsFile, config: dict, dtype, inp
     # use them (LongCat's prompt rewrite generates text) refuses that option instead of running it wrong.
     module._omni_stood_in = tuple(stood_in)
     return module
+
+
+def _fp8_linears(module, fp8_targets) -> dict:
+    """{weight key: (parent, attribute)} of the linears whose FP8 weights stay FP8."""
+    names = {id(sub): name for name, sub in module.named_modules()}
+    return {f"{names[id(linear)]}.weight": (parent, attribute)
+            for _name, parent, attribute, linear in fp8_targets(module)}
+
+
+def _keep_fp8_linears(module, state: dict, scales: dict | None, linears: dict, stand_ins: dict, kept, dtype):
+    """Swap each target linear whose weight the file stores in FP8 for an FP8Linear holding it (with its
+    [out, 1] scale in `state`, for load_state_dict); dequantize every other FP8 tensor to its dtype."""
+    for key, tensor in list(state.items()):
+        if not is_fp8(tensor):
+            continue
+        scale = None if scales is None else scales[stand_ins.get(key, key)]
+        wanted = torch.float32 if kept(key) else dtype
+        per_row = row_scale(scale, tensor) if key in linears and tensor.dim() == 2 else None
+        if per_row is None:
+            state[key] = dequantize(tensor, scale, wanted)
+            continue
+        parent, attribute = linears[key]
+        setattr(parent, attribute, FP8Linear.empty_like(getattr(parent, attribute), wanted))
+        state[key[:-len("weight")] + "weight_scale"] = per_row
 
 
 def kept_in_float32(cls, library: str, dtype):

@@ -2,8 +2,9 @@
 
 The header is read without touching a weight (it is JSON at the front of a .safetensors file), so a
 loader can list, detect and refuse files in milliseconds. Reading the tensors then strips the key
-prefix ComfyUI's checkpoints carry (`model.diffusion_model.`) and turns ComfyUI's "fp8_scaled"
-format back into real weights: FP8 values times their `.scale_weight`. diffusers' `from_single_file`
+prefix ComfyUI's checkpoints carry (`model.diffusion_model.`) and either turns ComfyUI's "fp8_scaled"
+format back into real weights (FP8 values times their `.scale_weight`) or, for the loader that keeps
+FP8 as stored, hands the FP8 values on with their scales (stored_fp8.py). diffusers' `from_single_file`
 accepts such a file without an error and drops the scales (the weights come out wrong by the scale,
 often by orders of magnitude), which is why this module reads the tensors itself.
 """
@@ -15,6 +16,7 @@ from pathlib import Path
 
 from ..errors import OmniInputError
 from ..files.safetensors_header import HeaderError, read_header
+from .stored_fp8 import StoredFP8, is_fp8
 
 PICKLE_SUFFIXES = {".ckpt", ".pt", ".pth", ".bin", ".pkl"}
 # Prefixes ComfyUI strips before detecting a model (comfy/model_detection.unet_prefix_from_state_dict),
@@ -143,13 +145,15 @@ def _common_prefix(header: dict) -> str:
     return best if counts[best] > len(header) // 2 else ""
 
 
-def read_tensors(file: WeightsFile, dtype, *, keep_fp8: bool = False, float32_keys: frozenset = frozenset()) -> dict:
+def read_tensors(file: WeightsFile, dtype, *, fp8: StoredFP8 | None = None,
+                 float32_keys: frozenset = frozenset()) -> dict:
     """The file's tensors under their prefix-free keys, as `dtype`.
 
     Scaled FP8 weights are multiplied by their scale (their `.scale_*` keys and the `scaled_fp8`
-    marker are dropped). With `keep_fp8`, plain FP8 weights stay FP8 (the FP8 feature then keeps them
-    as they are); scaled ones are always dequantized here, so no caller can forget the scale.
-    `float32_keys` (prefix-free) are read as float32 whatever `dtype` is (modules a class keeps in float32).
+    marker are dropped), so no caller can forget the scale. Given `fp8` (stored_fp8.py), FP8 tensors,
+    plain or scaled, stay as stored instead, and `fp8` keeps their scales. `float32_keys`
+    (prefix-free) are read as float32 whatever `dtype` is (modules a class keeps in float32).
+    Tensors already in the wanted dtype are views of the memory-mapped file: nothing is copied.
     """
     import torch
     from safetensors import safe_open
@@ -166,15 +170,15 @@ def read_tensors(file: WeightsFile, dtype, *, keep_fp8: bool = False, float32_ke
             tensor = handle.get_tensor(full_key)
             wanted = torch.float32 if key in float32_keys else dtype
             scale = scales.get(full_key)
-            if scale is not None:
-                if scale.numel() not in (1, tensor.shape[0]):
-                    raise OmniInputError(file.input_name or "file", file.name, f"{key} is quantized with block scales "
-                                         f"({tuple(scale.shape)}), a format this pack does not read",
-                                         "use the bf16, fp16, fp8_e4m3fn or fp8_scaled release of this file")
+            if scale is not None and scale.numel() not in (1, tensor.shape[0]):
+                raise OmniInputError(file.input_name or "file", file.name, f"{key} is quantized with block scales "
+                                     f"({tuple(scale.shape)}), a format this pack does not read",
+                                     "use the bf16, fp16, fp8_e4m3fn or fp8_scaled release of this file")
+            if fp8 is not None and is_fp8(tensor):
+                fp8.add(key, tensor, scale)
+            elif scale is not None:
                 tensor = dequantized(tensor, scale).to(wanted)
-            elif not tensor.is_floating_point():
-                pass  # e.g. the tokenizer bytes a text encoder file carries: not a weight to cast
-            elif not (keep_fp8 and tensor.dtype in (torch.float8_e4m3fn, torch.float8_e5m2)):
+            elif tensor.is_floating_point():  # not e.g. the tokenizer bytes a text encoder file carries
                 tensor = tensor.to(wanted)
             out[key] = tensor
     return out
