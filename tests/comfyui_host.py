@@ -17,6 +17,7 @@ this checkout linked into custom_nodes/ and the tiny stand-ins as its models.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -334,16 +335,25 @@ def host_traits(path: Path) -> set[str]:
     return {t for t in node_types(path) if not t.startswith("Omni")} | {output_kind(path)}
 
 
+def ranks(path: Path) -> int:
+    """How many processes the workflow's Parallel Config starts (its first four widgets: the degrees)."""
+    for node in json.loads(path.read_text())["nodes"]:
+        if node["type"] == "OmniParallelConfig":
+            return math.prod(int(value) for value in node["widgets_values"][:4])
+    return 1
+
+
 def covering_subset(paths: list[Path], traits=tier_traits, first: tuple[str, ...] = (SUBSET_SINGLE_FILES,)
                     ) -> list[Path]:
-    """The workflows an older ComfyUI runs (the defaults): the `first` ones, then the fewest more that
-    cover every trait (greedy, most new coverage first, shorter names breaking ties)."""
+    """The workflows an older ComfyUI runs (the defaults): the `first` ones, then few more that cover
+    every trait (greedy: most new coverage per process the workflow starts first, shorter names
+    breaking ties; a 4-rank workflow costs about four 1-process ones on two cores)."""
     chosen = [p for p in paths if p.name in first]
     covered = set().union(*map(traits, chosen))
     wanted = set().union(*map(traits, paths))
     while covered != wanted:
         best = max((p for p in paths if p not in chosen),
-                   key=lambda p: (len(traits(p) - covered), -len(p.name), p.name))
+                   key=lambda p: (len(traits(p) - covered) / ranks(p), -len(p.name), p.name))
         chosen.append(best)
         covered |= traits(best)
     return sorted(chosen)
