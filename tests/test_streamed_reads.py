@@ -58,3 +58,26 @@ def test_reading_grows_memory_by_what_is_kept(tmp_path, stored, wanted, keep_fp8
     measured = json.loads(done.stdout.strip().splitlines()[-1])
     assert measured["growth"] <= 1.10 * measured["kept"], (
         f"reading grew memory by {measured['growth'] / MIB:.0f} MiB for {measured['kept'] / MIB:.0f} MiB kept")
+
+
+def test_chunked_reads_give_the_arithmetic_of_one_whole_read(tmp_path, monkeypatch):
+    """Chunks far smaller than a tensor (and than one row): every scale kind lands on its own rows."""
+    from omni_backend.single_file import weights_file
+    from omni_backend.single_file.weights_file import inspect_weights_file, read_tensors
+
+    generator = torch.Generator().manual_seed(1)
+    fp8 = {name: torch.randn(shape, generator=generator).to(torch.float8_e4m3fn)
+           for name, shape in (("a.weight", (37, 19)), ("b.weight", (5, 300)), ("c.weight", (23,)))}
+    scales = {"a.weight": torch.rand(37, 1, generator=generator) + 0.5, "b.weight": torch.tensor(0.25),
+              "c.weight": torch.rand(23, generator=generator) + 0.5}
+    plain = torch.randn(41, 7, generator=generator).to(torch.bfloat16)
+    path = tmp_path / "scaled.safetensors"
+    safetensors.torch.save_file({**fp8, **{k[:-len("weight")] + "scale_weight": v for k, v in scales.items()},
+                                 "d.weight": plain}, path)
+    for chunk in (64, 1 << 20):
+        monkeypatch.setattr(weights_file, "READ_CHUNK_BYTES", chunk)
+        read = read_tensors(inspect_weights_file(path, "diffusion_model"), torch.float32)
+        for key, values in fp8.items():
+            scale = scales[key].reshape(-1, 1) if values.dim() == 2 and scales[key].numel() > 1 else scales[key]
+            assert torch.equal(read[key], values.float() * scale), (chunk, key)
+        assert torch.equal(read["d.weight"], plain.float())

@@ -161,10 +161,10 @@ def read_tensors(file: WeightsFile, dtype, *, fp8: StoredFP8 | None = None,
     (prefix-free) are read as float32 whatever `dtype` is (modules a class keeps in float32).
 
     Memory: a tensor kept as stored is a view of the memory-mapped file (nothing copied; its pages are
-    the bytes the model keeps). A tensor that changes dtype is read with plain file reads into a buffer
-    of its stored size, converted and the buffer freed, one tensor at a time: mapping it instead would
-    leave its stored bytes resident beside the converted ones until the whole file is read (a bf16
-    file loaded in fp32 would peak at 1.5 times the model).
+    the bytes the model keeps). A tensor that changes dtype is read with plain file reads, a few MiB at
+    a time, and converted into its result: mapping it instead would leave its stored bytes resident
+    beside the converted ones until the whole file is read (a bf16 file loaded in fp32 peaked at 1.5
+    times the model).
     """
     from safetensors import safe_open
 
@@ -212,9 +212,10 @@ def _read_converted(raw, offset: int, shape, stored, wanted, scale, buffer: byte
     needed = min(step, rows.shape[0]) * per_row * stored.itemsize
     if len(buffer) < needed:
         buffer.extend(bytes(needed - len(buffer)))
-    if scale is not None:
+    if scale is not None:  # one number, one per row, or (a vector's) one per value
         scale = scale.to(torch.float32)
-        scale = scale.reshape(-1, 1) if scale.numel() > 1 and len(shape) >= 2 else scale.reshape(())
+        scale = scale.reshape(()) if scale.numel() == 1 else scale.reshape(-1, 1) if len(shape) >= 2 \
+            else scale.reshape(1, -1)
     raw.seek(offset)
     for first in range(0, rows.shape[0], step):
         count = min(step, rows.shape[0] - first)
@@ -224,6 +225,6 @@ def _read_converted(raw, offset: int, shape, stored, wanted, scale, buffer: byte
         if scale is None:
             rows[first:first + count].copy_(values)
         else:
-            part = scale[first:first + count] if scale.dim() else scale
+            part = scale[first:first + count] if scale.dim() and len(shape) >= 2 else scale
             rows[first:first + count].copy_(values.to(torch.float32) * part)
     return out
