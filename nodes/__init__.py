@@ -16,6 +16,7 @@ __all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]
 
 # ComfyUI's "Unload models" (and POST /free) also frees the pipelines this pack holds.
 comfy_bridge.on_unload(lambda: default_engine().unload_all())
+comfy_bridge.on_free_memory(lambda device: default_engine().unload_from(device))
 # A refusal is one line in ComfyUI's log, not a traceback.
 comfy_bridge.quiet_refusal_tracebacks()
 # POST /omni_diffusion/check for the browser extension (web/), inside ComfyUI only.

@@ -219,6 +219,43 @@ def on_unload(callback) -> None:
     _model_management.unload_all_models = unload_all_models
 
 
+def on_free_memory(callback) -> None:
+    """Let ComfyUI's memory management reach the pack's models, which it does not list among its own:
+    when it frees memory on a device for a model of its own (`free_memory`, called before every core
+    model loads) and, after unloading its own models, still has less free than it needs, it calls
+    `callback(device)`, which unloads ours there (True when it freed something)."""
+    if _model_management is None:
+        return
+    original = _model_management.free_memory
+    if getattr(original, "_omni_wrapped", False):
+        return
+
+    def free_memory(memory_required, device, *args, **kwargs):
+        unloaded = original(memory_required, device, *args, **kwargs)
+        try:
+            if _model_management.get_free_memory(device) < memory_required and callback(str(device)):
+                logging.getLogger("omni_diffusion").info("unloaded Omni models to free %.1f GB on %s for ComfyUI",
+                                                        memory_required / 2**30, device)
+                _model_management.soft_empty_cache()
+        except Exception:  # freeing ours must never stop ComfyUI from loading its own
+            logging.getLogger("omni_diffusion").exception("could not unload Omni models")
+        return unloaded
+
+    free_memory._omni_wrapped = True
+    _model_management.free_memory = free_memory
+
+
+def make_room(bytes_needed: int, device: str) -> None:
+    """Before a model of ours loads: ask ComfyUI to free `bytes_needed` on its device, unloading its own
+    models first as it does before loading one of them."""
+    if _model_management is None or bytes_needed <= 0:
+        return
+    import torch
+
+    target = _model_management.get_torch_device() if device == "auto" else torch.device(device)
+    _model_management.free_memory(bytes_needed, target)
+
+
 def blocked(message: str):
     """An output value that stops whatever node consumes it, with `message` as the error (ComfyUI's way
     for a node whose outputs depend on the model: the other output must not silently carry nothing)."""

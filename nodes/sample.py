@@ -144,6 +144,7 @@ class OmniSample:
         engine = default_engine()
         if comfy_bridge.calibration_file() is not None:
             engine.calibrations.use_file(comfy_bridge.calibration_file())
+        comfy_bridge.make_room(engine.bytes_to_load(model), model.device)
         with host_interrupts():
             result = engine.generate(model, request, control)
         report = result.report.text()

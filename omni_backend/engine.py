@@ -13,11 +13,14 @@ import logging
 import os
 import threading
 
+import torch
+
 from .cache import calibration
 from .errors import OmniInputError
 from .request import GenerationRequest
 from .run.runner import DecodeSettings, Generation, LocalRunner
 from .run.sampling import RunControl
+from .system.devices import resolve_device
 from .weights.pipeline_cache import LoadedPipeline
 
 __all__ = ["DecodeSettings", "Engine", "Generation", "default_engine"]
@@ -63,6 +66,26 @@ class Engine:
             self.runner.unload_all()
             if self._groups is not None:
                 self._groups.shutdown()
+
+    def bytes_to_load(self, spec) -> int:
+        """The size of the weights files loading `spec` in this process would read; 0 when it is loaded
+        (or loads in worker processes). The host makes that much room first."""
+        if spec.world_size() > 1 or spec.weights_key() in self.runner.pipelines.keys():
+            return 0
+        return sum(size for _path, size, _mtime in calibration.weights_fingerprint(spec))
+
+    def unload_from(self, device: str) -> bool:
+        """Free everything this engine holds on that kind of device ("cuda", "cpu"; worker groups count
+        as holding every kind): the host's memory management asks when it needs room for a model of its
+        own. True when something was freed."""
+        kind = torch.device(device).type
+        with self._lock:
+            held = {torch.device(resolve_device(key[3])).type for key in self.runner.pipelines.keys()}
+            group = self._groups.group if self._groups is not None else None
+            if kind not in held and (group is None or group.closed):
+                return False
+            self.unload_all()
+            return True
 
     # ---- internals -----------------------------------------------------------------------
     def _generate(self, spec, request, control) -> Generation:

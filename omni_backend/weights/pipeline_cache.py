@@ -53,6 +53,9 @@ class PipelineCache:
     def __len__(self) -> int:
         return len(self._entries)
 
+    def keys(self) -> list[tuple]:
+        return list(self._entries)
+
     def _evict_oldest(self) -> None:
         key, entry = self._entries.popitem(last=False)
         log.info("unloading %s", key[0])
