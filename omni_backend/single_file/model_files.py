@@ -430,7 +430,7 @@ def _build_component(component, cls, file: WeightsFile, config: dict, dtype, inp
     stood_in = [key for key in component.stand_ins if key not in state]
     state.update({key: state[component.stand_ins[key]] for key in stood_in})
     if stored is not None:
-        _keep_fp8_linears(module, state, stored.mapped_scales(component.keys, read, config),
+        _keep_fp8_linears(state, stored.mapped_scales(component.keys, read, config),
                           _fp8_linears(module, fp8_targets), component.stand_ins, kept, dtype)
     module.load_state_dict(state, strict=True, assign=True)
     # As from_pretrained: loaded tensors in `dtype` except the modules the class keeps in float32; diffusers
@@ -460,7 +460,7 @@ def _fp8_linears(module, fp8_targets) -> dict:
             for _name, parent, attribute, linear in fp8_targets(module)}
 
 
-def _keep_fp8_linears(module, state: dict, scales: dict | None, linears: dict, stand_ins: dict, kept, dtype):
+def _keep_fp8_linears(state: dict, scales: dict | None, linears: dict, stand_ins: dict, kept, dtype):
     """Swap each target linear whose weight the file stores in FP8 for an FP8Linear holding it (with its
     [out, 1] scale in `state`, for load_state_dict); dequantize every other FP8 tensor to its dtype."""
     for key, tensor in list(state.items()):
