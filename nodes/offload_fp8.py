@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from omni_backend.memory import FP8_CHOICES, OFFLOAD_CHOICES, MemoryConfig
-from omni_backend.memory.config import MAX_BLOCKS_ON_DEVICE
+from omni_backend.memory.config import MAX_BLOCKS_ON_DEVICE, MAX_BUDGET_GB
 
 from .common import MODEL_IN_TOOLTIP, ModelFeatureNode, OMNI_MODEL
 
@@ -33,14 +33,22 @@ class OmniOffloadFP8(ModelFeatureNode):
                            "weight-only); embeddings, input/output projections and norms stay in full precision."}),
             "fp8_text_encoder": ("BOOLEAN", {
                 "default": False, "tooltip": "Also store the text encoder's layer weights in FP8 (weight-only)."}),
+        }, "optional": {
+            # Optional and last: workflows saved before it load with its default (graph/workflow_format.py).
+            "device_budget_gb": ("FLOAT", {
+                "default": 0.0, "min": 0.0, "max": float(MAX_BUDGET_GB), "step": 0.5,
+                "tooltip": "Layerwise or auto offload: GB of device memory the weights may take. The pack keeps "
+                           "as many DiT blocks resident as fit beside the text encoder, VAE and the DiT's other "
+                           "parts, and says what it chose (auto also picks none/model/layerwise from it). "
+                           "Activations need room on top (about 2 GB at 1024 px). 0: blocks_on_device decides."}),
         }}
 
     # No VALIDATE_INPUTS on purpose: fp8_text_encoder without an fp8 mode is a fault of two inputs, and
     # ComfyUI reports a failing VALIDATE_INPUTS once per input it names. MemoryConfig in apply() raises
-    # it once, before any weights load; ComfyUI's own list/range checks of the four inputs stay on.
+    # it once, before any weights load; ComfyUI's own list/range checks of its inputs stay on.
 
-    def apply(self, model, offload, blocks_on_device, fp8, fp8_text_encoder):
+    def apply(self, model, offload, blocks_on_device, fp8, fp8_text_encoder, device_budget_gb=0.0):
         config = MemoryConfig(offload=offload, blocks_on_device=int(blocks_on_device), fp8=fp8,
-                              fp8_text_encoder=bool(fp8_text_encoder))
+                              fp8_text_encoder=bool(fp8_text_encoder), device_budget_gb=device_budget_gb)
         # All off is the plain model: it shares the plain model's loaded weights.
         return (model.replace(memory=None if config.is_noop else config),)

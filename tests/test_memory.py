@@ -203,6 +203,75 @@ def test_unloading_restores_the_model_fully(qwen_six_blocks):
         assert memory_state(pipe).installed is False
 
 
+def _sizes_of(pipe):
+    """(bytes layerwise offload keeps resident, bytes of one block) of the six-block tiny Qwen-Image."""
+    from omni_backend.memory.auto_offload import module_bytes
+
+    blocks = [module_bytes(block) for block in pipe.transformer.transformer_blocks]
+    assert len(set(blocks)) == 1
+    whole = sum(module_bytes(c) for c in pipe.components.values() if isinstance(c, torch.nn.Module))
+    return whole - sum(blocks), blocks[0]
+
+
+def test_a_device_budget_chooses_the_window_and_says_so(qwen_six_blocks):
+    from omni_backend.memory.budget import GB
+
+    resident, block = _sizes_of(Engine().loaded(spec_for(qwen_six_blocks)).pipe)
+    plain = Engine().generate(spec_for(qwen_six_blocks), request_for("qwen-image")).latents
+    budget_gb = (resident + 3.5 * block) / GB  # room for three blocks, not four
+    engine = Engine()
+    spec = spec_for(qwen_six_blocks, MemoryConfig(offload="layerwise", device_budget_gb=budget_gb))
+    result = engine.generate(spec, request_for("qwen-image"))
+    windows = memory_state(engine.loaded(spec).pipe).block_windows
+    assert [w.window for w in windows] == [3]
+    assert resident_blocks(list(engine.loaded(spec).pipe.transformer.transformer_blocks)) == [0, 1, 2]
+    assert any(f"3 of {QWEN_BLOCKS} DiT blocks stay resident" in n for n in result.report.notices), \
+        result.report.notices
+    assert torch.equal(result.latents, plain)
+    # A budget that holds every block keeps them all and says that saves nothing.
+    everything = spec_for(qwen_six_blocks, MemoryConfig(offload="layerwise", device_budget_gb=budget_gb * 10))
+    notices = Engine().generate(everything, request_for("qwen-image", steps=1)).report.notices
+    assert any("holds all 6 of the DiT's blocks" in n for n in notices), notices
+
+
+def test_a_budget_too_small_for_one_block_names_the_smallest_that_works(qwen_six_blocks):
+    resident, block = _sizes_of(Engine().loaded(spec_for(qwen_six_blocks)).pipe)
+    spec = spec_for(qwen_six_blocks, MemoryConfig(offload="layerwise", device_budget_gb=resident / 1e9))
+    with pytest.raises(OmniInputError) as info:
+        Engine().generate(spec, request_for("qwen-image", steps=1))
+    message = str(info.value)
+    assert "device_budget_gb" in message and "fp8 = weight_only" in message
+    smallest = float(message.split("at least ")[1].split(",")[0])
+    fits = spec_for(qwen_six_blocks, MemoryConfig(offload="layerwise", device_budget_gb=smallest))
+    engine = Engine()
+    engine.generate(fits, request_for("qwen-image", steps=1))
+    assert memory_state(engine.loaded(fits).pipe).block_windows[0].window == 1
+    with pytest.raises(OmniInputError) as info:  # with FP8 already on, the fix does not suggest it again
+        Engine().generate(spec_for(qwen_six_blocks, MemoryConfig(offload="layerwise", fp8="weight_only",
+                                                                 device_budget_gb=resident / 1e9 / 4)),
+                          request_for("qwen-image", steps=1))
+    assert "fp8 = weight_only" not in str(info.value).split("Fix:")[1]
+
+
+def test_auto_offload_chooses_from_a_budget_on_any_device(qwen_six_blocks):
+    from omni_backend.memory.auto_offload import module_bytes
+
+    pipe = Engine().loaded(spec_for(qwen_six_blocks)).pipe
+    sizes = {name: module_bytes(c) for name, c in pipe.components.items() if isinstance(c, torch.nn.Module)}
+    total, largest = sum(sizes.values()), max(sizes.values())
+    assert largest == sizes["transformer"], sizes
+    for budget, mode in ((total * 1.01, "none"), ((largest + total) / 2, "model")):
+        result = Engine().generate(spec_for(qwen_six_blocks, MemoryConfig(offload="auto", device_budget_gb=budget / 1e9)),
+                                   request_for("qwen-image", steps=1))
+        assert result.report.sections["memory"]["offload"] == mode, (budget, result.report.notices)
+        assert any(f"auto chose {mode}" in n and "device_budget_gb" in n for n in result.report.notices)
+    # Below the DiT's size auto chooses layerwise, and the budget then sizes its window: this tiny model's
+    # VAE is too large to leave room for a block beside it, which the budget's refusal says.
+    with pytest.raises(OmniInputError, match="device_budget_gb .* raise device_budget_gb to at least"):
+        Engine().generate(spec_for(qwen_six_blocks, MemoryConfig(offload="auto", device_budget_gb=largest * 0.99 / 1e9)),
+                          request_for("qwen-image", steps=1))
+
+
 def test_layerwise_offload_under_a_cache_that_skips_blocks(qwen_six_blocks):
     """diffusers' FirstBlockCache skips blocks 1..5 on cached steps: output as without offload, window kept."""
     from diffusers.hooks import FirstBlockCacheConfig
@@ -537,6 +606,8 @@ def test_fp8_and_model_offload_in_ulysses_worker_processes(models_dir):
     (dict(fp8="int8"), ["fp8", "'int8'", "weight_only"]),
     (dict(offload="layerwise", blocks_on_device=0), ["blocks_on_device", "0", "between 1 and"]),
     (dict(fp8_text_encoder=True), ["fp8_text_encoder", "fp8", "off"]),
+    (dict(offload="layerwise", device_budget_gb=-1.0), ["device_budget_gb", "-1.0", "from 0 to"]),
+    (dict(offload="model", device_budget_gb=8.0), ["device_budget_gb", "8.0", "offload = model", "layerwise or auto"]),
 ])
 def test_bad_memory_settings_are_named_with_a_fix(kwargs, fragments):
     with pytest.raises(OmniInputError) as info:
@@ -554,6 +625,10 @@ def test_node_builds_specs_and_reloads_only_when_weights_change(headless, nodes)
     assert layerwise.memory == MemoryConfig("layerwise", 3, "weight_only", True) and spec.memory is None
     (model_a,) = node.apply(spec, "model", 2, "off", False)
     (model_b,) = node.apply(spec, "model", 5, "off", False)
+    (budgeted,) = node.apply(spec, "layerwise", 3, "weight_only", True, 6.5)
+    assert budgeted.memory.device_budget_gb == 6.5 and budgeted.weights_key() != layerwise.weights_key()
+    assert node.apply(spec, "layerwise", 2, "off", False, 6.5)[0].weights_key() == budgeted.replace(
+        memory=MemoryConfig("layerwise", 7, "off", False, 6.5)).weights_key(), "a budget decides, not the count"
     assert model_a.weights_key() == model_b.weights_key(), "blocks_on_device means nothing to model offload"
     assert layerwise.weights_key() != model_a.weights_key() != spec.weights_key()
     with pytest.raises(OmniInputError, match="offload"):

@@ -20,6 +20,7 @@ import torch
 
 from ..system.devices import torch_dtype
 from .auto_offload import choose_for_device
+from .budget import window_within_budget
 from .fp8 import FP8Linear, w8a8_supported
 from .fp8_layers import dit_modulation_targets, dit_targets, quantize_linears, text_encoder_targets, text_encoders
 from .layerwise_offload import install_layerwise_offload
@@ -96,17 +97,24 @@ def apply_memory(pipe, spec, config) -> MemoryState:
 
     offload = config.offload
     if offload == "auto":
-        choice = choose_for_device(pipe, spec.device, spec.world_size())
+        choice = choose_for_device(pipe, spec.device, spec.world_size(), config.device_budget_gb)
         offload = choice.mode
         notices.append(f"offload = auto chose {offload}: {choice.reason}")
 
     state = MemoryState(offload=offload, device=device, fp8_layers=fp8_layers, fp8_mode=fp8_mode, notices=notices)
     if offload == "layerwise":
-        state.block_windows = install_layerwise_offload(family, pipe, config.blocks_on_device, device)
+        window = config.blocks_on_device
+        if config.device_budget_gb:
+            chosen = window_within_budget(family, pipe, config.device_budget_gb, fp8_on=config.fp8 != "off")
+            window = chosen.blocks_on_device
+            notices.append(chosen.notice)
+        state.block_windows = install_layerwise_offload(family, pipe, window, device)
         blocks = min(len(w.units) for w in state.block_windows)
-        if config.blocks_on_device >= blocks:
-            notices.append(f"blocks_on_device = {config.blocks_on_device} is at least the DiT's {blocks} blocks: "
-                           "every block stays resident, so layerwise offload saves nothing here")
+        if window >= blocks:
+            named = (f"device_budget_gb = {config.device_budget_gb:g} holds all {blocks} of the DiT's blocks"
+                     if config.device_budget_gb else
+                     f"blocks_on_device = {window} is at least the DiT's {blocks} blocks")
+            notices.append(f"{named}: every block stays resident, so layerwise offload saves nothing here")
     elif offload == "model":
         state.turns = install_model_offload(pipe, device)
     else:

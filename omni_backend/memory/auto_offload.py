@@ -28,8 +28,9 @@ class AutoChoice:
 
 
 def choose_offload(free_bytes: int, device_total_bytes: int, component_bytes: dict[str, int],
-                   world_size: int = 1) -> AutoChoice:
-    reserve = max(2 * GIB, device_total_bytes // 10)
+                   world_size: int = 1, reserve: int | None = None) -> AutoChoice:
+    if reserve is None:
+        reserve = max(2 * GIB, device_total_bytes // 10)
     need_all = sum(component_bytes.values())
     largest_name, largest = max(component_bytes.items(), key=lambda item: item[1])
     free = _gib(free_bytes)
@@ -44,18 +45,22 @@ def choose_offload(free_bytes: int, device_total_bytes: int, component_bytes: di
     return AutoChoice("layerwise", f"not even {largest_name} ({_gib(largest)}) fits in {free} free")
 
 
-def choose_for_device(pipe, device: str, world_size: int = 1) -> AutoChoice:
+def choose_for_device(pipe, device: str, world_size: int = 1, budget_gb: float = 0.0) -> AutoChoice:
     device = torch.device(device)
+    component_bytes = {name: module_bytes(module) for name, module in pipe.components.items()
+                       if isinstance(module, torch.nn.Module)}
+    if budget_gb > 0:  # the user's budget is for weights, on any device: no reserve (memory/budget.py)
+        budget = int(budget_gb * 1e9)
+        choice = choose_offload(budget, budget, component_bytes, world_size, reserve=0)
+        return AutoChoice(choice.mode, f"{choice.reason} (the device_budget_gb of {budget_gb:g} GB)")
     if device.type != "cuda":
         return AutoChoice("none", f"the model runs on the {device.type.upper()}, where the offload device is the "
                                   "execution device, so offloading would save nothing")
     free_bytes, total_bytes = torch.cuda.mem_get_info(device)
-    component_bytes = {name: _module_bytes(module) for name, module in pipe.components.items()
-                       if isinstance(module, torch.nn.Module)}
     return choose_offload(free_bytes, total_bytes, component_bytes, world_size)
 
 
-def _module_bytes(module) -> int:
+def module_bytes(module) -> int:
     return sum(p.numel() * p.element_size() for p in module.parameters())
 
 

@@ -19,6 +19,7 @@ from ..rules.compat import alternative, define_rule, ways_out
 OFFLOAD_CHOICES = ("none", "auto", "model", "layerwise")
 FP8_CHOICES = ("off", "weight_only", "w8a8")
 MAX_BLOCKS_ON_DEVICE = 64
+MAX_BUDGET_GB = 1024
 
 
 LAYERWISE_OFFLOAD_MULTI_DEVICE = define_rule(
@@ -45,6 +46,7 @@ class MemoryConfig:
     blocks_on_device: int = 2  # layerwise: DiT blocks resident at once, the running one included
     fp8: str = "off"
     fp8_text_encoder: bool = False
+    device_budget_gb: float = 0.0  # layerwise/auto: choose the resident blocks within this (0 = blocks_on_device)
 
     def __post_init__(self):
         if self.offload not in OFFLOAD_CHOICES:
@@ -57,6 +59,15 @@ class MemoryConfig:
             raise OmniInputError("blocks_on_device", self.blocks_on_device,
                                  f"layerwise offload keeps between 1 and {MAX_BLOCKS_ON_DEVICE} blocks on the device",
                                  "use 2 (one block runs while the next one is copied in), or more for speed")
+        budget = self.device_budget_gb
+        if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not 0 <= budget <= MAX_BUDGET_GB:
+            raise OmniInputError("device_budget_gb", budget, f"a budget is a number of GB from 0 to {MAX_BUDGET_GB}",
+                                 "use 0 (blocks_on_device decides), or about the GB of device memory the weights "
+                                 "may take (for example 8 on a 12 GB card)")
+        if budget > 0 and self.offload not in ("layerwise", "auto"):
+            raise OmniInputError("device_budget_gb", budget, f"only layerwise and auto offload choose what stays on "
+                                 f"the device from a budget (offload = {self.offload})",
+                                 "set offload to layerwise or auto, or device_budget_gb to 0")
         if self.fp8_text_encoder and self.fp8 == "off":
             raise OmniInputError("fp8_text_encoder", self.fp8_text_encoder, "it quantizes the text encoder with the "
                                  "FP8 mode chosen in fp8, which is off", "set fp8 to weight_only (or w8a8), or turn "
@@ -91,12 +102,16 @@ class MemoryConfig:
         return not self.is_noop
 
     def weights_key(self) -> tuple:
-        window = self.blocks_on_device if self.offload in ("layerwise", "auto") else None
+        window = None
+        if self.offload in ("layerwise", "auto"):  # a budget decides the window in place of blocks_on_device
+            window = ("budget", float(self.device_budget_gb)) if self.device_budget_gb else self.blocks_on_device
         return ("memory", self.offload, window, self.fp8, self.fp8_text_encoder)
 
     def describe(self) -> str:
         parts = [f"offload {self.offload}"]
-        if self.offload in ("layerwise", "auto"):
+        if self.device_budget_gb:
+            parts.append(f"a {self.device_budget_gb:g} GB device budget")
+        elif self.offload in ("layerwise", "auto"):
             parts.append(f"{self.blocks_on_device} blocks on device")
         parts.append(f"fp8 {self.fp8}" + (" (+ text encoder)" if self.fp8_text_encoder else ""))
         return ", ".join(parts)
