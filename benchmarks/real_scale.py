@@ -1,12 +1,17 @@
 """Real-size checkpoints on this machine: load them as a user would and take one Sample step.
 
-For each case, single files with the released model's shapes and random values are written the way
-ComfyUI's templates name them (streamed tensor by tensor, in row chunks: never whole in memory), then a
-fresh process loads them through the single-file loader (what Load Omni Model (ComfyUI files) calls),
-takes one step at 256 px and decodes, and the files are deleted. Nothing is downloaded: the shapes
-come from the released configs the single-file profiles already hold (omni_backend/single_file/).
-Tokenizers are the tiny test ones (the token count, not the vocabulary, decides the work); every
-token id they give is inside the real embedding.
+For each case, weights with the released model's shapes and random values are written (streamed tensor
+by tensor, in row chunks: never whole in memory), then a fresh process loads them as a user would, takes
+one step at 256 px and decodes, and the weights are deleted. Single files are named the way ComfyUI's
+templates name them and load through the single-file loader (what Load Omni Model (ComfyUI files)
+calls); a folder is laid out as the release's diffusers download and loads through ModelSpec.from_folder
+(what Load Omni Model calls): model_index.json, scheduler/ and tokenizer/ from the tiny test folder,
+and transformer/, text_encoder/, vae/ each with its config.json (the tiny one with the released sizes)
+beside weights in the library's own key names, sharded as Hugging Face releases are (at most 5 GB a
+shard, with a .safetensors.index.json; one unindexed file when it fits in one shard). Nothing is
+downloaded: the shapes come from the released configs the single-file profiles already hold
+(omni_backend/single_file/). Tokenizers are the tiny test ones (the token count, not the vocabulary,
+decides the work); every token id they give is inside the real embedding.
 
 One JSON row per case:
   {"model", "weights", "file_gb", "load_s", "peak_rss_gb", "kept_gb", "peak_rss_ratio", "step_s", "ok"}
@@ -17,15 +22,23 @@ files, read from disk when they first run, so the load itself stays small: run_p
 the step, every weight touched) over kept_gb, run_peak_rss_ratio, is the figure that says whether the
 model fits (the interpreter and libraries add about 0.6 GB).
 
-Disk and memory: Z-Image-Turbo fp8_e4m3fn writes 13.4 GB and peaks at about 15 GB resident; the bf16
-case writes 19 GB and needs about 21 GB. CI does not run this.
+Cases: z-image-fp8_e4m3fn and z-image-bf16 (ComfyUI's files: the DiT in that format beside
+qwen_3_4b.safetensors and ae.safetensors), z-image-bf16-folder (the diffusers folder, all bf16).
 
-    python benchmarks/real_scale.py --json [--cases z-image-fp8_e4m3fn,z-image-bf16] [--dir /tmp/x]
+Disk and memory: Z-Image-Turbo fp8_e4m3fn writes 13.4 GB and peaks at about 15 GB resident; the bf16
+case writes 19 GB and needs about 21 GB. The folder case writes the same 19.1 GB (20.5 * 10^9 bytes),
+from the shapes: transformer/ 11.5 GB in 3 shards (4.64, 4.64, 2.18), text_encoder/ 7.5 GB in 2 (4.63,
+2.87: Qwen3Model, the embedding tied, no lm_head), vae/ 0.16 GB in one file; not measured at full size
+yet. GB here are GiB, as in the rows. CI does not run this.
+
+    python benchmarks/real_scale.py --json [--cases z-image-fp8_e4m3fn,z-image-bf16,z-image-bf16-folder]
+                                    [--dir /tmp/x] [--blocks 1]
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import math
 import shutil
@@ -39,6 +52,7 @@ from pathlib import Path
 import torch
 from _common import ROOT  # noqa: F401  (offline mode and the pack on sys.path)
 
+from omni_backend.families import FAMILIES
 from omni_backend.single_file import flux, text_encoders, z_image
 from omni_backend.single_file.comfy_layout import DIT_PREFIX, write_comfy_files
 from omni_backend.single_file.model_files import PROFILES
@@ -47,11 +61,13 @@ GB = 1024 ** 3  # the rows' gb are GiB
 SAFETENSORS_DTYPES = {torch.bfloat16: "BF16", torch.float32: "F32", torch.float8_e4m3fn: "F8_E4M3"}
 CHUNK_VALUES = 1 << 24  # rows are generated and written about 16 M values at a time
 
-# (family, DiT weights) -> the released configs the files are written from; the DiT is what the weight
-# format names (ComfyUI's templates pair Z-Image's DiT with qwen_3_4b.safetensors in bf16 either way).
+# (family, DiT weights, layout) -> the released configs the weights are written from. "files": ComfyUI's
+# single files, whose DiT is what the weight format names (ComfyUI's templates pair Z-Image's DiT with
+# qwen_3_4b.safetensors in bf16 either way); "folder": the release's diffusers folder.
 CASES = {
-    "z-image-fp8_e4m3fn": ("z-image", "fp8_e4m3fn"),
-    "z-image-bf16": ("z-image", "bf16"),
+    "z-image-fp8_e4m3fn": ("z-image", "fp8_e4m3fn", "files"),
+    "z-image-bf16": ("z-image", "bf16", "files"),
+    "z-image-bf16-folder": ("z-image", "bf16", "folder"),
 }
 # The profiles' released configs leave out what the loader reads from the shapes (e.g. the VAE's block types).
 FLUX_VAE = {**flux.VAE, "down_block_types": ["DownEncoderBlock2D"] * 4, "up_block_types": ["UpDecoderBlock2D"] * 4}
@@ -59,15 +75,18 @@ RELEASED = {"z-image": {"diffusion_model": z_image.TRANSFORMER, "text_encoder": 
                         "vae": FLUX_VAE}}
 
 
-def meta_state(component, config: dict) -> dict:
-    """The component's file keys and shapes, from a model built on the meta device (no weights)."""
-    import importlib
-
+def meta_module(library: str, class_name: str, config: dict) -> torch.nn.Module:
+    """The model built on the meta device (no weights): its state_dict() has the library's keys and shapes."""
     from accelerate import init_empty_weights
 
-    cls = getattr(importlib.import_module(component.library), component.class_name)
+    cls = getattr(importlib.import_module(library), class_name)
     with init_empty_weights():
-        module = cls.from_config(config) if component.library == "diffusers" else cls(cls.config_class(**config))
+        return cls.from_config(config) if library == "diffusers" else cls(cls.config_class(**config))
+
+
+def meta_state(component, config: dict) -> dict:
+    """The component's single-file keys and shapes, from a model built on the meta device."""
+    module = meta_module(component.library, component.class_name, config)
     state = {key: value for key, value in module.state_dict().items() if key not in component.stand_ins}
     return component.to_file_keys(state, config)
 
@@ -79,12 +98,17 @@ def stored_dtype(key: str, shape, weights: str) -> torch.dtype:
     return torch.bfloat16
 
 
-def write_streamed(path: Path, shapes: dict, weights: str) -> int:
-    """A .safetensors file of random values with these shapes, written tensor by tensor; its bytes."""
-    header, offset, layout = {}, 0, []
+def stored_bytes(key: str, shape, weights: str) -> int:
+    return math.prod(shape) * torch.empty((), dtype=stored_dtype(key, shape, weights)).element_size()
+
+
+def write_streamed(path: Path, shapes: dict, weights: str, metadata: dict | None = None) -> int:
+    """A .safetensors file of random values with these shapes, written tensor by tensor; its bytes.
+    `metadata`: the header's __metadata__ (what save_pretrained writes: {"format": "pt"})."""
+    header, offset, layout = ({"__metadata__": metadata} if metadata else {}), 0, []
     for key, shape in shapes.items():
         dtype = stored_dtype(key, shape, weights)
-        size = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+        size = stored_bytes(key, shape, weights)
         header[key] = {"dtype": SAFETENSORS_DTYPES[dtype], "shape": list(shape), "data_offsets": [offset, offset + size]}
         layout.append((key, tuple(shape), dtype))
         offset += size
@@ -118,11 +142,23 @@ def _values(key: str, shape: tuple, generator):
 BLOCK_COUNTS = ("n_layers", "num_hidden_layers")
 
 
+def released_configs(family: str, blocks: int = 0) -> dict:
+    """The released configs by single-file input name; with `blocks`, that many blocks."""
+    return {part: {**config, **({key: blocks for key in BLOCK_COUNTS if key in config} if blocks else {})}
+            for part, config in RELEASED[family].items()}
+
+
 def write_case(name: str, directory: Path, blocks: int = 0) -> dict:
-    family, weights = CASES[name]
+    """The case's weights on disk: {"files": {input: path}} or {"folder": path}, and their "file_gb"."""
+    family, weights, layout = CASES[name]
+    if layout == "folder":
+        return write_folder(family, weights, directory, blocks)
+    return write_files(family, weights, directory, blocks)
+
+
+def write_files(family: str, weights: str, directory: Path, blocks: int = 0) -> dict:
     profile = PROFILES[family]
-    released = {part: {**config, **({key: blocks for key in BLOCK_COUNTS if key in config} if blocks else {})}
-                for part, config in RELEASED[family].items()}
+    released = released_configs(family, blocks)
     names, plain_names = profile.template_names(weights), profile.template_names("bf16")
     files, total = {}, 0
     for input_name, component in (("diffusion_model", profile.transformer), ("text_encoder", profile.text_encoder),
@@ -144,6 +180,86 @@ def write_case(name: str, directory: Path, blocks: int = 0) -> dict:
     return {"files": files, "file_gb": round(total / GB, 2)}
 
 
+# The folder's weights components -> the single-file input whose released config they take.
+FOLDER_PARTS = {"transformer": "diffusion_model", "text_encoder": "text_encoder", "vae": "vae"}
+# Weights file names without ".safetensors": diffusers' SAFETENSORS_WEIGHTS_NAME / SAFE_WEIGHTS_INDEX_NAME
+# (diffusers/utils/constants.py), transformers' SAFE_WEIGHTS_NAME / SAFE_WEIGHTS_INDEX_NAME.
+WEIGHTS_STEMS = {"diffusers": "diffusion_pytorch_model", "transformers": "model"}
+# Hugging Face releases are saved with max_shard_size="5GB", which huggingface_hub reads as 5 * 10^9 bytes.
+SHARD_BYTES = 5 * 10 ** 9
+# With --blocks the weights are too small to shard at 5 GB: a tenth of that keeps the index (and a tensor
+# larger than a shard, the text encoder's embedding) in the quick check's path, as in the real folder's.
+QUICK_SHARD_BYTES = 5 * 10 ** 8
+
+
+def write_folder(family: str, weights: str, directory: Path, blocks: int = 0) -> dict:
+    """The release's diffusers folder: the tiny folder's model_index.json, scheduler/ and tokenizer/, and
+    each weights component with the released sizes in its config.json and weights in the library's own
+    key names (state_dict() of the class model_index.json names: no key mapping, as diffusers and
+    transformers save them). A tied weight is written as state_dict() holds it (Qwen3Model has no lm_head)."""
+    FAMILIES[family].make_tiny(directory)
+    index = json.loads((directory / "model_index.json").read_text())
+    released, total = released_configs(family, blocks), 0
+    for name, part in FOLDER_PARTS.items():
+        library, class_name = index[name]
+        sub = directory / name
+        config = folder_config(json.loads((sub / "config.json").read_text()), released[part])
+        (sub / "config.json").write_text(json.dumps(config, indent=2))
+        for tiny_weights in sub.glob("*.safetensors*"):
+            tiny_weights.unlink()
+        module = meta_module(library, class_name, config)
+        shapes = {key: tuple(value.shape) for key, value in module.state_dict().items()}
+        limit = QUICK_SHARD_BYTES if blocks else SHARD_BYTES
+        total += write_sharded(sub, WEIGHTS_STEMS[library], shapes, weights, limit)
+    return {"folder": str(directory), "file_gb": round(total / GB, 2)}
+
+
+def folder_config(tiny: dict, released: dict) -> dict:
+    """The tiny config with the released sizes. Qwen3's per-layer attention kinds are one per layer (the
+    tiny list is as long as its 2 layers), and a transformers config names the weights' dtype (the tiny
+    copy was saved in float32)."""
+    config = {**tiny, **released}
+    if "layer_types" in config:
+        config["layer_types"] = ["full_attention"] * config["num_hidden_layers"]
+    if "dtype" in config:
+        config["dtype"] = "bfloat16"
+    return config
+
+
+def write_sharded(folder: Path, stem: str, shapes: dict, weights: str, limit: int) -> int:
+    """The weights as save_pretrained writes them: one `stem.safetensors` when they fit in one shard, else
+    `stem-00001-of-0000n.safetensors`... and `stem.safetensors.index.json` (metadata.total_size: the
+    tensors' bytes; weight_map: each tensor's shard). The files' bytes."""
+    shards = split_shards(shapes, weights, limit)
+    count = len(shards)
+    names = [f"{stem}.safetensors"] if count == 1 else [f"{stem}-{i:05d}-of-{count:05d}.safetensors"
+                                                        for i in range(1, count + 1)]
+    total = sum(write_streamed(folder / name, shard, weights, {"format": "pt"})
+                for name, shard in zip(names, shards))
+    if count > 1:
+        index = {"metadata": {"total_size": sum(stored_bytes(key, shape, weights) for key, shape in shapes.items())},
+                 "weight_map": {key: name for name, shard in zip(names, shards) for key in shard}}
+        (folder / f"{stem}.safetensors.index.json").write_text(json.dumps(index, indent=2))
+    return total
+
+
+def split_shards(shapes: dict, weights: str, limit: int) -> list[dict]:
+    """huggingface_hub's split_torch_state_dict_into_shards: tensors in state_dict order, a new shard when
+    the next one would pass the limit, a tensor larger than the limit alone in its own shard."""
+    shards, current, size = [], {}, 0
+    for key, shape in shapes.items():
+        nbytes = stored_bytes(key, shape, weights)
+        if nbytes > limit:
+            shards.append({key: shape})
+            continue
+        if size + nbytes > limit:
+            shards.append(current)
+            current, size = {}, 0
+        current[key] = shape
+        size += nbytes
+    return shards + ([current] if current else [])
+
+
 def peak_rss_gb() -> float:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -162,14 +278,23 @@ def kept_bytes(pipe) -> int:
     return total
 
 
-def measure(files: dict) -> dict:
-    """In this (fresh) process: load the files as Load Omni Model (ComfyUI files) does, one step, decode."""
-    from omni_backend.engine import Engine
-    from omni_backend.request import GenerationRequest
+def load_spec(source: dict):
+    """The spec Load Omni Model makes of a folder ({"folder": path}), or Load Omni Model (ComfyUI files)
+    of single files ({"files": {input: path}})."""
     from omni_backend.single_file.model_files import ModelFiles
     from omni_backend.spec import ModelSpec
 
-    spec = ModelSpec.from_files(ModelFiles(**files), dtype="bf16", device="cpu")
+    if "folder" in source:
+        return ModelSpec.from_folder(source["folder"], dtype="bf16", device="cpu")
+    return ModelSpec.from_files(ModelFiles(**source["files"]), dtype="bf16", device="cpu")
+
+
+def measure(source: dict) -> dict:
+    """In this (fresh) process: load the weights as the user's node does (load_spec), one step, decode."""
+    from omni_backend.engine import Engine
+    from omni_backend.request import GenerationRequest
+
+    spec = load_spec(source)
     engine = Engine()
     started = time.perf_counter()
     pipe = engine.loaded(spec).pipe
@@ -186,14 +311,14 @@ def measure(files: dict) -> dict:
 
 
 def run_case(name: str, root: Path, blocks: int = 0) -> dict:
-    family, weights = CASES[name]
+    family, weights, _layout = CASES[name]
     directory = root / name
     row = {"model": family, "weights": weights, **({"blocks": blocks} if blocks else {})}
     try:
         row.update(write_case(name, directory, blocks))
-        files = row.pop("files")
-        done = subprocess.run([sys.executable, __file__, "--measure", json.dumps(files)], capture_output=True,
-                              text=True)
+        source = {key: row.pop(key) for key in ("files", "folder") if key in row}
+        done = subprocess.run([sys.executable, __file__, "--measure", json.dumps(source)], check=False,
+                              capture_output=True, text=True)
         if done.returncode != 0:
             return {**row, "ok": False, "error": done.stderr.strip().splitlines()[-1:]}
         row.update(json.loads(done.stdout.strip().splitlines()[-1]))
