@@ -326,8 +326,10 @@ SUBSET_SINGLE_FILES = "qwen-image-comfy-files.json"
 
 
 def tier_traits(path: Path) -> set[str]:
-    """What a real ComfyUI must see run: every node type (its widgets in the editor) and output kind."""
-    return node_types(path) | {output_kind(path)}
+    """What an older ComfyUI must see run: every output kind (core's save nodes of that version) and a
+    layout of several processes (started from its server). Its editor loads every workflow, which shows
+    every node type's widgets; the nodes run the same code on every version."""
+    return {output_kind(path)} | ({"several processes"} if ranks(path) > 1 else set())
 
 
 def host_traits(path: Path) -> set[str]:
@@ -345,15 +347,27 @@ def ranks(path: Path) -> int:
 
 def covering_subset(paths: list[Path], traits=tier_traits, first: tuple[str, ...] = (SUBSET_SINGLE_FILES,)
                     ) -> list[Path]:
-    """The workflows an older ComfyUI runs (the defaults): the `first` ones, then few more that cover
-    every trait (greedy: most new coverage per process the workflow starts first, shorter names
-    breaking ties; a 4-rank workflow costs about four 1-process ones on two cores)."""
+    """The fewest workflows that hold every trait: the `first` ones, then greedily the one with the most
+    new coverage for its work (work()), shorter names breaking ties."""
     chosen = [p for p in paths if p.name in first]
     covered = set().union(*map(traits, chosen))
     wanted = set().union(*map(traits, paths))
     while covered != wanted:
         best = max((p for p in paths if p not in chosen),
-                   key=lambda p: (len(traits(p) - covered) / ranks(p), -len(p.name), p.name))
+                   key=lambda p: (len(traits(p) - covered) / work(p), -len(p.name), p.name))
         chosen.append(best)
         covered |= traits(best)
     return sorted(chosen)
+
+
+def work(path: Path) -> float:
+    """About how long the workflow runs on the tiny stand-ins, relative to the others: its processes times
+    a process's start (worth about 10 of the rest) and its Sample's steps x megapixels x frames (x 2 for
+    true CFG: two branches a step)."""
+    total = 0.0
+    for node in json.loads(path.read_text())["nodes"]:
+        if node["type"] == "OmniSample":
+            # widgets: prompt, negative_prompt, seed, control_after_generate, steps, guidance, width, height, frames
+            steps, guidance, width, height, frames = node["widgets_values"][4:9]
+            total += steps * width * height * frames * (2 if guidance > 1 else 1) / 1e6
+    return ranks(path) * (10 + total)

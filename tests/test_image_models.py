@@ -11,7 +11,7 @@ from parallel_support import assert_same
 
 from omni_backend.blocks.diagnostics import count_block_work
 from omni_backend.cache import CacheDiTConfig, TeaCacheConfig
-from omni_backend.engine import Engine
+from omni_backend.engine import Engine, default_engine
 from omni_backend.errors import OmniInputError
 from omni_backend.files.images import to_pil
 from omni_backend.memory import MemoryConfig
@@ -76,12 +76,13 @@ def test_equals_the_plain_diffusers_pipeline(models_dir, spec, single):
     assert torch.equal(family.to_comfy_latent(pipe, latents, plain).float(), single.latents)
 
 
-@pytest.mark.parametrize("layout", [dict(ulysses_degree=2), dict(ring_degree=2), dict(cfg_parallel=2)],
-                         ids=["ulysses2", "ring2", "cfg2"])
+@pytest.mark.parametrize("layout", [dict(ulysses_degree=2), dict(cfg_parallel=2)], ids=["ulysses2", "cfg2"])
 def test_every_parallel_method_equals_one_process(engine, spec, single, layout):
     """The image's latents join the denoised sequence: under sequence parallelism they are split with it,
-    and both CFG branches carry them. Tensor parallelism cuts the weights of Qwen-Image's transformer,
-    the same class and plan as here, whatever the sequence holds: tests/test_tensor_parallel.py."""
+    and both CFG branches carry them. Ring splits the sequence as Ulysses does (only the attention
+    exchange differs), and tensor parallelism cuts the weights of Qwen-Image's transformer, the same
+    class and plan as here, whatever the sequence holds: both run on qwen-image in tests/test_parallel.py
+    and tests/test_tensor_parallel.py."""
     assert_same(engine.generate(spec.replace(parallel=ParallelConfig(**layout)), request()).latents, single.latents)
 
 
@@ -132,7 +133,8 @@ def test_bad_images_are_refused_and_the_next_run_works(headless, nodes, tiny_set
 PLUS = "qwen-image-edit-2509"
 
 
-def test_edit_2509_takes_up_to_three_images_like_the_plain_pipeline(headless, nodes, models_dir, tiny_settings):
+def test_edit_2509_takes_up_to_three_images_like_the_plain_pipeline_and_under_ulysses(headless, nodes, models_dir,
+                                                                                      tiny_settings):
     from diffusers import QwenImageEditPlusPipeline
 
     (model,) = nodes["OmniLoadModel"]().load(PLUS, "fp32", "cpu")
@@ -156,16 +158,14 @@ def test_edit_2509_takes_up_to_three_images_like_the_plain_pipeline(headless, no
                      num_inference_steps=plain.steps, width=64, height=48,
                      generator=torch.Generator().manual_seed(plain.seed), output_type="latent", return_dict=False)[0]
     assert torch.equal(family.to_comfy_latent(pipe, reference, plain).float(), latents)
-
-
-def test_edit_2509_under_ulysses_equals_one_process_and_refuses_a_fourth_image(models_dir):
-    spec = ModelSpec.from_folder(str(models_dir / "diffusers" / PLUS), dtype="fp32", device="cpu")
-    two = request(images=(picture(1), picture(2)))
-    engine = Engine()
+    # Under Ulysses the images' latents are split with the sequence: the same result; a fourth is refused.
+    sharded = model.replace(parallel=ParallelConfig(ulysses_degree=2))
     try:
-        single = engine.generate(spec, two).latents
-        assert_same(engine.generate(spec.replace(parallel=ParallelConfig(ulysses_degree=2)), two).latents, single)
-        with pytest.raises(OmniInputError, match="at most 3 image"):
-            engine.generate(spec, request(images=tuple(picture(i) for i in range(4))))
+        ulysses = nodes["OmniSample"]().sample(sharded, **settings, image=picture(1), image2=picture(2))
+        assert_same(ulysses["result"][0]["samples"], latents)
     finally:
-        engine.unload_all()
+        default_engine().unload_all()
+    with pytest.raises(OmniInputError, match="at most 3 image"):
+        Engine().generate(model, request(images=tuple(picture(i) for i in range(4))))
+
+
