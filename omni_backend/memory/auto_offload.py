@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 
 GIB = 1024**3
+GB = 1e9  # a device_budget_gb is in GB, as the node shows it (memory/budget.py)
 
 
 @dataclass(frozen=True)
@@ -50,7 +51,7 @@ def choose_for_device(pipe, device: str, world_size: int = 1, budget_gb: float =
     component_bytes = {name: module_bytes(module) for name, module in pipe.components.items()
                        if isinstance(module, torch.nn.Module)}
     if budget_gb > 0:  # the user's budget is for weights, on any device: no reserve (memory/budget.py)
-        budget = int(budget_gb * 1e9)
+        budget = int(budget_gb * GB)
         choice = choose_offload(budget, budget, component_bytes, world_size, reserve=0)
         return AutoChoice(choice.mode, f"{choice.reason} (the device_budget_gb of {budget_gb:g} GB)")
     if device.type != "cuda":

@@ -19,10 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import OmniInputError
-from .auto_offload import module_bytes
-
-GB = 1e9  # the budget is in GB, as the node shows it (file sizes are GB too)
-
+from .auto_offload import GB, module_bytes
 
 @dataclass(frozen=True)
 class BudgetWindow:
