@@ -47,6 +47,12 @@ from omni_backend.single_file.comfy_layout import write_comfy_files  # noqa: E40
 from omni_backend.tiny.lora import make_tiny_lora  # noqa: E402
 
 quiet_libraries()
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Two workers share the two cores: one torch thread each (the tiny models' work is mostly Python,
+    # measured: one thread gives the same wall time as two, with a core left for the other worker).
+    import torch
+
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
@@ -144,6 +150,23 @@ def comfyui_server(request, models_dir, comfyui_trees_dir, tmp_path_factory):
     server = ComfyServer(tree, working_copy(tree, comfyui_trees_dir), base).start()
     yield server
     server.stop()
+
+
+def pytest_itemcollected(item):
+    """With pytest-xdist (`-n 2 --dist loadgroup`, the default: pyproject.toml) each test module runs on
+    one worker, so its module fixtures (the single-process references most tests compare with) are built
+    once; the tests of one real ComfyUI server run on one worker, where that server starts once, and the
+    newest version's workflows are two groups (a server each) so that both workers share the tier's
+    longest part. Set here, before xdist reads the groups in its own collection hook."""
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    tree = params.get("comfyui_server")
+    group = item.path.stem
+    if tree is not None:
+        group = f"comfyui-{tree.version}"
+        if item.originalname == "test_shipped_workflow_runs_in_the_real_editor":
+            names = sorted(p.name for p in params["path"].parent.glob("*.json"))
+            group += "-" + "ab"[names.index(params["path"].name) % 2]
+    item.add_marker(pytest.mark.xdist_group(group))
 
 
 @pytest.hookimpl(trylast=True)  # after pytest has grouped the tests by the server version they share
