@@ -161,11 +161,19 @@ def pytest_itemcollected(item):
     params = getattr(getattr(item, "callspec", None), "params", {})
     tree = params.get("comfyui_server")
     group = item.path.stem
+    if item.get_closest_marker("comfyui") is not None:
+        # The tier's other tests (ComfyUI's modules run on our files) wait for its environment, which
+        # CI builds while the rest runs: kept together at the end, not inside their module's group.
+        group = "comfyui-code"
     if tree is not None:
+        from comfyui_host import newest
+
         group = f"comfyui-{tree.version}"
-        if item.originalname == "test_shipped_workflow_runs_in_the_real_editor":
+        if tree == newest() and item.originalname == "test_shipped_workflow_runs_in_the_real_editor":
+            # Every workflow runs there: every other one on a second server, on the other worker.
             names = sorted(p.name for p in params["path"].parent.glob("*.json"))
-            group += "-" + "ab"[names.index(params["path"].name) % 2]
+            if names.index(params["path"].name) % 2:
+                group += "-second-server"
     item.add_marker(pytest.mark.xdist_group(group))
 
 
