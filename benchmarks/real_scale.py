@@ -28,8 +28,8 @@ qwen_3_4b.safetensors and ae.safetensors), z-image-bf16-folder (the diffusers fo
 Disk and memory: Z-Image-Turbo fp8_e4m3fn writes 13.4 GB and peaks at about 15 GB resident; the bf16
 case writes 19 GB and needs about 21 GB. The folder case writes the same 19.1 GB (20.5 * 10^9 bytes),
 from the shapes: transformer/ 11.5 GB in 3 shards (4.64, 4.64, 2.18), text_encoder/ 7.5 GB in 2 (4.63,
-2.87: Qwen3Model, the embedding tied, no lm_head), vae/ 0.16 GB in one file; not measured at full size
-yet. GB here are GiB, as in the rows. CI does not run this.
+2.87: Qwen3Model, the embedding tied, no lm_head), vae/ 0.16 GB in one file; it peaked at 19.0 GB resident after the step
+(docs/benchmarks.md). GB here are GiB, as in the rows. CI does not run this.
 
     python benchmarks/real_scale.py --json [--cases z-image-fp8_e4m3fn,z-image-bf16,z-image-bf16-folder]
                                     [--dir /tmp/x] [--blocks 1]
