@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from omni_backend.errors import OmniError
 from omni_backend.rules.compat import check_spec, collecting_problems
 
-from .node_contract import LINKED, builds_spec
+from .node_contract import LINKED, builds_options, builds_spec
 from .prompt_check import is_link, node_title_in, validate_prompt
 from .workflow_format import (FRONTEND_ONLY, WorkflowError, WorkflowProblem, check_widgets, is_ui_format,
                               problem_from_error, problem_from_rule, structure_problems, ui_to_api)
@@ -64,12 +64,14 @@ def check_features(prompt: dict, classes: dict, failed: set[str] = frozenset()) 
         specs[node_id] = None  # a cycle gives nothing (validate_prompt reports missing links; run reports cycles)
         node = prompt.get(node_id)
         node_class = classes.get(node["class_type"]) if node else None
-        if node_class is None or not builds_spec(node_class):
+        if node_class is None or not (builds_spec(node_class) or builds_options(node_class)):
             return None
         title = node_title_in(prompt, node_id)
         kwargs, upstream = {}, None
         for name, value in node.get("inputs", {}).items():
-            if is_link(value):
+            if is_link(value) and builds_options(node_class):
+                kwargs[name] = LINKED  # an option node's images: only a run has them
+            elif is_link(value):
                 upstream = spec_of(str(value[0]))
                 if upstream is None:
                     return None  # its chain failed upstream (already reported) or is not a spec
@@ -116,7 +118,8 @@ def _check_consumer(node_id: str, prompt: dict, classes: dict, specs: dict) -> l
             kwargs[name] = value
             continue
         source = prompt.get(str(value[0]), {})
-        if builds_spec(classes.get(source.get("class_type"))):
+        source_class = classes.get(source.get("class_type"))
+        if builds_spec(source_class) or builds_options(source_class):
             if specs.get(str(value[0])) is None:
                 return []  # its model chain failed (reported there): nothing to check against
             kwargs[name] = specs[str(value[0])]
@@ -154,7 +157,8 @@ def check_graph(workflow: dict, classes: dict, titles: dict) -> GraphCheck:
         prompt = ui_to_api(graph, classes, titles)
     except WorkflowError as exc:
         prompt, problems = {}, problems + exc.problems
-    builders = {node_id: node for node_id, node in prompt.items() if builds_spec(classes[node["class_type"]])}
+    builders = {node_id: node for node_id, node in prompt.items()
+                if builds_spec(classes[node["class_type"]]) or builds_options(classes[node["class_type"]])}
     problems += [p for p in validate_prompt(builders, classes) if p.node_id in builders]
     problems += check_features(builders, classes, failed={p.node_id for p in problems})
     return GraphCheck(_unique(problems), builders)

@@ -22,10 +22,10 @@ from .node_classes import all_node_classes
 
 
 def base_workflow(family: str, features=(), filename_prefix: str | None = None, sample: dict | None = None,
-                  loader: tuple[str, dict] | None = None) -> dict:
-    """Load -> [features...] -> Sample -> Decode -> Save. `features`: (node type, widgets) pairs;
-    `sample`: Sample settings that differ from the family's usual ones; `loader`: another loader
-    node than Load Omni Model on the family's diffusers folder."""
+                  loader: tuple[str, dict] | None = None, options: dict | None = None) -> dict:
+    """Load -> [features...] -> Sample (+ the family's option node) -> Decode -> Save. `features`: (node
+    type, widgets) pairs; `sample` / `options`: Sample and option-node settings that differ from the family's
+    usual ones; `loader`: another loader node than Load Omni Model on the family's diffusers folder."""
     entry = FAMILIES[family]
     settings = {**entry.example_sample, **(sample or {})}
     builder = WorkflowBuilder(all_node_classes())
@@ -35,32 +35,39 @@ def base_workflow(family: str, features=(), filename_prefix: str | None = None, 
         node = builder.add(node_type, **widgets)
         builder.connect(model, node, "model")
         model = node
-    sample = builder.add("OmniSample", prompt=entry.example_prompt, seed=42, **settings)
+    sample = builder.add("OmniSampleV2", prompt=entry.example_prompt, seed=42, **settings)
+    image = None
     if entry.requires_image:
         image = builder.add("LoadImage", image=EXAMPLE_IMAGE)
         builder.connect(image, sample, "image")
-    decode = builder.add("OmniVAEDecode")
+    option_settings = {**entry.example_options, **(options or {})}
+    if option_settings or entry.layered:  # the layered model takes the image's transparency on its options
+        group = entry.option_groups[0]
+        option_node = builder.add(group.node_id, **option_settings)
+        builder.connect(option_node, sample, "options")
+        if entry.layered:
+            builder.connect(image, option_node, "mask", output_slot=1)
+    kind = "audio" if entry.audio else "layers" if entry.layered else "images"
+    decode = builder.add(DECODERS[kind])
+    builder.chain((model, sample, "model"), (model, decode, "model"), (sample, decode, "samples"))
     prefix = filename_prefix or f"omni-{family}"
-    if entry.audio:  # the decode's second output (AUDIO) to core Save Audio
+    if entry.audio:
         save = builder.add("SaveAudio", filename_prefix=f"audio/{prefix}")
-        builder.chain((model, sample, "model"), (model, decode, "model"), (sample, decode, "samples"))
-        builder.connect(decode, save, "audio", output_slot=1)
-        return builder.to_json()
-    if entry.layered:  # every layer with its transparency: images + masks -> core Join Image with Alpha -> RGBA PNGs
-        builder.connect(image, sample, "mask", output_slot=1)
+        builder.connect(decode, save, "audio")
+    elif entry.layered:  # every layer with its transparency: images + masks -> core Join Image with Alpha -> RGBA PNGs
         join = builder.add("JoinImageWithAlpha")
         save = builder.add("SaveImage", filename_prefix=prefix)
-        builder.chain((model, sample, "model"), (model, decode, "model"), (sample, decode, "samples"),
-                      (decode, join, "image"), (join, save, "images"))
-        builder.connect(decode, join, "alpha", output_slot=2)
-        return builder.to_json()
-    if entry.video:
-        save = builder.add("SaveAnimatedPNG", filename_prefix=prefix, fps=16.0)
+        builder.chain((decode, join, "image"), (join, save, "images"))
+        builder.connect(decode, join, "alpha", output_slot=1)
     else:
-        save = builder.add("SaveImage", filename_prefix=prefix)
-    builder.chain((model, sample, "model"), (model, decode, "model"), (sample, decode, "samples"),
-                  (decode, save, "images"))
+        save = (builder.add("SaveAnimatedPNG", filename_prefix=prefix, fps=16.0) if entry.video
+                else builder.add("SaveImage", filename_prefix=prefix))
+        builder.connect(decode, save, "images")
     return builder.to_json()
+
+
+# The decoder of each kind of output (nodes/vae_decode.py).
+DECODERS = {"images": "OmniVAEDecodeImages", "audio": "OmniVAEDecodeAudio", "layers": "OmniVAEDecodeLayers"}
 
 
 DEMO_PROMPT = "a large red circle at the top left on a blue background"  # the reference model's caption form
@@ -70,9 +77,9 @@ def demo_workflow(model_name: str) -> dict:
     """What `omni-diffusion demo` runs: the Qwen-Image graph on the built-in model, small and quick."""
     builder = WorkflowBuilder(all_node_classes())
     model = builder.add("OmniLoadModel", model_name=model_name, dtype="fp32", device="cpu")
-    sample = builder.add("OmniSample", prompt=DEMO_PROMPT, seed=0,
+    sample = builder.add("OmniSampleV2", prompt=DEMO_PROMPT, seed=0,
                          steps=25, guidance=4.0, width=64, height=64)
-    decode = builder.add("OmniVAEDecode")
+    decode = builder.add("OmniVAEDecodeImages")
     save = builder.add("SaveImage", filename_prefix="omni-demo")
     builder.chain((model, sample, "model"), (model, decode, "model"), (sample, decode, "samples"),
                   (decode, save, "images"))
@@ -87,12 +94,12 @@ def demo_edit_workflow(model_name: str, edit_model_name: str) -> dict:
     (the first decode's image is the edit's input); both images are saved."""
     builder = WorkflowBuilder(all_node_classes())
     model = builder.add("OmniLoadModel", model_name=model_name, dtype="fp32", device="cpu")
-    sample = builder.add("OmniSample", prompt=DEMO_PROMPT, seed=0, steps=25, guidance=4.0, width=64, height=64)
-    decode = builder.add("OmniVAEDecode")
+    sample = builder.add("OmniSampleV2", prompt=DEMO_PROMPT, seed=0, steps=25, guidance=4.0, width=64, height=64)
+    decode = builder.add("OmniVAEDecodeImages")
     save = builder.add("SaveImage", filename_prefix="omni-demo")
     edit_model = builder.add("OmniLoadModel", model_name=edit_model_name, dtype="fp32", device="cpu")
-    edit = builder.add("OmniSample", prompt=DEMO_EDIT, seed=0, steps=20, guidance=4.0, width=64, height=64)
-    edit_decode = builder.add("OmniVAEDecode")
+    edit = builder.add("OmniSampleV2", prompt=DEMO_EDIT, seed=0, steps=20, guidance=4.0, width=64, height=64)
+    edit_decode = builder.add("OmniVAEDecodeImages")
     edit_save = builder.add("SaveImage", filename_prefix="omni-demo-edit")
     builder.chain((model, sample, "model"), (model, decode, "model"), (sample, decode, "samples"),
                   (decode, save, "images"), (decode, edit, "image"), (edit_model, edit, "model"),
@@ -160,7 +167,7 @@ def memory_workflows() -> dict[str, dict]:
         "qwen-image-layerwise-fp8.json": base_workflow("qwen-image", [layerwise_fp8], "omni-qwen-image-layerwise-fp8",
                                                        sample=dict(width=512, height=512)),
         "wan2.2-model-offload.json": base_workflow("wan2.2", [model_offload], "omni-wan2.2-model-offload",
-                                                   sample=dict(width=480, height=272, frames=9)),
+                                                   sample=dict(width=480, height=272), options=dict(frames=9)),
         # Image-to-video A14B at its 480p size, the experts taking turns on the device with the rest.
         "wan2.2-i2v-model-offload.json": base_workflow("wan2.2-i2v", [model_offload], "omni-wan2.2-i2v-model-offload"),
     }
@@ -176,12 +183,12 @@ def parallel_workflows() -> dict[str, dict]:
                                                   "omni-qwen-image-ulysses2", sample=dict(width=512, height=512)),
         "wan2.2-ulysses2-cfg2.json": base_workflow("wan2.2", [layout(ulysses_degree=2, cfg_parallel=2)],
                                                    "omni-wan2.2-ulysses2-cfg2",
-                                                   sample=dict(width=480, height=272, frames=9)),
+                                                   sample=dict(width=480, height=272), options=dict(frames=9)),
         # Image-to-video on four GPUs: each CFG branch's sequence (video and image-latent channels)
         # split across two ranks.
         "wan2.2-i2v-ulysses2-cfg2.json": base_workflow("wan2.2-i2v", [layout(ulysses_degree=2, cfg_parallel=2)],
                                                        "omni-wan2.2-i2v-ulysses2-cfg2",
-                                                       sample=dict(width=480, height=272, frames=9)),
+                                                       sample=dict(width=480, height=272), options=dict(frames=9)),
         "z-image-tp2-vae-patch2.json": base_workflow("z-image", [layout(tensor_parallel=2, vae_patch_parallel=2)],
                                                      "omni-z-image-tp2-vae-patch2",
                                                      sample=dict(width=512, height=512)),

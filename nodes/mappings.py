@@ -14,8 +14,9 @@ from .load_model import OmniLoadModel
 from .load_model_files import OmniLoadModelFiles
 from .offload_fp8 import OmniOffloadFP8
 from .parallel_config import OmniParallelConfig
-from .sample import OmniSample
-from .vae_decode import OmniVAEDecode
+from .option_nodes import OPTION_NODES
+from .sample import OmniSample, OmniSampleV2
+from .vae_decode import OmniVAEDecode, OmniVAEDecodeAudio, OmniVAEDecodeImages, OmniVAEDecodeLayers
 
 NODE_CLASSES = {
     "OmniLoadModel": (OmniLoadModel, "Load Omni Model"),
@@ -26,8 +27,14 @@ NODE_CLASSES = {
     "OmniLoadLoRA": (OmniLoadLoRA, "Load Omni LoRA"),  # core LoraLoader is "Load LoRA"
     "OmniOffloadFP8": (OmniOffloadFP8, "Offload/FP8"),
     "OmniCompile": (OmniCompile, "Compile DiT Blocks"),
-    "OmniSample": (OmniSample, "Sample"),
-    "OmniVAEDecode": (OmniVAEDecode, "VAE Decode Patch-Parallel"),
+    "OmniSampleV2": (OmniSampleV2, "Sample"),
+    **OPTION_NODES,
+    "OmniVAEDecodeImages": (OmniVAEDecodeImages, "VAE Decode Patch-Parallel"),
+    "OmniVAEDecodeAudio": (OmniVAEDecodeAudio, "Omni VAE Decode Audio"),
+    "OmniVAEDecodeLayers": (OmniVAEDecodeLayers, "Omni VAE Decode Layers"),
+    # What workflows saved before the option nodes and the split decoders hold (hidden from the search).
+    "OmniSample": (OmniSample, "Sample (all options, old)"),
+    "OmniVAEDecode": (OmniVAEDecode, "VAE Decode (three outputs, old)"),
 }
 
 NODE_CLASS_MAPPINGS = {node_id: cls for node_id, (cls, _title) in NODE_CLASSES.items()}

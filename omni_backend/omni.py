@@ -38,6 +38,17 @@ class OmniOutput:
     audio: Any = None  # audio models: ComfyUI AUDIO {"waveform": [B, C, T], "sample_rate": int}
 
 
+def audio_window(start: float, end: float | None) -> dict:
+    """diffusers' audio_start_in_s / audio_end_in_s as the Omni Audio Window's options (none when left
+    at their defaults, so that image and video models do not see them)."""
+    window = {}
+    if start:
+        window["start"] = start
+    if end is not None:
+        window["seconds"] = end - start
+    return window
+
+
 class Omni:
     def __init__(self, model: str, cache_backend: str | None = None, cache_config: dict | None = None,
                  dtype: str = "auto", device: str = "auto", engine: Engine | None = None, **features):
@@ -60,7 +71,9 @@ class Omni:
                  guidance_scale: float | None = None, seed: int = 0, width: int = 1024, height: int = 1024,
                  num_frames: int = 1, num_images_per_prompt: int = 1, tile_size: int = 0,
                  progress: Callable[[int, int], None] | None = None, audio_start_in_s: float = 0.0,
-                 audio_end_in_s: float | None = None) -> OmniOutput:
+                 audio_end_in_s: float | None = None, **options) -> OmniOutput:
+        """`options`: the model's own options by name, as its family declares them (omni_backend/options.py:
+        layers=, resolution=, prompt_rewrite=, last_image=, ...); a model refuses those it does not take."""
         family = self.spec.family
         audio_start_in_s = real_number("audio_start_in_s", audio_start_in_s, 0.0, fix="use 0.0 or a few seconds")
         if audio_end_in_s is not None:
@@ -76,7 +89,7 @@ class Omni:
                 steps=num_inference_steps if num_inference_steps is not None else family.default_steps,
                 guidance=guidance_scale if guidance_scale is not None else family.default_guidance,
                 seed=seed, width=width, height=height, frames=num_frames, batch_size=num_images_per_prompt,
-                start=audio_start_in_s, seconds=0.0 if audio_end_in_s is None else audio_end_in_s - audio_start_in_s,
+                options={**options, **audio_window(audio_start_in_s, audio_end_in_s)},
             )
             result = self.engine.generate(self.spec, request, RunControl(progress=progress))
         except OmniInputError as exc:

@@ -6,10 +6,12 @@ Python API and the CLI refuse exactly what the node refuses.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
+from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import OmniInputError
+from .options import VIDEO, checked_options
 from .rules.checks import check_image, check_mask, in_image_range, prompt_text, real_number, whole_number
 from .run.conditioning import TextEmbedding, check_conditioning
 
@@ -18,11 +20,7 @@ LIMITS = {
     "guidance": (0.0, 30.0),
     "seed": (0, 2**64 - 1),
     "size": (16, 8192),  # width and height
-    "frames": (1, 1025),
     "batch_size": (1, 64),
-    "seconds": (0.0, 1000.0),  # audio models only (0: the model's whole window)
-    "start": (0.0, 1000.0),
-    "layers": (1, 20),  # Qwen-Image-Layered only: how many RGBA layers to split the image into
 }
 
 
@@ -35,31 +33,19 @@ class GenerationRequest:
     seed: int = 0
     width: int = 1024
     height: int = 1024
-    frames: int = 1  # video families only
+    frames: int = 1  # video families only (declared with the video options: options.VIDEO)
     batch_size: int = 1
-    # Conditioning images (edit, image-to-video): ComfyUI IMAGE tensors [1, H, W, 3], float 0..1, in
-    # the order of Sample's image inputs; `last_image` is image-to-video's optional last frame.
+    # Conditioning images (edit, image-to-video): ComfyUI IMAGE tensors [1, H, W, 3], float 0..1: Sample's
+    # image, then the reference images of options.REFERENCE_IMAGES.
     images: tuple = ()
-    last_image: Any = None
     # Prompt embeddings from ComfyUI's text-encode nodes (conditioning.TextEmbedding), used instead of
     # `prompt` / `negative_prompt` by families whose embeddings match ComfyUI's.
     positive: Any = None
     negative: Any = None
-    # Audio models: how many seconds to keep and where they start in the model's window (0: all of it).
-    seconds: float = 0.0
-    start: float = 0.0
-    # LongCat-Image's own options (see MODEL_OPTIONS): rewriting the prompt with its vision-language
-    # model first is a second model run that changes the prompt, so it is off unless asked; CFG
-    # renormalisation keeps diffusers' defaults (on, scale clamped to [cfg_renorm_min, 1]).
-    prompt_rewrite: bool = False
-    cfg_renorm: bool = True
-    cfg_renorm_min: float = 0.0
-    # Qwen-Image-Layered: the input image's transparency as a ComfyUI MASK [1, H, W] (1 - alpha, core Load
-    # Image's convention; None: the image's fourth channel if it has one, else opaque), how many layers to
-    # make, and the size bucket the pipeline works at (about resolution^2 pixels at the image's aspect).
-    mask: Any = None
-    layers: int = 4
-    resolution: int = 640
+    # The options only some families take (options.py declares them; each family lists its groups):
+    # name -> value. Checked against the family when the model is known (validate_images), which also
+    # fills in the defaults of every option the family takes, so family code reads options[name].
+    options: dict = field(default_factory=dict)
 
     def __post_init__(self):
         checked = {
@@ -71,39 +57,31 @@ class GenerationRequest:
             "seed": whole_number("seed", self.seed, *LIMITS["seed"], fix="pick a seed from 0 to 2^64-1"),
             "width": whole_number("width", self.width, *LIMITS["size"]),
             "height": whole_number("height", self.height, *LIMITS["size"]),
-            "frames": whole_number("frames", self.frames, *LIMITS["frames"]),
+            "frames": VIDEO.option("frames").check(self.frames),
             "batch_size": whole_number("batch_size", self.batch_size, *LIMITS["batch_size"]),
-            "seconds": real_number("seconds", self.seconds, *LIMITS["seconds"],
-                                   fix="use 0 (the model's whole window) or a length such as 10.0"),
-            "start": real_number("start", self.start, *LIMITS["start"], fix="use 0.0 or a few seconds"),
         }
-        for name in ("prompt_rewrite", "cfg_renorm"):
-            if not isinstance(getattr(self, name), bool):
-                raise OmniInputError(name, getattr(self, name), "must be true or false", f"set {name} to true or false")
-        checked["cfg_renorm_min"] = real_number("cfg_renorm_min", self.cfg_renorm_min, 0.0, 1.0,
-                                                fix="use 0.0 (widest renorm range) up to 1.0 (renorm off)")
-        checked["layers"] = whole_number("layers", self.layers, *LIMITS["layers"],
-                                         fix="use 4 (the model card's), or 2 to 8 layers")
-        if self.resolution not in RESOLUTIONS or isinstance(self.resolution, bool):
-            raise OmniInputError("resolution", self.resolution, "Qwen-Image-Layered works at 640 or 1024 px only",
-                                 "use 640 (recommended by the model card) or 1024")
         for name, value in checked.items():
             object.__setattr__(self, name, value)
+        if not isinstance(self.options, dict) or not all(isinstance(name, str) for name in self.options):
+            raise OmniInputError("options", type(self.options).__name__, "must map option names to values",
+                                 "pass options as a dict, e.g. {'layers': 4}")
         object.__setattr__(self, "images", tuple(self.images))
         names = [f"image{index + 1 if index else ''}" for index in range(len(self.images))]
         for name, image in zip(names, self.images):
             check_image(name, image)
         object.__setattr__(self, "images", tuple(in_image_range(image) for image in self.images))
-        if self.last_image is not None:
-            check_image("last_image", self.last_image)
-            object.__setattr__(self, "last_image", in_image_range(self.last_image))
-        if self.mask is not None and self.images:  # a mask without its image: check_image_slots says so
-            check_mask(self.mask, self.images[0])
         for role in ("positive", "negative"):
             embedding = getattr(self, role)
             if embedding is not None and not (isinstance(embedding, TextEmbedding) and embedding.role == role):
                 raise OmniInputError(role, type(embedding).__name__, "is not a text embedding",
                                      f"pass {role} as TextEmbedding(embeds, mask, role={role!r})")
+
+    @classmethod
+    def of(cls, **values) -> "GenerationRequest":
+        """A request from flat keywords: its own fields, and any other name as a model option (layers=2)."""
+        fields = {field.name for field in dataclasses.fields(cls)}
+        options = {name: values.pop(name) for name in list(values) if name not in fields}
+        return cls(**values, options={**values.pop("options", {}), **options})
 
     @property
     def image_size(self) -> tuple[int, int]:
@@ -111,9 +89,17 @@ class GenerationRequest:
         return int(self.images[0].shape[2]), int(self.images[0].shape[1])
 
     def validate_images(self, family) -> "GenerationRequest":
-        check_image_slots(family, len(self.images), self.last_image is not None, self.mask is not None)
-        check_model_options(family, self)
-        return self
+        """The images and options against the family: the options checked by their declarations and
+        completed with the family's defaults (family code reads options[name])."""
+        options = checked_options(family, self.options)
+        check_image_slots(family, len(self.images), options.get("last_image") is not None,
+                          options.get("mask") is not None)
+        if options.get("last_image") is not None:
+            check_image("last_image", options["last_image"])
+            options["last_image"] = in_image_range(options["last_image"])
+        if options.get("mask") is not None:
+            check_mask(options["mask"], self.images[0])
+        return dataclasses.replace(self, options=options)
 
     def validate_conditioning(self, model_folder) -> "GenerationRequest":
         if "text_encoder" not in model_folder.components and self.positive is None:
@@ -130,11 +116,6 @@ class GenerationRequest:
         models, the audio window for audio models (`folder`: the ModelFolder, for its configs)."""
         if family.audio:
             return self.validate_audio(family, folder)
-        for name, value in (("seconds", self.seconds), ("start", self.start)):
-            if value:
-                raise OmniInputError(name, value, f"{family.title} makes {'video' if family.video else 'images'}, "
-                                     "not audio", f"set {name} to 0 (only audio models such as Stable-Audio-Open "
-                                     "use it)")
         return self.validate(family.pixel_multiple, family.video)
 
     def validate_audio(self, family, folder) -> "GenerationRequest":
@@ -144,18 +125,19 @@ class GenerationRequest:
             raise OmniInputError("frames", self.frames, f"{family.title} makes audio, not video", "set frames to 1")
         longest = family.max_seconds(folder.transformer_config, folder.vae_config)
         rate = family.sample_rate(folder.vae_config)
-        if self.seconds > longest:
-            raise OmniInputError("seconds", self.seconds, f"{family.title} makes at most {longest:.2f} s of audio",
+        seconds, start = self.options["seconds"], self.options["start"]
+        if seconds > longest:
+            raise OmniInputError("seconds", seconds, f"{family.title} makes at most {longest:.2f} s of audio",
                                  f"use at most {longest:.2f} (0 = the whole window)")
-        if self.seconds and self.start + self.seconds > longest:
-            raise OmniInputError("start", self.start, f"start + seconds = {self.start + self.seconds:g} s runs past "
+        if seconds and start + seconds > longest:
+            raise OmniInputError("start", start, f"start + seconds = {start + seconds:g} s runs past "
                                  f"the end of the model's {longest:.2f} s window",
-                                 f"use start at most {longest - self.seconds:.2f}, or fewer seconds")
-        if self.start >= longest:
-            raise OmniInputError("start", self.start, f"starts past the model's {longest:.2f} s window",
+                                 f"use start at most {longest - seconds:.2f}, or fewer seconds")
+        if start >= longest:
+            raise OmniInputError("start", start, f"starts past the model's {longest:.2f} s window",
                                  f"use start below {longest:.2f}")
-        if self.seconds and int((self.start + self.seconds) * rate) <= int(self.start * rate):
-            raise OmniInputError("seconds", self.seconds, f"is shorter than one sample at {rate} Hz",
+        if seconds and int((start + seconds) * rate) <= int(start * rate):
+            raise OmniInputError("seconds", seconds, f"is shorter than one sample at {rate} Hz",
                                  "use a longer length, e.g. 1.0, or 0 for the whole window")
         return self
 
@@ -199,26 +181,6 @@ def check_image_slots(family, images: int, last_image: bool, mask: bool = False)
     if last_image and not family.takes_last_image:
         raise OmniInputError("last_image", "an image", f"{title} takes no last frame",
                              "disconnect last_image (only Wan2.2 image-to-video uses it)")
-    if mask and not family.takes_mask:
-        raise OmniInputError("mask", "a mask", f"{title} takes no mask (the image's transparency is used by "
-                             "Qwen-Image-Layered only)", "disconnect the mask")
     if mask and not images:
         raise OmniInputError("mask", "a mask", "a mask needs the image it belongs to",
                              "connect the image too, or disconnect the mask")
-
-
-# Options only some families take, with their defaults, and the model that takes them.
-MODEL_OPTIONS = {"prompt_rewrite": False, "cfg_renorm": True, "cfg_renorm_min": 0.0, "layers": 4, "resolution": 640}
-OPTION_OWNERS = {"prompt_rewrite": "LongCat-Image", "cfg_renorm": "LongCat-Image", "cfg_renorm_min": "LongCat-Image",
-                 "layers": "Qwen-Image-Layered", "resolution": "Qwen-Image-Layered"}
-RESOLUTIONS = (640, 1024)
-
-
-def check_model_options(family, request) -> None:
-    """A model option set away from its default on a family that does not take it is refused (it
-    would silently do nothing)."""
-    for name, default in MODEL_OPTIONS.items():
-        value = getattr(request, name)
-        if value != default and name not in family.model_options:
-            raise OmniInputError(name, value, f"{family.title} has no such option ({OPTION_OWNERS[name]} only)",
-                                 f"set {name} back to {default}")

@@ -37,7 +37,8 @@ def spec(models_dir):
 def request(**changes) -> GenerationRequest:
     values = settings(**changes)
     values.pop("width"), values.pop("height")
-    return GenerationRequest(**values)
+    window = {name: values.pop(name) for name in ("seconds", "start")}
+    return GenerationRequest(**values, options=window)
 
 
 def test_graph_gives_the_plain_pipelines_audio_and_save_audio_writes_it(headless, nodes):
@@ -97,11 +98,11 @@ def test_wrong_inputs_are_refused_with_the_fix(headless, nodes, spec):
         with pytest.raises(OmniInputError) as caught:
             sample.check_inputs(spec, **settings(**changes))
         assert caught.value.input_name == name and fix in str(caught.value), (changes, str(caught.value))
-    assert sample.check_inputs(spec, **settings(seconds=0.0, start=0.0)).seconds == 0.0  # the whole window
+    assert sample.check_inputs(spec, **settings(seconds=0.0, start=0.0)).options["seconds"] == 0.0  # the whole window
 
     (image_model,) = nodes["OmniLoadModel"]().load("z-image", "fp32", "cpu")
     for name in ("seconds", "start"):
-        with pytest.raises(OmniInputError, match="not audio") as caught:
+        with pytest.raises(OmniInputError, match="Z-Image takes no option") as caught:
             sample.check_inputs(image_model, **settings(width=64, height=64, batch_size=1, **{"seconds": 0.0,
                                                                                               "start": 0.0, name: 1.0}))
         assert caught.value.input_name == name

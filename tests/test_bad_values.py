@@ -22,7 +22,7 @@ from omni_diffusion_nodes.headless.recipes import base_workflow
 FAMILY = "z-image"
 FAMILIES_REAL_NAME = "Z-Image-Turbo"  # the tests' stand-in is linked under the real model's name too
 GOOD = dict(prompt="a red circle", negative_prompt="", seed=3, steps=2, guidance=0.0, width=64, height=64,
-            frames=1, batch_size=1)
+            batch_size=1)
 # Sample's input -> Omni.generate's keyword (vLLM-Omni's names)
 API_NAMES = {"steps": "num_inference_steps", "guidance": "guidance_scale", "frames": "num_frames",
              "batch_size": "num_images_per_prompt"}
@@ -33,7 +33,6 @@ CASES = [
     ("width", 17), ("width", 0), ("height", 10**9), ("height", "64"),
     ("seed", -1), ("seed", 2**64), ("seed", 1.5),
     ("batch_size", 0), ("batch_size", 10**4),
-    ("frames", 5),  # an image model
     ("prompt", 123), ("prompt", None), ("negative_prompt", ["a", "list"]),
 ]
 IDS = [f"{name}={value!r}" for name, value in CASES]
@@ -71,10 +70,23 @@ def test_the_sample_node_refuses(headless, nodes, reference, name, value):
     _omni, latents = reference
     (model,) = nodes["OmniLoadModel"]().load(FAMILY, "fp32", "cpu")
     with pytest.raises(OmniError) as info:
-        nodes["OmniSample"]().sample(model, **{**GOOD, name: value})
+        nodes["OmniSampleV2"]().sample(model, **{**GOOD, name: value})
     assert_names(info.value, name)
-    good = nodes["OmniSample"]().sample(model, **GOOD)["result"][0]
+    good = nodes["OmniSampleV2"]().sample(model, **GOOD)["result"][0]
     assert torch.equal(good["samples"], latents)
+
+
+def test_an_image_model_refuses_video_frames_by_name(headless, nodes, reference):
+    """Frames belong to video models: the Python API refuses num_frames, Sample refuses the option node."""
+    omni, _latents = reference
+    with pytest.raises(OmniError) as info:
+        omni.generate(**api_arguments(GOOD), num_frames=5)
+    assert_names(info.value, "num_frames")
+    (model,) = nodes["OmniLoadModel"]().load(FAMILY, "fp32", "cpu")
+    (options,) = nodes["OmniVideoOptions"]().options(frames=5)
+    with pytest.raises(OmniError, match="takes no Omni Video Options") as info:
+        nodes["OmniSampleV2"]().sample(model, **GOOD, options=options)
+    assert_names(info.value, "options")
 
 
 @pytest.mark.parametrize("name, value", [case for case in CASES if case[0] in ("steps", "guidance", "width", "seed")],
@@ -83,7 +95,7 @@ def test_the_cli_refuses_in_one_line(headless, tmp_path, capsys, name, value):
     settings = {k: v for k, v in GOOD.items() if k not in ("prompt", "seed")}
     workflow = base_workflow(FAMILY, sample={**settings, **({} if name == "seed" else {name: value})})
     if name == "seed":  # the recipe sets the seed itself: put the bad one into the saved widget values
-        sample = next(node for node in workflow["nodes"] if node["type"] == "OmniSample")
+        sample = next(node for node in workflow["nodes"] if node["type"] == "OmniSampleV2")
         sample["widgets_values"][2] = value
     path = tmp_path / "bad.json"
     path.write_text(json.dumps(workflow))
@@ -176,8 +188,8 @@ def _workflow_cases():
 
     base = base_workflow(FAMILY, sample={k: v for k, v in GOOD.items() if k not in ("prompt", "seed")})
     api = to_prompt(base)
-    sample = next(k for k, v in api.items() if v["class_type"] == "OmniSample")
-    decode = next(k for k, v in api.items() if v["class_type"] == "OmniVAEDecode")
+    sample = next(k for k, v in api.items() if v["class_type"] == "OmniSampleV2")
+    decode = next(k for k, v in api.items() if v["class_type"] == "OmniVAEDecodeImages")
 
     def changed(data, change):
         data = json.loads(json.dumps(data))
@@ -243,7 +255,7 @@ def test_weights_that_do_not_match_their_config_are_named(headless, nodes, tmp_p
         save_file({f"renamed.{key}": value for key, value in tensors.items()}, weights)
         (model,) = nodes["OmniLoadModel"]().load(folder.name, "fp32", "cpu")
         with pytest.raises(OmniInputError) as info:
-            nodes["OmniSample"]().sample(model, **GOOD)
+            nodes["OmniSampleV2"]().sample(model, **GOOD)
         message = str(info.value)
         assert "transformer/" + weights.name in message and "restore transformer/" in message
         assert "meta" not in message
@@ -258,7 +270,7 @@ def test_weights_that_do_not_match_their_config_are_named(headless, nodes, tmp_p
 def test_the_decoder_refuses_latents_it_cannot_decode(headless, nodes, reference, samples, fragment):
     (model,) = nodes["OmniLoadModel"]().load(FAMILY, "fp32", "cpu")
     with pytest.raises(OmniInputError) as info:
-        nodes["OmniVAEDecode"]().decode(model, {"samples": samples}, 0, 64)
+        nodes["OmniVAEDecodeImages"]().decode(model, {"samples": samples}, 0, 64)
     assert_names(info.value, "samples")
     assert fragment in str(info.value)
 
@@ -294,7 +306,7 @@ def test_a_link_loop_in_the_model_folders_does_not_hang_the_lists(headless):
 
 @pytest.mark.parametrize("images, last_image, fragment", [
     ((torch.rand(1, 32, 32, 3),), None, "takes no input image"),
-    ((), torch.rand(1, 32, 32, 3), "takes no last frame"),
+    ((), torch.rand(1, 32, 32, 3), "takes no option 'last_image'"),
     ((torch.rand(3, 32, 32, 3),), None, "a batch of 3"),
     ((torch.rand(1, 1, 1, 3),), None, "at least 8 pixels"),
     ((torch.rand(1, 32, 32),), None, "expected a ComfyUI IMAGE"),
@@ -329,18 +341,20 @@ def test_images_comfyui_never_makes_are_refused_by_name(headless, nodes, image, 
     for family in (FAMILY, "qwen-image-edit"):  # the refusal comes before the model's own image checks
         (model,) = nodes["OmniLoadModel"]().load(family, "fp32", "cpu")
         with pytest.raises(OmniInputError) as info:
-            nodes["OmniSample"]().sample(model, **{**GOOD, "image": image})
+            nodes["OmniSampleV2"]().sample(model, **{**GOOD, "image": image})
         assert_names(info.value, "image")
         assert fragment in str(info.value), str(info.value)
 
 
 def test_resampling_overshoot_is_clamped_not_refused():
     """Bicubic/Lanczos resizes (core Upscale Image) overshoot 0..1 a little: that is clamped, not refused."""
+    from omni_backend.families import FAMILIES
     from omni_backend.request import GenerationRequest
 
     image = torch.rand(1, 32, 32, 3) * 1.04 - 0.02
-    request = GenerationRequest(prompt="x", images=(image,), last_image=image)
-    for kept in (request.images[0], request.last_image):
+    request = GenerationRequest(prompt="x", images=(image,), options={"last_image": image})
+    request = request.validate_images(FAMILIES["wan2.2-i2v"])
+    for kept in (request.images[0], request.options["last_image"]):
         assert kept.min() >= 0 and kept.max() <= 1 and torch.allclose(kept, image.clamp(0, 1))
 
 
@@ -358,7 +372,7 @@ def test_conditioning_masks_comfyui_never_makes_are_refused_by_name(headless, no
     (model,) = nodes["OmniLoadModel"]().load(FAMILY, "fp32", "cpu")
     inputs = {"positive": good, "negative": good, role: bad}
     with pytest.raises(OmniInputError) as info:
-        nodes["OmniSample"]().sample(model, **GOOD, **inputs)
+        nodes["OmniSampleV2"]().sample(model, **GOOD, **inputs)
     assert_names(info.value, role)
     assert fragment in str(info.value), str(info.value)
     with pytest.raises(OmniInputError):  # the Python API's value refuses it alike

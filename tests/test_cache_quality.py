@@ -198,7 +198,7 @@ def test_a_teacache_that_cannot_skip_says_why(engine, models_dir):
     floor = coefficient_floor(FAMILIES["stable-audio"].teacache_coefficients)
     assert floor > NODE_DEFAULT
     spec = ModelSpec.from_folder(str(models_dir / "diffusers" / "stable-audio"), dtype="fp32", device="cpu")
-    result = engine.generate(spec.replace(cache=TeaCacheConfig()), GenerationRequest(
+    result = engine.generate(spec.replace(cache=TeaCacheConfig()), GenerationRequest.of(
         prompt="rain", steps=8, guidance=1.0, seconds=1.0))
     text = result.report.sections["TeaCache"]["text"]
     assert text.startswith("skipped nothing") and f"at least {floor:.3g} per step" in text and "quality target" in text

@@ -32,7 +32,7 @@ WORKFLOWS = sorted((PACK_ROOT / "workflows").glob("*.json"))
 def small(path: str | Path, **sample) -> dict:
     """A shipped workflow as an API prompt, with Sample's size and steps set for a quick run."""
     prompt = to_prompt(load_workflow(PACK_ROOT / "workflows" / path))
-    node = next(n for n in prompt.values() if n["class_type"] == "OmniSample")
+    node = next(n for n in prompt.values() if n["class_type"] == "OmniSampleV2")
     node["inputs"].update({"steps": 3, "width": 64, "height": 64, **sample})
     return prompt
 
@@ -181,7 +181,7 @@ def test_an_incompatible_pair_fails_at_its_node_with_both_names(comfyui_server):
 # ---- progress, interrupt, free ---------------------------------------------------------------------
 def _run_with_events(server, prompt: dict, client_id: str) -> tuple[dict, list[dict]]:
     """(the /history entry, Sample's progress messages) of one queued prompt."""
-    sample = node_id(prompt, "OmniSample")
+    sample = node_id(prompt, "OmniSampleV2")
     events = Events(server, client_id)
     try:
         prompt_id = queue_with(server, prompt, events.client_id)
@@ -200,7 +200,7 @@ def test_progress_reaches_the_websocket_and_a_quality_target_is_kept_in_the_user
     kept = comfyui_server.base / "user" / "omni_diffusion" / "cache-calibrations.json"
     kept.unlink(missing_ok=True)
     prompt = small("qwen-image-teacache.json", steps=8, seed=101)
-    sample = node_id(prompt, "OmniSample")
+    sample = node_id(prompt, "OmniSampleV2")
     run, progress = _run_with_events(comfyui_server, prompt, "omni-progress")
     steps = [d["value"] for d in progress]
     total = progress[-1]["max"]
@@ -219,7 +219,7 @@ def test_progress_reaches_the_websocket_and_a_quality_target_is_kept_in_the_user
 def _interrupt_midway(server, prompt: dict, client_id: str, after_step: int = 2):
     """Queue `prompt`, POST /interrupt once Sample has reported `after_step`; (steps reported after the
     interrupt, seconds from the interrupt to execution_interrupted, the history entry)."""
-    sample = node_id(prompt, "OmniSample")
+    sample = node_id(prompt, "OmniSampleV2")
     events = Events(server, client_id)
     try:
         prompt_id = queue_with(server, prompt, client_id)
@@ -300,11 +300,11 @@ def test_our_latent_image_and_mask_go_into_core_nodes(comfyui_server):
     """LATENT into core Save Latent; IMAGE through core Invert Image into Save Image; the layered
     decode's MASK through core Convert Mask to Image into Save Image."""
     prompt = small("qwen-image-layered.json")
-    sample, decode = node_id(prompt, "OmniSample"), node_id(prompt, "OmniVAEDecode")
+    sample, decode = node_id(prompt, "OmniSampleV2"), node_id(prompt, "OmniVAEDecodeLayers")
     _add(prompt, "SaveLatent", samples=[sample, 0], filename_prefix="latents/omni")
     invert = _add(prompt, "ImageInvert", image=[decode, 0])
     inverted_save = _add(prompt, "SaveImage", images=[invert, 0], filename_prefix="omni-inverted")
-    mask_image = _add(prompt, "MaskToImage", mask=[decode, 2])
+    mask_image = _add(prompt, "MaskToImage", mask=[decode, 1])
     mask_save = _add(prompt, "SaveImage", images=[mask_image, 0], filename_prefix="omni-mask")
     run = comfyui_server.run(prompt)
     assert run["status"]["status_str"] == "success", (error_of(run), comfyui_server.log_tail())
@@ -324,8 +324,8 @@ def test_our_latent_image_and_mask_go_into_core_nodes(comfyui_server):
 def test_our_audio_goes_into_core_audio_nodes(comfyui_server):
     """AUDIO through core Audio Adjust Volume (it reads our waveform and sample rate) into Save Audio."""
     prompt = small("stable-audio.json")
-    decode, save = node_id(prompt, "OmniVAEDecode"), node_id(prompt, "SaveAudio")
-    louder = _add(prompt, "AudioAdjustVolume", audio=[decode, 1], volume=-6)
+    decode, save = node_id(prompt, "OmniVAEDecodeAudio"), node_id(prompt, "SaveAudio")
+    louder = _add(prompt, "AudioAdjustVolume", audio=[decode, 0], volume=-6)
     prompt[save]["inputs"].update(audio=[louder, 0], filename_prefix="audio/omni-core")
     run = comfyui_server.run(prompt)
     assert run["status"]["status_str"] == "success", (error_of(run), comfyui_server.log_tail())
@@ -369,7 +369,7 @@ def comfy_encoder_model(models_dir, comfyui_code):
 def _with_core_text_encode(prompt: dict, positive: str, negative: str) -> dict:
     """Sample's prompts from core Load CLIP -> CLIP Text Encode instead of its text fields."""
     prompt = json.loads(json.dumps(prompt))
-    sample = node_id(prompt, "OmniSample")
+    sample = node_id(prompt, "OmniSampleV2")
     clip = _add(prompt, "CLIPLoader", clip_name=ENCODER_FILE, type="qwen_image")
     pos = _add(prompt, "CLIPTextEncode", clip=[clip, 0], text=positive)
     neg = _add(prompt, "CLIPTextEncode", clip=[clip, 0], text=negative)
@@ -392,7 +392,7 @@ def test_core_clip_text_encode_conditioning_drives_sample(comfyui_server, comfy_
     prompt[node_id(prompt, "OmniLoadModel")]["inputs"]["model_name"] = comfy_encoder_model
     clear_execution_cache(comfyui_server)
     through_comfy = _image_of(comfyui_server, _with_core_text_encode(prompt, text, negative))
-    node = prompt[node_id(prompt, "OmniSample")]
+    node = prompt[node_id(prompt, "OmniSampleV2")]
     node["inputs"]["prompt"] = text
     typed = _image_of(comfyui_server, prompt)
     node["inputs"]["prompt"] = other

@@ -32,7 +32,7 @@ def transparency(height: int = 40, width: int = 56) -> torch.Tensor:
 
 def request(**changes) -> GenerationRequest:
     values = dict(prompt="a red disc on a blue wall", negative_prompt=" ", steps=2, guidance=4.0, seed=5,
-                  layers=LAYERS, images=(picture(1),), mask=transparency())
+                  images=(picture(1),), options={"layers": LAYERS, "mask": transparency()})
     values.update(changes)
     return GenerationRequest(**values)
 
@@ -59,7 +59,7 @@ def test_layers_come_out_as_images_with_masks_in_the_pipelines_order(headless, n
     settings = tiny_settings(FAMILY, steps=2, negative_prompt=" ")
     out = nodes["OmniSample"]().sample(model, **settings, image=picture(1), mask=transparency())
     latent = out["result"][0]
-    width, height = model.family.output_size(request())
+    width, height = model.family.output_size(request().validate_images(model.family))
     scale = 16  # the tiny VAE's downsampling (the real model's is 8)
     assert latent["samples"].shape == (1, 16, LAYERS + 1, height // scale, width // scale), "frame 0: the composite"
     assert f"{LAYERS} RGBA layers at {width}x{height} px" in out["ui"]["text"][0]
@@ -145,9 +145,9 @@ def test_lora_acts_on_the_layered_model(headless, nodes, models_dir, tiny_settin
 
 
 @pytest.mark.parametrize("family, inputs, name, fragment", [
-    ("qwen-image", {"mask": transparency()}, "mask", "takes no mask"),
-    ("qwen-image", {"layers": 3}, "layers", "Qwen-Image-Layered only"),
-    ("qwen-image-edit", {"image": picture(1), "resolution": "1024"}, "resolution", "Qwen-Image-Layered only"),
+    ("qwen-image", {"mask": transparency()}, "mask", "Qwen-Image takes no option 'mask'"),
+    ("qwen-image", {"layers": 3}, "layers", "Qwen-Image takes no option 'layers'"),
+    ("qwen-image-edit", {"image": picture(1), "resolution": "1024"}, "resolution", "takes no option 'resolution'"),
     (FAMILY, {"image": picture(1), "resolution": "800"}, "resolution", "640 or 1024"),
     (FAMILY, {"image": picture(1), "mask": torch.full((1, 20, 20), 0.5)}, "mask", "same size"),
     (FAMILY, {"image": picture(1), "layers": 0}, "layers", "between 1 and 20"),

@@ -75,7 +75,7 @@ def test_prompt_rewrite_is_off_unless_asked_and_reports_the_prompt_used(models_d
     request = request_for(LONGCAT, steps=2)
     plain = engine.generate(spec, request)
     assert "Prompt" not in plain.report.sections
-    rewritten = engine.generate(spec, dataclasses.replace(request, prompt_rewrite=True))
+    rewritten = engine.generate(spec, dataclasses.replace(request, options={"prompt_rewrite": True}))
     prompt = rewritten.report.sections["Prompt"]["prompt"]
     assert prompt != request.prompt and "rewritten" in rewritten.report.text()
     assert not torch.equal(rewritten.latents, plain.latents), "the rewritten prompt was used"
@@ -87,23 +87,29 @@ def test_cfg_renorm_options_reach_the_pipeline(models_dir, engine):
     spec = spec_for(models_dir, LONGCAT)
     request = request_for(LONGCAT, steps=2, guidance=8.0)
     default = engine.generate(spec, request).latents
-    off = engine.generate(spec, dataclasses.replace(request, cfg_renorm=False)).latents
+    off = engine.generate(spec, dataclasses.replace(request, options={"cfg_renorm": False})).latents
     assert not torch.equal(default, off)
     # cfg_renorm_min = 1 clamps the renorm scale to exactly 1: the same as renorm off.
-    assert torch.equal(engine.generate(spec, dataclasses.replace(request, cfg_renorm_min=1.0)).latents, off)
+    assert torch.equal(engine.generate(spec, dataclasses.replace(request, options={"cfg_renorm_min": 1.0})).latents, off)
 
 
 def test_options_other_models_lack_are_refused_by_name(headless, nodes, tiny_settings):
+    settings = {name: value for name, value in tiny_settings(OVIS).items() if name != "frames"}
     (ovis,) = nodes["OmniLoadModel"]().load(OVIS, "fp32", "cpu")
+    (options,) = nodes["OmniLongCatOptions"]().options(prompt_rewrite=True, cfg_renorm=True, cfg_renorm_min=0.0)
     with pytest.raises(OmniInputError) as info:
-        nodes["OmniSample"]().sample(ovis, **tiny_settings(OVIS), prompt_rewrite=True)
+        nodes["OmniSampleV2"]().sample(ovis, **settings, options=options)
     message = str(info.value)
-    assert "prompt_rewrite" in message and "Ovis-Image" in message and "LongCat-Image only" in message, message
-    with pytest.raises(OmniInputError, match="cfg_renorm_min"):
-        GenerationRequest(prompt="x", cfg_renorm_min=1.5)
+    assert info.value.input_name == "options" and "Ovis-Image takes no Omni LongCat-Image Options" in message, message
+    with pytest.raises(OmniInputError) as info:  # the old Sample's widget, set on a model without it
+        nodes["OmniSample"]().sample(ovis, **tiny_settings(OVIS), prompt_rewrite=True)
+    assert info.value.input_name == "prompt_rewrite" and "Ovis-Image takes no option" in str(info.value)
     (longcat,) = nodes["OmniLoadModel"]().load(LONGCAT, "fp32", "cpu")
-    with pytest.raises(OmniInputError, match="must be true or false"):
-        nodes["OmniSample"]().sample(longcat, **tiny_settings(LONGCAT), prompt_rewrite="yes")
+    for bad, fragment in ((dict(cfg_renorm_min=1.5), "cfg_renorm_min"), (dict(prompt_rewrite="yes"), "true or false")):
+        (options,) = nodes["OmniLongCatOptions"]().options(**{**dict(prompt_rewrite=False, cfg_renorm=True,
+                                                                     cfg_renorm_min=0.0), **bad})
+        with pytest.raises(OmniInputError, match=fragment):
+            nodes["OmniSampleV2"]().sample(longcat, **settings, options=options)
 
 
 # ---- LoRA through peft on a pipeline without a loader mixin -------------------------------------

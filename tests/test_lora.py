@@ -62,7 +62,7 @@ def run(spec, family="qwen-image", control=None, **overrides):
     settings = dict(prompt="a red circle", steps=2, width=64, height=48, guidance=1.0, seed=3)
     settings.update(FAMILIES[family].tiny_request_overrides())
     settings.update(overrides)
-    return default_engine().generate(spec, GenerationRequest(**settings), control)
+    return default_engine().generate(spec, GenerationRequest.of(**settings), control)
 
 
 def latents(spec, **kwargs):

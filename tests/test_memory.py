@@ -45,7 +45,7 @@ def request_for(family_key: str, **overrides) -> GenerationRequest:
     values = dict(prompt="a red circle", negative_prompt="blurry", steps=2, guidance=4.0, width=64, height=48, seed=3)
     values.update(FAMILIES[family_key].tiny_request_overrides())
     values.update(overrides)
-    return GenerationRequest(**values)
+    return GenerationRequest.of(**values)
 
 
 def spec_for(folder, memory=None) -> ModelSpec:

@@ -88,10 +88,10 @@ def parallel_prompt(**layout) -> dict:
     return {
         "1": {"class_type": "OmniLoadModel", "inputs": {"model_name": "z-image", "dtype": "auto", "device": "cpu"}},
         "2": {"class_type": "OmniParallelConfig", "inputs": {"model": ["1", 0], **degrees, **layout}},
-        "3": {"class_type": "OmniSample", "inputs": {
+        "3": {"class_type": "OmniSampleV2", "inputs": {
             "model": ["2", 0], "prompt": "a circle", "negative_prompt": "", "seed": 1, "steps": 2, "guidance": 1.0,
-            "width": 64, "height": 64, "frames": 1, "batch_size": 1}},
-        "4": {"class_type": "OmniVAEDecode", "inputs": {"model": ["2", 0], "samples": ["3", 0], "tile_size": 0,
+            "width": 64, "height": 64, "batch_size": 1}},
+        "4": {"class_type": "OmniVAEDecodeImages", "inputs": {"model": ["2", 0], "samples": ["3", 0], "tile_size": 0,
                                                         "tile_overlap": 64}},
         "5": {"class_type": "PreviewImage", "inputs": {"images": ["4", 0]}},
     }

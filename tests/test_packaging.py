@@ -79,7 +79,7 @@ def test_cli_run_prints_written_files(headless, tmp_path, capsys):
     import json
 
     prompt = to_prompt(load_workflow(workflow))
-    next(n for n in prompt.values() if n["class_type"] == "OmniSample")["inputs"].update(width=64, height=64)
+    next(n for n in prompt.values() if n["class_type"] == "OmniSampleV2")["inputs"].update(width=64, height=64)
     small = tmp_path / "small.json"
     small.write_text(json.dumps(prompt))
     code = cli.main(["run", str(small), "--models-dir", str(headless.models_dir),

@@ -19,10 +19,12 @@ from pathlib import Path
 
 import pytest
 
-from comfyui_host import (ComfyServer, covering_subset, error_of, newest, on_every_version, only_cases,
-                          real_comfyui)
+from comfyui_host import (ComfyServer, covering_subset, error_of, newest, on_every_version, only_cases, real_comfyui,
+                          with_quick_steps)
 
 WORKFLOWS = sorted((Path(__file__).resolve().parent.parent / "workflows").glob("*.json"))
+# Files saved with the old Sample (every option a widget) and the three-output decoder (test_workflows.py).
+SAVED_BEFORE = sorted((Path(__file__).resolve().parent / "workflow_fixtures" / "saved-before-option-nodes").glob("*.json"))
 CHROMIUM = "/usr/bin/chromium"
 # What the machine's closed network needs: no background fetches, no first-run work (see docs/testing.md).
 CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -55,7 +57,7 @@ class Editor:
         self.page.goto(self.server.url, wait_until="domcontentloaded")
         self.page.wait_for_function("() => window.app && window.app.graph && window.LiteGraph", timeout=120_000)
         self.page.wait_for_function(
-            "() => window.LiteGraph.registered_node_types && 'OmniSample' in window.LiteGraph.registered_node_types",
+            "() => window.LiteGraph.registered_node_types && 'OmniSampleV2' in window.LiteGraph.registered_node_types",
             timeout=60_000)
         self.dismiss_all()
 
@@ -118,7 +120,7 @@ def editor(comfyui_server):
 @on_every_version
 def test_shipped_workflow_runs_in_the_real_editor(comfyui_server, editor, path):
     server = comfyui_server
-    workflow = json.loads(path.read_text())
+    workflow = with_quick_steps(path)
     complaints = editor.load(workflow)
     assert complaints == [], f"the editor complained about {path.name}: {complaints}"
     answer = editor.queue()
@@ -141,6 +143,25 @@ def test_an_older_editor_loads_every_shipped_workflow_without_a_complaint(comfyu
     complained = {path.name: complaints for path in WORKFLOWS
                   if (complaints := editor.load(json.loads(path.read_text())))}
     assert complained == {}
+
+
+@real_comfyui
+@on_every_version
+def test_workflows_saved_before_the_option_nodes_load_and_run_in_the_real_editor(comfyui_server, editor):
+    """The old Sample and decoder stay registered (hidden from the search): saved files load without a
+    complaint, and the layered one (the old Sample's mask and layers widgets, the decoder's masks slot) runs
+    and writes one RGBA layer per layer asked for."""
+    complained = {path.name: complaints for path in SAVED_BEFORE
+                  if (complaints := editor.load(json.loads(path.read_text())))}
+    assert complained == {}
+    workflow = with_quick_steps(SAVED_BEFORE[0])
+    sample = next(n for n in workflow["nodes"] if n["type"] == "OmniSample")
+    assert editor.load(workflow) == []
+    answer = editor.queue()
+    assert answer.get("prompt_id") and not answer.get("node_errors"), answer
+    entry = comfyui_server.wait(answer["prompt_id"])
+    assert entry["status"]["status_str"] == "success", (error_of(entry), comfyui_server.log_tail())
+    assert len(comfyui_server.output_files(entry)) == sample["widgets_values"][-2]  # (layers, resolution) end it
 
 
 @real_comfyui

@@ -376,7 +376,7 @@ def test_longcat_edit_files_give_the_folder_twins_output_and_refuse_prompt_rewri
         spec = ModelSpec.from_files(files, dtype="fp32", device="cpu")
         latents = engine.generate(spec, request).latents
         assert torch.allclose(latents, reference, atol=2e-5), float((latents - reference).abs().max())
-        rewrite = GenerationRequest(prompt="a cat", steps=1, width=64, height=64, prompt_rewrite=True)
+        rewrite = GenerationRequest(prompt="a cat", steps=1, width=64, height=64, options={"prompt_rewrite": True})
         with pytest.raises(OmniInputError, match="prompt_rewrite = True: .*without the language-model output head.*"
                                                  "turn prompt_rewrite off"):
             engine.generate(ModelSpec.from_files(dataclasses.replace(files, family="longcat-image"), dtype="fp32",

@@ -72,4 +72,4 @@ def test_validation_reads_no_weights(headless, models_dir, tmp_path):
 
     with pytest.raises(NodeExecutionError) as info:
         run_workflow(workflow, models_dir=models)
-    assert info.value.class_type == "OmniSample", "weights are first read when Sample runs"
+    assert info.value.class_type == "OmniSampleV2", "weights are first read when Sample runs"

@@ -9,7 +9,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 from comfyui_host import (COMFYUI_PATH, SUBSET_SINGLE_FILES, covering_subset, host_traits, node_types, only_cases,
-                          output_kind, ranks)
+                          output_kind, ranks, with_quick_steps)
 from omni_diffusion_nodes.graph.workflow_format import (
     WorkflowError,
     check_widgets,
@@ -20,6 +20,9 @@ from omni_diffusion_nodes.headless.runner import run_workflow
 from omni_diffusion_nodes.nodes import NODE_DISPLAY_NAME_MAPPINGS
 
 WORKFLOWS = sorted((Path(__file__).resolve().parent.parent / "workflows").glob("*.json"))
+# Shipped files as saved before Sample's options moved to option nodes and the decoder split by output kind
+# (OmniSample with every option a widget, OmniVAEDecode with three outputs): they must keep running.
+SAVED_BEFORE = sorted((Path(__file__).resolve().parent / "workflow_fixtures" / "saved-before-option-nodes").glob("*.json"))
 # ComfyUI's workflow file schema (v0.4, what the frontend saves): see tests/reference/README.md.
 SCHEMA_FILE = Path(__file__).resolve().parent / "reference" / "workflow-0.4.schema.json"
 
@@ -65,19 +68,45 @@ def _headless_runs_it(path: Path) -> bool:
 @only_cases(lambda path: _headless_runs_it(path))
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
 def test_workflow_runs_headless(headless, path):
-    run = run_workflow(path)
+    run = run_workflow(with_quick_steps(path))
     assert run.files, "the workflow wrote no image"
     assert all(f.exists() and f.stat().st_size > 0 for f in run.files)
     if path.name == "qwen-image-layered.json":  # decode images + masks -> Join Image with Alpha -> one RGBA PNG a layer
         from PIL import Image
 
-        sample = next(n for n in load_workflow(path)["nodes"] if n["type"] == "OmniSample")
-        layers = sample["widgets_values"][-2]  # (layers, resolution) end Sample's widgets
+        options = next(n for n in load_workflow(path)["nodes"] if n["type"] == "OmniLayeredOptions")
+        layers = options["widgets_values"][0]  # (layers, resolution)
         assert len(run.files) == layers and all(Image.open(f).mode == "RGBA" for f in run.files)
 
 
+@pytest.mark.parametrize("path", SAVED_BEFORE, ids=lambda p: p.name)
+def test_workflows_saved_before_the_option_nodes_still_check_and_run(headless, path):
+    """Files users saved with the old Sample (every option a widget) and the three-output decoder load with
+    their widgets in place, pass the check, and run the same request: the layers asked for, the audio window,
+    the video's frames."""
+    from PIL import Image
+
+    workflow = load_workflow(path)
+    assert {n["type"] for n in workflow["nodes"]} >= {"OmniSample", "OmniVAEDecode"}
+    assert check_widgets(workflow, all_node_classes(), NODE_DISPLAY_NAME_MAPPINGS) == []
+    run = run_workflow(with_quick_steps(path))
+    assert run.files and all(f.stat().st_size > 0 for f in run.files)
+    sample = next(n for n in workflow["nodes"] if n["type"] == "OmniSample")
+    if path.name == "qwen-image-layered.json":
+        layers = sample["widgets_values"][-2]  # (layers, resolution) end the old Sample's widgets
+        assert len(run.files) == layers and all(Image.open(f).mode == "RGBA" for f in run.files)
+    if path.name.startswith("wan2.2"):
+        frames = sample["widgets_values"][8]  # prompt, negative, seed, control, steps, guidance, width, height, frames
+        assert frames > 1 and Image.open(run.files[0]).n_frames == frames
+    if path.name == "stable-audio.json":
+        import soundfile
+
+        seconds = sample["widgets_values"][10]  # after frames and batch_size: seconds, start, ...
+        assert soundfile.info(str(run.files[0])).duration == pytest.approx(seconds, abs=0.05)
+
+
 def _sample_node(workflow):
-    return next(n for n in workflow["nodes"] if n["type"] == "OmniSample")
+    return next(n for n in workflow["nodes"] if n["type"] == "OmniSampleV2")
 
 
 def test_reordered_widgets_are_caught(headless):
@@ -113,10 +142,10 @@ def test_shifted_values_are_caught_without_widget_names(headless):
 
 
 def test_files_saved_before_layers_and_resolution_still_check(headless):
-    """Sample's `layers` and `resolution` were added at the end of its optional widgets: a file saved
+    """The old Sample's `layers` and `resolution` were added at the end of its optional widgets: a file saved
     without them loads in ComfyUI with their defaults, and the check agrees."""
-    older = copy.deepcopy(load_workflow(WORKFLOWS[0]))
-    node = _sample_node(older)
+    older = copy.deepcopy(load_workflow(SAVED_BEFORE[0]))
+    node = next(n for n in older["nodes"] if n["type"] == "OmniSample")
     del node["widgets_values"][-2:]
     node["inputs"] = [i for i in node["inputs"] if i.get("widget", {}).get("name") not in ("layers", "resolution")]
     assert check_widgets(older, all_node_classes(), NODE_DISPLAY_NAME_MAPPINGS) == []
@@ -135,7 +164,7 @@ def test_api_format_runs_too(headless, tmp_path):
     from omni_diffusion_nodes.headless.runner import to_prompt
 
     prompt = to_prompt(load_workflow(WORKFLOWS[0]))
-    sample = next(n for n in prompt.values() if n["class_type"] == "OmniSample")
+    sample = next(n for n in prompt.values() if n["class_type"] == "OmniSampleV2")
     sample["inputs"].update(steps=2, width=64, height=64)
     path = tmp_path / "api.json"
     path.write_text(json.dumps(prompt))

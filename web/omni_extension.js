@@ -16,7 +16,9 @@ const PROBLEM_COLOR = "#a33";
 const PROBLEM_BGCOLOR = "#533";
 const NOTE_FONT = "12px sans-serif";
 const NOTE_COLORS = { problem: "#f88", support: "#9b9", report: "#bbb" };
-const REPORTING_NODES = new Set(["OmniSample", "OmniVAEDecode"]);
+// Sample and the decoders, and the old Sample and decoder that saved workflows hold.
+const REPORTING_NODES = new Set(["OmniSampleV2", "OmniVAEDecodeImages", "OmniVAEDecodeAudio", "OmniVAEDecodeLayers",
+  "OmniSample", "OmniVAEDecode"]);
 
 const state = {
   answer: null, // the server's last answer

@@ -94,7 +94,7 @@ def refusal(cache, request) -> OmniInputError | None:
 
 
 # What a request says, not how it is set up: these do not change which threshold suits a model.
-CONTENT_FIELDS = {"prompt", "negative_prompt", "seed", "images", "last_image", "positive", "negative", "mask"}
+CONTENT_FIELDS = {"prompt", "negative_prompt", "seed", "images", "positive", "negative", "options"}
 
 
 def request_key(request) -> tuple:
@@ -102,8 +102,10 @@ def request_key(request) -> tuple:
     what is given (how many images, a mask or not), not the prompt, the seed or the pictures."""
     settings = tuple((f.name, getattr(request, f.name)) for f in dataclasses.fields(request)
                      if f.name not in CONTENT_FIELDS)
-    given = tuple((name, _amount(getattr(request, name))) for name in sorted(CONTENT_FIELDS - {"seed"}))
-    return settings + given
+    given = tuple((name, _amount(getattr(request, name))) for name in sorted(CONTENT_FIELDS - {"seed", "options"}))
+    options = tuple(sorted((name, _amount(value) if hasattr(value, "shape") else value)  # images and masks: given or not
+                           for name, value in request.options.items()))
+    return settings + given + (("options", options),)
 
 
 def _amount(value) -> int:

@@ -28,6 +28,12 @@ FAMILIES: dict[str, ModelFamily] = {
 }
 
 
+def option_groups() -> list:
+    """Every option group some family takes (options.py), once each, in the families' order."""
+    groups = {group.key: group for entry in FAMILIES.values() for group in entry.option_groups}
+    return list(groups.values())
+
+
 def family(key: str) -> ModelFamily:
     try:
         return FAMILIES[key]
@@ -45,4 +51,4 @@ def family_for_pipeline(class_name: str, model_index: dict | None = None) -> Mod
     return candidates[0] if candidates else None
 
 
-__all__ = ["FAMILIES", "GuidanceStyle", "ModelFamily", "family", "family_for_pipeline"]
+__all__ = ["FAMILIES", "GuidanceStyle", "ModelFamily", "family", "family_for_pipeline", "option_groups"]

@@ -62,17 +62,15 @@ class ModelFamily:
     image_inputs: int = 0
     requires_image: bool = False
     takes_last_image: bool = False
-    # Per-run options of one model beyond the common ones (GenerationRequest.MODEL_OPTIONS): those the
-    # family's pipeline takes. Another family refuses them unless they keep their defaults.
-    model_options: tuple[str, ...] = ()
+    # The option groups (options.py) the family takes beyond Sample's shared inputs: each is a node
+    # connected to Sample's options input. An option of another group is refused by name.
+    option_groups: tuple = ()
     # Whether the pipeline takes `callback_on_step_end`. Where it does not (LongCat), progress, Cancel
     # and the per-step hooks come from the transformer's calls instead (sampling.py says how).
     takes_step_callback: bool = True
     # Layered output (Qwen-Image-Layered): the LATENT holds `layers + 1` frames on the frame axis
-    # ([B, C, F, H, W] like video) and the decode gives RGBA layers, ComfyUI IMAGE + MASK. `takes_mask`:
-    # Sample's mask input (1 - alpha of the input image) is the image's transparency.
+    # ([B, C, F, H, W] like video) and the decode gives RGBA layers, ComfyUI IMAGE + MASK.
     layered: bool = False
-    takes_mask: bool = False
     # Whether the pipeline takes width and height (LongCat-Image-Edit decides them from its image).
     takes_output_size: bool = True
     # The shipped workflow of the family (workflows/<key>.json, written by headless/recipes.py): the
@@ -80,6 +78,7 @@ class ModelFamily:
     # recipe's defaults (a single-GPU size, the usual steps and guidance).
     example_model: str = ""
     example_sample: dict = {}
+    example_options: dict = {}  # settings of the family's option node in that workflow
     example_prompt: str = "a cat sitting on a windowsill at sunset, detailed photo"
 
     # ---- loading -------------------------------------------------------------------------

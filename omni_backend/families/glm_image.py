@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 
 from ..files.images import to_pil
+from ..options import REFERENCE_IMAGES
 from .base import GuidanceStyle, ModelFamily
 from .peft_lora import with_lora_loader
 
@@ -49,6 +50,7 @@ class GlmImage(ModelFamily):
     default_steps = 50
     default_guidance = 1.5
     image_inputs = 3  # optional reference images: edit / subject-driven generation
+    option_groups = (REFERENCE_IMAGES,)
     example_model = "GLM-Image"
     example_sample = dict(steps=50, guidance=1.5, width=1024, height=1024)
     example_prompt = 'a poster of a cat on a windowsill at sunset, with the title "Good evening"'

@@ -17,6 +17,7 @@ from pathlib import Path
 from ..errors import OmniInputError
 from ..files.images import one_pil
 from . import flux_like
+from ..options import Option, OptionGroup
 from .base import GATHERED_COLWISE, GuidanceStyle, ModelFamily, embedding_mlp
 from .peft_lora import with_lora_loader
 from .qwen_vl_processor import image_only_processor, load_processor, torchvision_available
@@ -27,6 +28,22 @@ MLP_RATIO = 4  # LongCat's single-stream blocks: proj_mlp is 4x the model width
 EDIT_AREA = 1024 * 1024  # LongCat-Image-Edit's output area, at the input image's aspect ratio
 PROCESSOR = "text_processor"  # the pipelines' Qwen2-VL processor component
 
+# Rewriting the prompt with its vision-language model first is a second model run that changes the
+# prompt, so it is off unless asked; CFG renormalisation keeps diffusers' defaults (on, clamped to
+# [cfg_renorm_min, 1]).
+LONGCAT_OPTIONS = OptionGroup(
+    key="longcat", node_id="OmniLongCatOptions", title="Omni LongCat-Image Options",
+    description="LongCat-Image's own options for Sample: prompt rewriting and CFG renormalisation. Connect its "
+                "options output to Sample's options input.",
+    options=(
+        Option("prompt_rewrite", "BOOLEAN", "Let LongCat-Image's vision-language model rewrite the prompt first (a "
+               "second model run; the prompt used is shown below Sample).", default=False),
+        Option("cfg_renorm", "BOOLEAN", "Rescale the guided prediction to the norm of the conditional one "
+               "(diffusers' default: on).", default=True),
+        Option("cfg_renorm_min", "FLOAT", "The lowest renorm scale (0 widest range, 1 turns renorm off).",
+               default=0.0, low=0.0, high=1.0, step=0.05, fix="use 0.0 (widest renorm range) up to 1.0 (renorm off)"),
+    ))
+
 
 class LongCatImage(ModelFamily):
     key = "longcat-image"
@@ -35,7 +52,7 @@ class LongCatImage(ModelFamily):
     guidance = GuidanceStyle("cfg", "guidance_scale")
     cfg_in_separate_calls = True
     takes_step_callback = False
-    model_options = ("prompt_rewrite", "cfg_renorm", "cfg_renorm_min")
+    option_groups = (LONGCAT_OPTIONS,)
     default_steps = 50
     default_guidance = 4.5
     example_model = "LongCat-Image"
@@ -55,15 +72,15 @@ class LongCatImage(ModelFamily):
 
     def call_kwargs(self, pipe, request):
         kwargs = super().call_kwargs(pipe, request)
-        kwargs.update(enable_cfg_renorm=request.cfg_renorm, cfg_renorm_min=request.cfg_renorm_min,
+        kwargs.update(enable_cfg_renorm=request.options["cfg_renorm"], cfg_renorm_min=request.options["cfg_renorm_min"],
                       enable_prompt_rewrite=False)
-        if request.prompt_rewrite and "lm_head.weight" in getattr(pipe.text_encoder, "_omni_stood_in", ()):
+        if request.options["prompt_rewrite"] and "lm_head.weight" in getattr(pipe.text_encoder, "_omni_stood_in", ()):
             # ComfyUI's Qwen2.5-VL files leave out the output head (its text is never generated there);
             # the loader stood the embedding in for it, which encodes right but would generate nonsense.
             raise OmniInputError("prompt_rewrite", True, "the text encoder was loaded from a ComfyUI file without "
                                  "the language-model output head the rewrite generates text with",
                                  "turn prompt_rewrite off, or load LongCat from its diffusers folder")
-        if request.prompt_rewrite:
+        if request.options["prompt_rewrite"]:
             # The pipeline's own rewrite (its VL model's generate), run here rather than inside the call
             # so that the prompt it wrote can be reported; the call then gets that prompt as is.
             kwargs["prompt"] = pipe.rewire_prompt(request.prompt, pipe._execution_device)[0]
@@ -165,7 +182,7 @@ class LongCatImageEdit(LongCatImage):
     pipeline_classes = ("LongCatImageEditPipeline",)
     image_inputs = 1
     requires_image = True
-    model_options = ()  # the edit pipeline has no prompt rewrite and no CFG renorm
+    option_groups = ()  # the edit pipeline has no prompt rewrite and no CFG renorm
     takes_output_size = False
     example_model = "LongCat-Image-Edit"
     example_sample = dict(steps=20, guidance=4.5, width=1024, height=1024)

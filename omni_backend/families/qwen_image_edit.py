@@ -15,6 +15,7 @@ from pathlib import Path
 
 from ..errors import OmniInputError
 from ..files.images import one_pil
+from ..options import REFERENCE_IMAGES
 from .qwen_image import QwenImage
 from .qwen_vl_processor import image_only_processor, load_processor, torchvision_available
 
@@ -141,6 +142,7 @@ class QwenImageEditPlus(QwenImageEdit):
     title = "Qwen-Image-Edit-2509"
     pipeline_classes = ("QwenImageEditPlusPipeline",)
     image_inputs = 3
+    option_groups = (REFERENCE_IMAGES,)
     example_model = "Qwen-Image-Edit-2509"
     example_prompt = "picture 1 as a watercolor painting"
 
@@ -148,3 +150,4 @@ class QwenImageEditPlus(QwenImageEdit):
         kwargs = super().call_kwargs(pipe, request)
         kwargs["image"] = [one_pil(image) for image in request.images]
         return kwargs
+

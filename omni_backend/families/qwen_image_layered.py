@@ -15,6 +15,7 @@ pipeline does and gives the layers batch-major in the pipeline's order, each as 
 from __future__ import annotations
 
 from ..files.images import rgba_pil
+from ..options import Option, OptionGroup
 from .qwen_image import _latent_stats
 from .qwen_image_edit import QwenImageEdit
 
@@ -43,19 +44,37 @@ class LatentsFromLastStep:
                 raise
             return self.latents
 
+# The input image's transparency as a ComfyUI MASK [1, H, W] (1 - alpha, core Load Image's convention;
+# absent: the image's fourth channel if it has one, else opaque), how many layers to make, and the size
+# bucket the pipeline works at (about resolution^2 pixels at the image's aspect).
+LAYERED_OPTIONS = OptionGroup(
+    key="layered", node_id="OmniLayeredOptions", title="Omni Layered Options",
+    description="Qwen-Image-Layered's options for Sample: the image's transparency, how many layers, the size "
+                "bucket. Connect its options output to Sample's options input.",
+    options=(
+        Option("mask", "MASK", "The image's transparency (connect Load Image's MASK: 1 - alpha). Without it, a "
+               "4-channel image's alpha is used, else the image is opaque."),
+        Option("layers", "INT", "How many RGBA layers to split the image into (VAE Decode Layers gives them as "
+               "an image batch plus their masks).", default=4, low=1, high=20,
+               fix="use 4 (the model card's), or 2 to 8 layers"),
+        Option("resolution", "COMBO", "The size bucket: about 640x640 or 1024x1024 px at the image's aspect (640 "
+               "recommended). It decides the output size: Sample's width/height are not used.", default=640,
+               choices=(640, 1024), fix="use 640 (recommended by the model card) or 1024"),
+    ))
+
 
 class QwenImageLayered(QwenImageEdit):
     key = "qwen-image-layered"
     title = "Qwen-Image-Layered"
     pipeline_classes = ("QwenImageLayeredPipeline",)
     layered = True
-    takes_mask = True
     takes_output_size = False
-    model_options = ("layers", "resolution")
+    option_groups = (LAYERED_OPTIONS,)
     example_model = "Qwen-Image-Layered"
     # The model card's settings (true CFG 4 with a blank negative prompt, 4 layers at 640 px), with 20 steps
     # instead of its 50 to keep the shipped workflow quick; raise steps for the card's quality.
-    example_sample = dict(steps=20, guidance=4.0, negative_prompt=" ", layers=4, resolution="640")
+    example_sample = dict(steps=20, guidance=4.0, negative_prompt=" ")
+    example_options = dict(layers=4, resolution="640")
     example_prompt = ""  # empty: the pipeline captions the image with its own text encoder
     conditioning_refusal = ("the pipeline encodes the prompt with its own layered-decomposition template (and "
                             "captions the image when the prompt is empty), which ComfyUI's text encoders do not "
@@ -63,8 +82,8 @@ class QwenImageLayered(QwenImageEdit):
 
     def call_kwargs(self, pipe, request):
         kwargs = super().call_kwargs(pipe, request)
-        kwargs.update(image=rgba_pil(request.images[0], request.mask), layers=request.layers,
-                      resolution=request.resolution, use_en_prompt=True)
+        kwargs.update(image=rgba_pil(request.images[0], request.options["mask"]), layers=request.options["layers"],
+                      resolution=request.options["resolution"], use_en_prompt=True)
         return kwargs
 
     def run_pipeline(self, pipe, kwargs, steps):
@@ -79,12 +98,12 @@ class QwenImageLayered(QwenImageEdit):
         from diffusers.pipelines.qwenimage.pipeline_qwenimage_layered import calculate_dimensions
 
         width, height = request.image_size
-        width, height = calculate_dimensions(request.resolution ** 2, width / height)
+        width, height = calculate_dimensions(request.options["resolution"] ** 2, width / height)
         return width // 32 * 32, height // 32 * 32
 
     def to_comfy_latent(self, pipe, latents, request):
         width, height = self.output_size(request)
-        unpacked = pipe._unpack_latents(latents, height, width, request.layers, pipe.vae_scale_factor)
+        unpacked = pipe._unpack_latents(latents, height, width, request.options["layers"], pipe.vae_scale_factor)
         mean, std = _latent_stats(pipe.vae, unpacked)
         return unpacked * std + mean
 

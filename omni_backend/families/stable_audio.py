@@ -13,7 +13,20 @@ from __future__ import annotations
 import math
 import warnings
 
+from ..options import Option, OptionGroup
 from .base import GuidanceStyle, ModelFamily
+
+AUDIO_WINDOW = OptionGroup(
+    key="audio-window", node_id="OmniAudioWindow", title="Omni Audio Window",
+    description="Audio models' options for Sample: which part of the model's window to keep (the pipeline always "
+                "makes the whole window, 47.55 s for Stable Audio Open, and cuts this part out). Connect its "
+                "options output to Sample's options input.",
+    options=(
+        Option("seconds", "FLOAT", "Seconds of audio to keep (0 = the model's whole window).", default=0.0,
+               low=0.0, high=1000.0, step=0.1, fix="use 0 (the model's whole window) or a length such as 10.0"),
+        Option("start", "FLOAT", "Where the kept seconds start in the model's window.", default=0.0, low=0.0,
+               high=1000.0, step=0.1, fix="use 0.0 or a few seconds"),
+    ))
 
 # The scheduler asks torchsde's Brownian tree for noise at sigma_min computed in float32, a hair below
 # the tree's own float64 start; torchsde warns on every step ("Should have ta>=t0 but got ...") and
@@ -26,11 +39,13 @@ class StableAudio(ModelFamily):
     title = "Stable-Audio-Open"
     pipeline_classes = ("StableAudioPipeline",)
     audio = True
+    option_groups = (AUDIO_WINDOW,)
     guidance = GuidanceStyle("cfg", "guidance_scale")
     default_steps = 100
     default_guidance = 7.0
     example_model = "stable-audio-open-1.0"
-    example_sample = dict(steps=50, guidance=7.0, seconds=5.0, negative_prompt="low quality")
+    example_sample = dict(steps=50, guidance=7.0, negative_prompt="low quality")
+    example_options = dict(seconds=5.0)
     example_prompt = "the sound of a hammer hitting a wooden surface"
     # TeaCache: vLLM-Omni's polynomial for StableAudioDiTModel (its extractor: the first block's norm1).
     teacache_coefficients = (121.7749, -153.7449, 68.0537, -12.2813, 1.07339)
@@ -77,9 +92,9 @@ class StableAudio(ModelFamily):
 
     def audio_window(self, request, transformer_config: dict, vae_config: dict) -> tuple[float, float]:
         """(start, end) seconds the pipeline is asked for; seconds 0 = the rest of the window."""
-        end = request.start + request.seconds if request.seconds > 0 else self.max_seconds(transformer_config,
-                                                                                             vae_config)
-        return request.start, end
+        seconds, start = request.options["seconds"], request.options["start"]
+        end = start + seconds if seconds > 0 else self.max_seconds(transformer_config, vae_config)
+        return start, end
 
     # ---- sampling ------------------------------------------------------------------------------
     def shape_kwargs(self, request) -> dict:

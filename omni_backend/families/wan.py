@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..options import VIDEO
 from .base import GATHERED_COLWISE, GuidanceStyle, ModelFamily, embedding_mlp
 
 
@@ -11,12 +12,14 @@ class Wan(ModelFamily):
     pipeline_classes = ("WanPipeline",)
     transformer_components = ("transformer", "transformer_2")
     video = True
+    option_groups = (VIDEO,)
+    example_options = dict(frames=9)
     guidance = GuidanceStyle("cfg", "guidance_scale")
     cfg_in_separate_calls = True
     default_steps = 40
     default_guidance = 4.0
     example_model = "Wan2.2-T2V-A14B-Diffusers"
-    example_sample = dict(steps=20, guidance=4.0, width=832, height=480, frames=9,
+    example_sample = dict(steps=20, guidance=4.0, width=832, height=480,
                           negative_prompt="blurry, static, low quality")
     example_prompt = "a red fox running through fresh snow, cinematic tracking shot"
 

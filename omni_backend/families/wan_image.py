@@ -23,15 +23,15 @@ class WanI2V(Wan):
     requires_image = True
     takes_last_image = True
     example_model = "Wan2.2-I2V-A14B-Diffusers"
-    example_sample = dict(steps=20, guidance=3.5, width=832, height=480, frames=9,
+    example_sample = dict(steps=20, guidance=3.5, width=832, height=480,
                           negative_prompt="blurry, static, low quality")
     example_prompt = "the scene comes alive, gentle camera push-in, natural motion"
 
     def call_kwargs(self, pipe, request):
         kwargs = super().call_kwargs(pipe, request)
         kwargs["image"] = one_pil(request.images[0])
-        if request.last_image is not None:
-            kwargs["last_image"] = one_pil(request.last_image)
+        if request.options.get("last_image") is not None:
+            kwargs["last_image"] = one_pil(request.options["last_image"])
         return kwargs
 
     def build_tiny(self):
@@ -85,7 +85,7 @@ class WanTI2V(Wan):
     default_steps = 50
     default_guidance = 5.0
     example_model = "Wan2.2-TI2V-5B-Diffusers"
-    example_sample = dict(steps=30, guidance=5.0, width=832, height=480, frames=9,
+    example_sample = dict(steps=30, guidance=5.0, width=832, height=480,
                           negative_prompt="blurry, static, low quality")
     example_prompt = "a red fox running through fresh snow, cinematic tracking shot"
 

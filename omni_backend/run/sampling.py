@@ -138,9 +138,9 @@ def sample(ctx: RunContext):
                                      "output_size": [width, height]})
         if family.layered:
             width, height = family.output_size(request)
-            ctx.report.add("Layers", {"text": f"{request.layers} RGBA layers at {width}x{height} px (resolution "
-                                              f"{request.resolution} at the image's aspect; width/height not used)",
-                                      "layers": request.layers, "size": [width, height]})
+            ctx.report.add("Layers", {"text": f"{request.options['layers']} RGBA layers at {width}x{height} px (resolution "
+                                              f"{request.options['resolution']} at the image's aspect; width/height not used)",
+                                      "layers": request.options["layers"], "size": [width, height]})
             if not request.prompt.strip() and request.positive is None:
                 ctx.report.add("Prompt", {"text": "empty: the pipeline captions the image with its text encoder"})
         stack.enter_context(family.call_context(ctx.spec.model_folder, request))

@@ -27,7 +27,7 @@ test("the signature follows the pack's nodes and links, not positions or other p
   assert.notEqual(packSignature(bypassed), base, "bypassing a node changes the answer");
 
   const unlinked = clone();
-  const sample = unlinked.nodes.find((n) => n.type === "OmniSample");
+  const sample = unlinked.nodes.find((n) => n.type === "OmniSampleV2");
   const cut = sample.inputs.find((slot) => slot.name === "model").link;
   sample.inputs.find((slot) => slot.name === "model").link = null;
   unlinked.links = unlinked.links.filter((link) => link[0] !== cut);
