@@ -169,3 +169,83 @@ def test_edit_2509_takes_up_to_three_images_like_the_plain_pipeline_and_under_ul
         Engine().generate(model, request(images=tuple(picture(i) for i in range(4))))
 
 
+
+
+# ---- Qwen-Image-Edit-2511: the reference images at timestep 0 -------------------------------------------
+# What 2511 changes is the DiT's per-token modulation (zero_cond_t): its tests are where that token index
+# travels (the plain pipeline, the sequence split, the block hooks of offload and the caches). CFG-parallel,
+# FP8 and LoRA act on the class, weights and pipeline 2511 shares with Edit-2509 and Qwen-Image.
+EDIT_2511 = "qwen-image-edit-2511"
+
+
+def edit_2511_request(**changes) -> GenerationRequest:
+    return request(**changes)  # one reference image: each costs a 1 MP VAE encode
+
+
+@pytest.fixture(scope="module")
+def spec_2511(models_dir):
+    return ModelSpec.from_folder(str(models_dir / "diffusers" / EDIT_2511), dtype="fp32", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def single_2511(engine, spec_2511):
+    return engine.generate(spec_2511, edit_2511_request())
+
+
+def test_edit_2511_is_told_from_2509_by_its_dit_and_equals_the_plain_pipeline(headless, nodes, spec_2511,
+                                                                              tiny_settings):
+    """Both folders name QwenImageEditPlusPipeline; 2511's DiT config sets zero_cond_t. Through Sample and Omni
+    Reference Images (two images) it gives the plain pipeline's latents, and the reference images really are
+    held at timestep 0: the same weights without zero_cond_t give another edit."""
+    from diffusers import QwenImageEditPlusPipeline, QwenImageTransformer2DModel
+
+    assert spec_2511.family.key == EDIT_2511 and spec_2511.model_folder.transformer_config["zero_cond_t"] is True
+    (plus,) = nodes["OmniLoadModel"]().load(PLUS, "fp32", "cpu")
+    assert plus.family.key == PLUS
+    (model,) = nodes["OmniLoadModel"]().load(EDIT_2511, "fp32", "cpu")
+    settings = {k: v for k, v in tiny_settings(EDIT_2511, width=64, height=48, steps=2).items() if k != "frames"}
+    (references,) = nodes["OmniReferenceImages"]().options(image2=picture(2))
+    latents = nodes["OmniSampleV2"]().sample(model, **settings, image=picture(1), options=references)["result"][0]
+
+    pipe = QwenImageEditPlusPipeline.from_pretrained(model.folder, dtype=torch.float32, local_files_only=True,
+                                                     **model.family.load_kwargs(model.model_folder))
+    pipe.set_progress_bar_config(disable=True)
+    assert pipe.transformer.zero_cond_t
+
+    def plain_run():
+        return pipe(image=[to_pil(picture(1))[0], to_pil(picture(2))[0]], prompt=settings["prompt"],
+                    negative_prompt=settings["negative_prompt"], true_cfg_scale=settings["guidance"],
+                    num_inference_steps=settings["steps"], width=64, height=48,
+                    generator=torch.Generator().manual_seed(settings["seed"]), output_type="latent",
+                    return_dict=False)[0]
+
+    plain = request(images=(picture(1), picture(2)), steps=settings["steps"], seed=settings["seed"])
+    assert torch.equal(model.family.to_comfy_latent(pipe, plain_run(), plain).float(), latents["samples"])
+    config = {key: value for key, value in pipe.transformer.config.items() if not key.startswith("_")}
+    without = QwenImageTransformer2DModel.from_config({**config, "zero_cond_t": False})
+    without.load_state_dict(pipe.transformer.state_dict())
+    pipe.transformer = without.eval()
+    assert not torch.allclose(model.family.to_comfy_latent(pipe, plain_run(), plain).float(), latents["samples"])
+
+
+def test_edit_2511_under_ulysses_offload_and_caches(engine, spec_2511, single_2511):
+    """Ulysses splits the per-token modulate_index with the sequence (diffusers' plan); layerwise offload's
+    block hooks pass it on; TeaCache (its extractor picks each token's modulation by it: vLLM-Omni #3166) and
+    Cache-DiT skip work and leave nothing behind."""
+    ulysses = engine.generate(spec_2511.replace(parallel=ParallelConfig(ulysses_degree=2)), edit_2511_request())
+    assert_same(ulysses.latents, single_2511.latents)
+    offloaded = Engine()
+    try:
+        layerwise = offloaded.generate(spec_2511.replace(memory=MemoryConfig(offload="layerwise")), edit_2511_request())
+    finally:
+        offloaded.unload_all()
+    assert torch.equal(layerwise.latents, single_2511.latents)
+    entry = engine.loaded(spec_2511)
+    with count_block_work(entry.pipe, spec_2511.family) as plain_work:
+        plain = engine.generate(spec_2511, edit_2511_request(steps=6)).latents
+    for cache in (TeaCacheConfig(rel_l1_thresh=50.0), CacheDiTConfig(residual_diff_threshold=1.0, max_warmup_steps=1)):
+        with count_block_work(entry.pipe, spec_2511.family) as cached_work:
+            cached = engine.generate(spec_2511.replace(cache=cache), edit_2511_request(steps=6))
+        assert cached_work.executed < plain_work.executed
+        assert_report_counts_the_work(cached, cache, cached_work, plain_work)
+    assert torch.equal(engine.generate(spec_2511, edit_2511_request(steps=6)).latents, plain), "no state leaks"

@@ -12,7 +12,7 @@ from .glm_image import GlmImage
 from .longcat_image import LongCatImage, LongCatImageEdit
 from .ovis_image import OvisImage
 from .qwen_image import QwenImage
-from .qwen_image_edit import QwenImageEdit, QwenImageEditPlus
+from .qwen_image_edit import QwenImageEdit, QwenImageEdit2511, QwenImageEditPlus
 from .qwen_image_layered import QwenImageLayered
 from .sd3 import StableDiffusion3
 from .stable_audio import StableAudio
@@ -22,7 +22,7 @@ from .z_image import ZImage
 
 FAMILIES: dict[str, ModelFamily] = {
     family.key: family for family in (QwenImage(), ZImage(), Flux(), Flux2Klein(), StableDiffusion3(), Wan(),
-                                      QwenImageEdit(), QwenImageEditPlus(), WanI2V(), WanTI2V(), StableAudio(),
+                                      QwenImageEdit(), QwenImageEditPlus(), QwenImageEdit2511(), WanI2V(), WanTI2V(), StableAudio(),
                                       LongCatImage(), LongCatImageEdit(), OvisImage(), GlmImage(),
                                       QwenImageLayered())
 }
@@ -41,12 +41,13 @@ def family(key: str) -> ModelFamily:
         raise KeyError(f"unknown model family {key!r}; known: {', '.join(FAMILIES)}") from None
 
 
-def family_for_pipeline(class_name: str, model_index: dict | None = None) -> ModelFamily | None:
+def family_for_pipeline(class_name: str, model_index: dict | None = None, folder=None) -> ModelFamily | None:
     """The family of a pipeline class; where two families share a class (Wan2.2 T2V and TI2V 5B are
-    both WanPipeline), the one whose `claims(model_index)` accepts the folder's config."""
+    both WanPipeline, Qwen-Image-Edit-2509 and -2511 QwenImageEditPlusPipeline), the one whose
+    `claims(model_index, folder)` accepts the folder's configs."""
     candidates = [f for f in FAMILIES.values() if class_name in f.pipeline_classes]
     if len(candidates) > 1:
-        claimed = [f for f in candidates if f.claims(model_index or {})]
+        claimed = [f for f in candidates if f.claims(model_index or {}, folder)]
         candidates = claimed or candidates
     return candidates[0] if candidates else None
 

@@ -82,9 +82,9 @@ class ModelFamily:
     example_prompt: str = "a cat sitting on a windowsill at sunset, detailed photo"
 
     # ---- loading -------------------------------------------------------------------------
-    def claims(self, model_index: dict) -> bool:
+    def claims(self, model_index: dict, folder: Path | None = None) -> bool:
         """Whether a folder of one of `pipeline_classes` is this family (only asked when several
-        families share the class; decided by the folder's model_index.json, never by its name)."""
+        families share the class; decided by the folder's configs, never by its name)."""
         return True
 
     def pipeline_class(self, class_name: str):

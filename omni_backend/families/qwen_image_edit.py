@@ -1,4 +1,4 @@
-"""Qwen-Image-Edit (QwenImageEditPipeline, one image to edit) and Qwen-Image-Edit-2509
+"""Qwen-Image-Edit (QwenImageEditPipeline, one image to edit), Qwen-Image-Edit-2509 and -2511
 (QwenImageEditPlusPipeline, up to three reference images), on Qwen-Image's transformer and VAE.
 
 The pipeline encodes the image twice: through the Qwen2.5-VL text encoder with the prompt (the
@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import importlib
+import json
 from pathlib import Path
 
 from ..errors import OmniInputError
@@ -146,8 +147,46 @@ class QwenImageEditPlus(QwenImageEdit):
     example_model = "Qwen-Image-Edit-2509"
     example_prompt = "picture 1 as a watercolor painting"
 
+    def claims(self, model_index, folder=None):
+        return not conditions_at_timestep_zero(folder)
+
     def call_kwargs(self, pipe, request):
         kwargs = super().call_kwargs(pipe, request)
         kwargs["image"] = [one_pil(image) for image in request.images]
         return kwargs
 
+
+class QwenImageEdit2511(QwenImageEditPlus):
+    """Qwen-Image-Edit-2511: Edit-2509's pipeline class, inputs and features. Its DiT (`zero_cond_t` in
+    transformer/config.json) modulates the reference images' tokens with timestep 0 while the output's
+    tokens get the step's timestep: diffusers doubles the time embedding and picks per token with a
+    `modulate_index`, which the sequence split (diffusers' _cp_plan) and the TeaCache extractor take along."""
+
+    key = "qwen-image-edit-2511"
+    title = "Qwen-Image-Edit-2511"
+    example_model = "Qwen-Image-Edit-2511"
+
+    def claims(self, model_index, folder=None):
+        return conditions_at_timestep_zero(folder)
+
+    def build_tiny(self):
+        from diffusers import QwenImageTransformer2DModel
+
+        pipe = super().build_tiny()
+        # Without the private keys: `_use_default_values` lists zero_cond_t and would turn it back off.
+        config = {key: value for key, value in pipe.transformer.config.items() if not key.startswith("_")}
+        transformer = QwenImageTransformer2DModel.from_config({**config, "zero_cond_t": True})
+        transformer.load_state_dict(pipe.transformer.state_dict())
+        pipe.transformer = transformer.eval()
+        return pipe
+
+
+def conditions_at_timestep_zero(folder) -> bool:
+    """Whether the folder's DiT is Edit-2511's (its config sets `zero_cond_t`)."""
+    if folder is None:
+        return False
+    try:
+        config = json.loads((Path(folder) / "transformer" / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and config.get("zero_cond_t") is True

@@ -40,7 +40,7 @@ class Wan(ModelFamily):
         padded = torch.cat([tokens, tokens.new_zeros(512 - tokens.shape[0], tokens.shape[1])])
         return {"prompt_embeds": padded.unsqueeze(0).to(device, dtype)}
 
-    def claims(self, model_index):
+    def claims(self, model_index, folder=None):
         return not model_index.get("expand_timesteps")  # per-token timesteps: Wan2.2 TI2V 5B (wan_image.py)
 
     def block_lists(self, transformer):

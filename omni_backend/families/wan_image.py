@@ -90,7 +90,7 @@ class WanTI2V(Wan):
     example_prompt = "a red fox running through fresh snow, cinematic tracking shot"
 
     @staticmethod
-    def claims(model_index: dict) -> bool:
+    def claims(model_index: dict, folder=None) -> bool:
         """A TI2V folder names WanPipeline like T2V: its config tells them apart (per-token timesteps)."""
         return bool(model_index.get("expand_timesteps"))
 

@@ -30,6 +30,11 @@ SCHEDULER = dict(base_image_seq_len=256, base_shift=0.5, max_image_seq_len=8192,
                  use_dynamic_shifting=True)
 
 
+# ComfyUI's Edit-2511 files hold an empty tensor of this name: its model detection reads it as "the
+# reference images at timestep 0" (diffusers' zero_cond_t). The DiT has no such parameter.
+EDIT_2511_MARKER = "__index_timestep_zero__"
+
+
 def transformer_config(file: WeightsFile) -> dict:
     """Shapes decide the block count, widths and channels (Qwen-Image-2512 and fine-tunes share them)."""
     head_dim = file.shape("transformer_blocks.0.attn.norm_q.weight")[0]
@@ -93,8 +98,9 @@ def text_encoder_file_keys(state_dict: dict, config: dict) -> dict:
 PROFILE = FilesProfile(
     family_key="qwen-image", pipeline_class="QwenImagePipeline",
     identifying_keys=("transformer_blocks.0.img_mod.1.weight", "txt_norm.weight", "img_in.weight"),
-    # Qwen-Image-Layered's DiT adds an extra time condition: its files are that family's (qwen_image_layered.py).
-    claims=lambda file: not file.has("time_text_embed.addition_t_embedding.weight"),
+    # Qwen-Image-Layered's DiT adds an extra time condition, Edit-2511's file carries ComfyUI's marker: their
+    # files are those families' (qwen_image_layered.py, qwen_image_edit.py).
+    claims=lambda file: not file.has("time_text_embed.addition_t_embedding.weight") and not file.has(EDIT_2511_MARKER),
     transformer=Component("diffusers", "QwenImageTransformer2DModel", transformer_config),
     vae=Component("diffusers", "AutoencoderKLQwenImage", vae_config, vae_keys, vae_file_keys),
     text_encoder=Component("transformers", "Qwen2_5_VLForConditionalGeneration", text_encoder_config,

@@ -1,9 +1,11 @@
-"""Qwen-Image-Edit and Qwen-Image-Edit-2509 from ComfyUI's files: Qwen-Image's DiT layout, text encoder and
-VAE (`diffusion_models/qwen_image_edit_fp8_e4m3fn.safetensors`, `qwen_image_edit_2509_fp8_e4m3fn.safetensors`,
-`text_encoders/qwen_2.5_vl_7b_fp8_scaled.safetensors`, `vae/qwen_image_vae.safetensors`).
+"""Qwen-Image-Edit, -2509 and -2511 from ComfyUI's files: Qwen-Image's DiT layout, text encoder and VAE
+(`diffusion_models/qwen_image_edit_fp8_e4m3fn.safetensors`, `qwen_image_edit_2509_fp8_e4m3fn.safetensors`,
+`qwen_image_edit_2511_bf16.safetensors`, `text_encoders/qwen_2.5_vl_7b_fp8_scaled.safetensors`,
+`vae/qwen_image_vae.safetensors`).
 
-Their DiTs have Qwen-Image's names and shapes, so the files cannot tell the three apart: the loader's
-`family` input names the edit models ("auto" reads a Qwen-Image). They add the processor that turns the
+Edit's and Edit-2509's DiTs have Qwen-Image's names and shapes, so the files cannot tell the three apart:
+the loader's `family` input names the edit models ("auto" reads a Qwen-Image). Edit-2511's file carries
+ComfyUI's `__index_timestep_zero__` marker, so "auto" finds it. They add the processor that turns the
 input image into the text encoder's vision tokens: Qwen2VLImageProcessor with the released config (or
 a `preprocessor_config.json` beside the tokenizer, where the tiny twins keep theirs) and the tokenizer.
 """
@@ -13,6 +15,8 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+from .profile import Component
+from .qwen_image import EDIT_2511_MARKER, transformer_config
 from .qwen_image import PROFILE as QWEN_IMAGE
 
 # Qwen-Image-Edit's (and Edit-2509's) processor/preprocessor_config.json.
@@ -39,4 +43,24 @@ EDIT = dataclasses.replace(
 EDIT_2509 = dataclasses.replace(
     EDIT, family_key="qwen-image-edit-2509", pipeline_class="QwenImageEditPlusPipeline",
     file_names={**QWEN_IMAGE.file_names, "diffusion_model": "qwen_image_edit_2509_{weights}.safetensors"})
-PROFILES = (EDIT, EDIT_2509)
+
+
+def edit_2511_config(file) -> dict:
+    return {**transformer_config(file), "zero_cond_t": True}
+
+
+def without_marker(state_dict: dict, config: dict) -> dict:
+    return {key: value for key, value in state_dict.items() if key != EDIT_2511_MARKER}
+
+
+def with_marker(state_dict: dict, config: dict) -> dict:
+    import torch
+
+    return {**state_dict, EDIT_2511_MARKER: torch.zeros(0, dtype=torch.bfloat16)}
+
+
+EDIT_2511 = dataclasses.replace(
+    EDIT_2509, family_key="qwen-image-edit-2511", claims=lambda file: file.has(EDIT_2511_MARKER),
+    transformer=Component("diffusers", "QwenImageTransformer2DModel", edit_2511_config, without_marker, with_marker),
+    file_names={**QWEN_IMAGE.file_names, "diffusion_model": "qwen_image_edit_2511_{weights}.safetensors"})
+PROFILES = (EDIT, EDIT_2509, EDIT_2511)

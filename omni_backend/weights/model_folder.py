@@ -125,7 +125,7 @@ def _read_folder(folder: Path, input_name: str) -> ModelFolder:
     index = _read_json(folder / "model_index.json", input_name,
                        fix="choose a folder in diffusers format (it has model_index.json at its top)")
     class_name = index.get("_class_name")
-    family = family_for_pipeline(class_name, index) if isinstance(class_name, str) else None
+    family = family_for_pipeline(class_name, index, folder) if isinstance(class_name, str) else None
     if family is None:
         supported = ", ".join(sorted(c for f in FAMILIES.values() for c in f.pipeline_classes))
         raise UnusableFolderError(input_name, folder.name,
