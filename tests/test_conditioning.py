@@ -145,7 +145,8 @@ def test_docs_conditioning_table_agrees_with_the_families():
 
     rows = {"Qwen-Image": ["qwen-image"], "Z-Image": ["z-image"], "FLUX.2-klein": ["flux2-klein"],
             "Wan2.2 T2V, I2V, TI2V": ["wan2.2", "wan2.2-i2v", "wan2.2-ti2v"],
-            "Qwen-Image-Edit, -2509": ["qwen-image-edit", "qwen-image-edit-2509"], "FLUX.1-dev": ["flux"],
+            "Qwen-Image-Edit, -2509, -2511": ["qwen-image-edit", "qwen-image-edit-2509", "qwen-image-edit-2511"],
+            "FLUX.1-dev": ["flux"],
             "Stable-Diffusion-3.5": ["sd3"], "Stable-Audio-Open": ["stable-audio"],
             "LongCat-Image, -Edit": ["longcat-image", "longcat-image-edit"], "Ovis-Image": ["ovis-image"],
             "GLM-Image": ["glm-image"], "Qwen-Image-Layered": ["qwen-image-layered"]}

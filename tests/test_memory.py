@@ -348,6 +348,7 @@ FP8_EXPECTATIONS["stable-audio"] = (["transformer_blocks.0.attn1.to_q", "transfo
                                      "cross_attention_proj.0"])
 # The edit families run Qwen-Image's transformer.
 FP8_EXPECTATIONS["qwen-image-edit"] = FP8_EXPECTATIONS["qwen-image-edit-2509"] = FP8_EXPECTATIONS["qwen-image"]
+FP8_EXPECTATIONS["qwen-image-edit-2511"] = FP8_EXPECTATIONS["qwen-image"]
 FP8_EXPECTATIONS["qwen-image-layered"] = FP8_EXPECTATIONS["qwen-image"]  # its extra t-embedding is no Linear
 FP8_EXPECTATIONS["wan2.2-i2v"] = FP8_EXPECTATIONS["wan2.2-ti2v"] = FP8_EXPECTATIONS["wan2.2"]  # same transformer
 # LongCat and Ovis have FLUX.1's block layout; their timestep embedders sit elsewhere.

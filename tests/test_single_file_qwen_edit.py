@@ -30,9 +30,14 @@ def test_edit_2509_files_give_the_folder_twins_output(tmp_path):
     with pytest.raises(OmniInputError, match="family = 'wan2.2': .*holds the DiT of qwen-image.*set family to auto"):
         inspect_model_files(ModelFiles(written["diffusion_model"], written["text_encoder"], written["vae"],
                                        family="wan2.2"))
+    assert_files_give_the_folder_twins_output(files, folder, steps=3)
 
+
+def assert_files_give_the_folder_twins_output(files: ModelFiles, folder, steps: int) -> None:
+    """Two input images through the single files and through the diffusers twin: the same weights and
+    processor settings (the tiny ones, kept beside the tokenizer), so float32 rounding only."""
     image = torch.rand(1, 64, 64, 3, generator=torch.Generator().manual_seed(0))
-    request = GenerationRequest(prompt="make it red", negative_prompt="blurry", steps=3, guidance=4.0, width=64,
+    request = GenerationRequest(prompt="make it red", negative_prompt="blurry", steps=steps, guidance=4.0, width=64,
                                 height=64, images=(image, image.flip(1)))
     engine = Engine()
     try:
@@ -40,7 +45,6 @@ def test_edit_2509_files_give_the_folder_twins_output(tmp_path):
         latents = engine.generate(ModelSpec.from_files(files, dtype="fp32", device="cpu"), request).latents
     finally:
         engine.unload_all()
-    # Same weights and processor settings (the tiny ones, kept beside the tokenizer); float32 rounding only.
     assert torch.allclose(latents, reference, atol=2e-5), float((latents - reference).abs().max())
 
 
@@ -62,14 +66,4 @@ def test_edit_2511_files_are_found_by_comfyuis_marker_and_give_the_folder_twins_
                                              "qwen-image-edit-2511"):
         inspect_model_files(ModelFiles(written["diffusion_model"], written["text_encoder"], written["vae"],
                                        family="qwen-image-edit-2509"))
-
-    image = torch.rand(1, 64, 64, 3, generator=torch.Generator().manual_seed(0))
-    request = GenerationRequest(prompt="make it red", negative_prompt="blurry", steps=2, guidance=4.0, width=64,
-                                height=64, images=(image, image.flip(1)))
-    engine = Engine()
-    try:
-        reference = engine.generate(ModelSpec.from_folder(str(folder), dtype="fp32", device="cpu"), request).latents
-        latents = engine.generate(ModelSpec.from_files(files, dtype="fp32", device="cpu"), request).latents
-    finally:
-        engine.unload_all()
-    assert torch.allclose(latents, reference, atol=2e-5), float((latents - reference).abs().max())
+    assert_files_give_the_folder_twins_output(files, folder, steps=2)
