@@ -376,17 +376,24 @@ def work(path: Path) -> float:
     return ranks(path) * (10 + total)
 
 
-# The suites run each shipped workflow with its Sample's steps cut to this many: a step of a tiny model
-# repeats the one before it (same nodes, same hooks), and the files ask for what users run (20 to 50
-# steps at 768 to 1024 px), most of a run's time here. 8 is the least a quality target calibrates at
-# (omni_backend/cache/calibration.py MIN_STEPS) and leaves a cache's warm-up and skips in the run.
+# The suites run each shipped workflow with its Sample's steps cut to this many and its size to at most
+# QUICK_SIDE px a side (aspect kept, multiples of 32): a step of a tiny model repeats the one before it
+# (same nodes, same hooks), and the files ask for what users run (20 to 50 steps at 768 to 1024 px), most
+# of a run's time here. 8 is the least a quality target calibrates at (omni_backend/cache/calibration.py
+# MIN_STEPS) and leaves a cache's warm-up and skips in the run; 512 px stays below the decode's tiling
+# threshold (1024 px) like the files' own sizes.
 QUICK_STEPS = 8
+QUICK_SIDE = 512
 
 
 def with_quick_steps(path: Path) -> dict:
-    """The workflow of `path` with its Samples' steps at most QUICK_STEPS (the old Sample's too)."""
+    """The workflow of `path` with its Samples' steps and size cut as above (the old Sample's too)."""
     workflow = json.loads(path.read_text())
     for node in workflow["nodes"]:
-        if node["type"] in ("OmniSampleV2", "OmniSample"):  # widgets: prompt, negative, seed, control, steps
-            node["widgets_values"][4] = min(node["widgets_values"][4], QUICK_STEPS)
+        if node["type"] in ("OmniSampleV2", "OmniSample"):  # widgets: prompt, negative, seed, control, steps,
+            values = node["widgets_values"]                  # guidance, width, height
+            values[4] = min(values[4], QUICK_STEPS)
+            scale = min(1.0, QUICK_SIDE / max(values[6], values[7]))
+            values[6], values[7] = (max(32, int(side * scale) // 32 * 32) if scale < 1 else side
+                                    for side in values[6:8])
     return workflow
