@@ -9,7 +9,7 @@ estimate: the inductor compile of a Qwen-Image block should be most of it), and 
 memory (the 6 resident blocks of the offload check; flex's uncompiled score matrix) and 5 GB of host
 memory (the offloaded blocks' pinned copies).
 
-Shapes are Qwen-Image's (omni_backend/single_file/qwen_image.py: 24 heads x 128, width 3072, text
+Shapes are Qwen-Image's (omni_backend/families/qwen_image/single_file.py: 24 heads x 128, width 3072, text
 width 3584) at 1024 px: 64 x 64 = 4096 image tokens and 256 text tokens, bf16, random values.
 Checks (each calls the engine's own code; the plain path is what runs without the feature):
 - ring.*: sequence-parallel Ring attention's per-step work on CUDA, `sp_attention.local_attention`
@@ -99,7 +99,7 @@ class Shapes:
 
 
 def real_shapes() -> Shapes:
-    from omni_backend.single_file.qwen_image import TRANSFORMER
+    from omni_backend.families.qwen_image.single_file import TRANSFORMER
 
     dit = {key: value for key, value in TRANSFORMER.items() if key != "num_layers"}
     width = dit["num_attention_heads"] * dit["attention_head_dim"]

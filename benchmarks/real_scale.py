@@ -53,7 +53,9 @@ import torch
 from _common import ROOT  # noqa: F401  (offline mode and the pack on sys.path)
 
 from omni_backend.families import FAMILIES
-from omni_backend.single_file import flux, text_encoders, z_image
+from omni_backend.families.flux import single_file as flux
+from omni_backend.families.z_image import single_file as z_image
+from omni_backend.single_file import text_encoders
 from omni_backend.single_file.comfy_layout import DIT_PREFIX, write_comfy_files
 from omni_backend.single_file.model_files import PROFILES
 

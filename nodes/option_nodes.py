@@ -8,14 +8,22 @@ the end of its group.
 
 from __future__ import annotations
 
-from omni_backend.families import option_groups
+from omni_backend.families import FAMILIES, option_groups
 from omni_backend.options import OMNI_OPTIONS, ModelOptions, OptionGroup
 
 from .common import CATEGORY
 
 
+def described(group: OptionGroup) -> str:
+    """The group's description and the models that take it (read from the families, so a new family that
+    takes the group is listed without an edit here)."""
+    takers = [family.title for family in FAMILIES.values() if group in family.option_groups]
+    return f"{group.description} Models that take it: {', '.join(takers)}."
+
+
 def option_node(group: OptionGroup) -> type:
     """A ComfyUI node class for `group`: one input per option, one OMNI_OPTIONS output."""
+    description = described(group)
 
     def INPUT_TYPES(cls):
         inputs = {"required": {}, "optional": {}}
@@ -28,9 +36,9 @@ def option_node(group: OptionGroup) -> type:
                                                       if value is not None}),)
 
     return type(group.node_id, (), {
-        "DESCRIPTION": group.description, "CATEGORY": CATEGORY, "RETURN_TYPES": (OMNI_OPTIONS,),
+        "DESCRIPTION": description, "CATEGORY": CATEGORY, "RETURN_TYPES": (OMNI_OPTIONS,),
         "RETURN_NAMES": ("options",), "FUNCTION": "options", "INPUT_TYPES": classmethod(INPUT_TYPES),
-        "options": options, "__module__": __name__, "__doc__": group.description})
+        "options": options, "__module__": __name__, "__doc__": description})
 
 
 OPTION_NODES = {group.node_id: (option_node(group), group.title) for group in option_groups()}

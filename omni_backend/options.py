@@ -127,8 +127,8 @@ VIDEO = OptionGroup(
 
 REFERENCE_IMAGES = OptionGroup(
     key="reference-images", node_id="OmniReferenceImages", title="Omni Reference Images",
-    description="More reference images for models that take several (Qwen-Image-Edit-2509 and -2511, GLM-Image: "
-                "up to three with Sample's image). Connect its options output to Sample's options input.",
+    description="More reference images for models that take several (up to three with Sample's image). "
+                "Connect its options output to Sample's options input.",
     options=(
         Option("image2", "IMAGE", "A second reference image (Sample's image is the first)."),
         Option("image3", "IMAGE", "A third reference image."),

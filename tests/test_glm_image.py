@@ -13,7 +13,7 @@ from parallel_support import assert_same, spec_for
 from omni_backend.cache import CacheDiTConfig, TeaCacheConfig
 from omni_backend.errors import OmniInputError, OmniInterrupted
 from omni_backend.families import FAMILIES
-from omni_backend.families.glm_image import reference_images
+from omni_backend.families.glm_image.family import reference_images
 from omni_backend.parallel.config import ParallelConfig
 from omni_backend.request import GenerationRequest
 from omni_backend.run.sampling import RunControl

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import runpy
 import subprocess
 import sys
 import textwrap
@@ -105,9 +106,9 @@ def test_ci_runs_the_readme_test_command():
 
 
 def test_every_python_package_of_the_pack_is_installed():
-    """pyproject lists packages by hand (the pack folder itself is a package): a new subpackage that
-    is not listed works in a checkout and is missing from `pip install .`."""
-    listed = set(tomllib.loads((PACK_ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    """setup.py lists the pack's own packages by hand (the pack folder itself is a package) and finds the
+    engine's: a new subpackage that is not listed works in a checkout and is missing from `pip install .`."""
+    listed = set(runpy.run_path(str(PACK_ROOT / "setup.py"), run_name="packages")["packages"]())
     found = set()
     for init in PACK_ROOT.rglob("__init__.py"):
         parts = init.parent.relative_to(PACK_ROOT).parts
@@ -115,4 +116,4 @@ def test_every_python_package_of_the_pack_is_installed():
             continue
         found.add(".".join(parts) if parts[0] == "omni_backend" else ".".join(("omni_diffusion_nodes", *parts)))
     found.add("omni_diffusion_nodes")
-    assert found - listed == set(), f"add these to [tool.setuptools] packages in pyproject.toml: {found - listed}"
+    assert found - listed == set(), f"add these to setup.py's PACK_PACKAGES: {found - listed}"

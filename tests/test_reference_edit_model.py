@@ -62,7 +62,7 @@ def _draw_both(edit, before, after):
 def test_input_area_of_a_folder_applies_to_its_run_only():
     from diffusers.pipelines.qwenimage import pipeline_qwenimage_edit as edit_module
 
-    from omni_backend.families.qwen_image_edit import INPUT_AREA_KEY, _input_area
+    from omni_backend.families.qwen_image_edit.family import INPUT_AREA_KEY, _input_area
     from omni_backend.weights.model_folder import ModelFolder
 
     with _input_area(64 * 64):

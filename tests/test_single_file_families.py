@@ -19,7 +19,9 @@ from omni_backend.engine import Engine
 from omni_backend.errors import OmniInputError
 from omni_backend.families import FAMILIES
 from omni_backend.request import GenerationRequest
-from omni_backend.single_file import flux, flux2_klein, z_image
+from omni_backend.families.flux import single_file as flux
+from omni_backend.families.flux2_klein import single_file as flux2_klein
+from omni_backend.families.z_image import single_file as z_image
 from omni_backend.single_file.comfy_layout import write_comfy_files
 from omni_backend.single_file.model_files import ModelFiles, inspect_model_files
 from omni_backend.spec import ModelSpec
@@ -307,7 +309,7 @@ def test_stable_audio_checkpoint_parts_and_refusals(twins, tmp_path):
     reads (model.model., pretransform.model., conditioner.conditioners.). A DiT saved without the
     conditioners, and a T5 of another width than the bundle's prompt projection reads, are refused from
     the headers, naming the fix."""
-    from omni_backend.single_file import stable_audio
+    from omni_backend.families.stable_audio import single_file as stable_audio
 
     _folder, files = twins("stable-audio")
     good = files["fp32"]
@@ -339,7 +341,7 @@ def test_stable_audio_checkpoint_parts_and_refusals(twins, tmp_path):
 def test_stable_audio_vae_names_at_the_released_size():
     """At the released Oobleck VAE's size (5 blocks), the map names the tensors as stable-audio-tools
     saves them: the first and last convs and snakes around blocks 1-5, residual units inside."""
-    from omni_backend.single_file import stable_audio
+    from omni_backend.families.stable_audio import single_file as stable_audio
 
     names = stable_audio._vae_names(stable_audio.VAE)
     assert names["encoder.conv1.weight_v"] == "encoder.layers.0.weight_v"
@@ -423,7 +425,7 @@ def test_ovis_layout_at_the_released_size_has_the_released_files_key_count():
     from accelerate import init_empty_weights
     from diffusers import OvisImageTransformer2DModel
 
-    from omni_backend.single_file import ovis_image
+    from omni_backend.families.ovis_image import single_file as ovis_image
 
     with init_empty_weights():
         model = OvisImageTransformer2DModel.from_config(ovis_image.TRANSFORMER)
@@ -461,7 +463,7 @@ def test_comfyuis_stable_audio_modules_have_the_names_and_shapes_the_maps_write(
     from accelerate import init_empty_weights
     from diffusers import AutoencoderOobleck, StableAudioDiTModel, StableAudioProjectionModel
 
-    from omni_backend.single_file import stable_audio
+    from omni_backend.families.stable_audio import single_file as stable_audio
 
     script = tmp_path / "comfy_stable_audio.py"
     script.write_text(COMFY_STABLE_AUDIO)

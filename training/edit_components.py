@@ -31,7 +31,7 @@ _TEMPLATE_SUFFIX = "<|im_end|>\n<|im_start|>assistant\n"
 VISION_TOKENS = ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
 
 # The area (px) the pipeline resizes the input image to: the model's own 64x64 (see
-# families/qwen_image_edit.py, INPUT_AREA_KEY).
+# families/qwen_image_edit/family.py, INPUT_AREA_KEY).
 INPUT_IMAGE_AREA = 64 * 64
 
 
@@ -107,7 +107,7 @@ def save(pipe, out: Path, dtype, shared_vae: Path | None = None) -> None:
         pipe.processor = processor_obj
     processor_obj.image_processor.save_pretrained(out / "processor")
     processor_obj.tokenizer.save_pretrained(out / "processor")
-    from omni_backend.families.qwen_image_edit import INPUT_AREA_KEY
+    from omni_backend.families.qwen_image_edit.family import INPUT_AREA_KEY
     from omni_backend.weights.model_folder import SHARED_COMPONENTS_KEY
 
     index_file = out / "model_index.json"

@@ -87,6 +87,10 @@ class ModelFamily:
         families share the class; decided by the folder's configs, never by its name)."""
         return True
 
+    # Families whose folders (and files) this one's `claims` sets apart: where both claim a folder, this
+    # one wins, so a new family that refines an older one changes nothing in the older one.
+    refines: tuple[str, ...] = ()
+
     def pipeline_class(self, class_name: str):
         return getattr(importlib.import_module("diffusers"), class_name)
 

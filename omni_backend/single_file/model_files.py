@@ -20,19 +20,16 @@ import torch
 from ..errors import OmniError, OmniInputError
 from ..memory.fp8 import FP8Linear
 from ..memory.fp8_layers import dit_modulation_targets, dit_targets, text_encoder_targets
+from ..families import most_specific, single_file_profiles
 from ..system.process_lock import process_lock
 from ..weights.model_folder import ModelFolder
-from . import (flux, flux2_klein, longcat_image, ovis_image, qwen_image, qwen_image_edit, qwen_image_layered, sd3,
-               stable_audio, wan, z_image)
 from .profile import FilesProfile
 from .stored_fp8 import StoredFP8, dequantize, is_fp8, row_scale
 from .text_encoders import kind_of
 from .weights_file import WeightsFile, inspect_weights_file, read_tensors
 
-PROFILES: dict[str, FilesProfile] = {profile.family_key: profile for profile in (
-    qwen_image.PROFILE, *qwen_image_edit.PROFILES, qwen_image_layered.PROFILE, *wan.PROFILES, flux.PROFILE,
-    z_image.PROFILE, sd3.PROFILE, flux2_klein.PROFILE, stable_audio.PROFILE, *longcat_image.PROFILES,
-    ovis_image.PROFILE)}
+# Every family folder's layouts (families/<name>/single_file.py), found by the family registry.
+PROFILES: dict[str, FilesProfile] = {profile.family_key: profile for profile in single_file_profiles()}
 AUTO = "auto"
 
 
@@ -60,7 +57,8 @@ def detect_family(file: WeightsFile, family: str = AUTO, input_name: str = "diff
     if family != AUTO and family not in PROFILES:
         raise OmniInputError("family", family, "no family of that name reads ComfyUI's files",
                              f"choose auto or one of: {', '.join(sorted(PROFILES))}")
-    matching = [profile for profile in PROFILES.values() if profile.matches(file)]
+    matching = most_specific([profile for profile in PROFILES.values() if profile.matches(file)],
+                             key=lambda profile: profile.family_key)
     if family != AUTO:
         if PROFILES[family] in matching:
             return PROFILES[family]
@@ -71,8 +69,8 @@ def detect_family(file: WeightsFile, family: str = AUTO, input_name: str = "diff
             right = f"auto or {matching[0].family_key}" if matching else "auto"
             raise OmniInputError("family", family, f"{file.name} ({input_name}) holds {what}, not {family}'s",
                                  f"set family to {right}, or choose {family}'s own diffusion model file")
-    elif matching:
-        return matching[0]
+    elif any(profile.auto_detect for profile in matching):
+        return next(profile for profile in matching if profile.auto_detect)
     sharing = [p for p in PROFILES.values() if file.has(*p.identifying_keys) and p.describe is not None]
     if sharing:  # a relative of our families (e.g. Wan 2.1 I2V) the shapes set apart
         raise OmniInputError(input_name, file.name, f"it holds {sharing[0].describe(file)}, which no family "

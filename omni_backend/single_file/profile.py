@@ -48,6 +48,11 @@ class FilesProfile:
     # Several families share one DiT architecture (Wan2.2 T2V / I2V / TI2V): this tells from the DiT's
     # header whether the file is this family's (e.g. by its input channels); None = the keys suffice.
     claims: Callable[[WeightsFile], bool] | None = None
+    # Profiles whose files this one's keys or `claims` set apart (a file matching both is this one's), so a
+    # new family refining an older one changes nothing in the older one's profile.
+    refines: tuple[str, ...] = ()
+    # Whether "auto" may choose it; False where the files cannot tell it from another family's.
+    auto_detect: bool = True
     # What the DiT file is when `claims` says no (for the error that names the right family).
     describe: Callable[[WeightsFile], str] | None = None
     # Wan2.2 A14B: two expert DiTs, the second (low-noise) one from the diffusion_model_2 input.

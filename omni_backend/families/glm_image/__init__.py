@@ -1,0 +1,6 @@
+"""GLM-Image (no ComfyUI single files): the family (family.py).
+"""
+
+from .family import GlmImage
+
+FAMILIES = (GlmImage(),)

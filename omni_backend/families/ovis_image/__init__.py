@@ -1,0 +1,6 @@
+"""Ovis-Image: the family (family.py), ComfyUI's single files (single_file.py).
+"""
+
+from .family import OvisImage
+
+FAMILIES = (OvisImage(),)

@@ -1,0 +1,6 @@
+"""Qwen-Image: the family (family.py), ComfyUI's single files (single_file.py).
+"""
+
+from .family import QwenImage
+
+FAMILIES = (QwenImage(),)

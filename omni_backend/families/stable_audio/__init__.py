@@ -1,0 +1,6 @@
+"""Stable Audio Open: the family (family.py), ComfyUI's single files (single_file.py).
+"""
+
+from .family import StableAudio
+
+FAMILIES = (StableAudio(),)
