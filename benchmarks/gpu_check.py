@@ -17,7 +17,7 @@ Checks (each calls the engine's own code; the plain path is what runs without th
   return the log-sum-exp) and `sp_attention.merge`, for --ring-degree ranks run one after another on
   this GPU in the order `ring_attention` receives the K/V shards; and `ring_attention` itself on a
   process group of one rank. NCCL refuses two ranks on one GPU and gloo cannot send CUDA tensors point
-  to point, so the P2P exchange itself needs two GPUs (tests/test_parallel.py runs it on CPU ranks with
+  to point, so the P2P exchange itself needs two GPUs (tests/parallel/test_parallel.py runs it on CPU ranks with
   gloo). Plain path: diffusers' dispatcher on "native" (torch SDPA) over the whole sequence.
 - attention.<backend>: diffusers' `dispatch_attention_fn` on each backend (flash-attn, FA3, sage,
   xformers, flex, torch's SDPA kernels), against "native". A backend whose package is missing, or

@@ -8,5 +8,5 @@ and ComfyUI's queue refuse a graph alike.
 
 Where it sits: above the engine (omni_backend), below the nodes and the CLI, which both import it.
 It imports neither: it is handed the node classes (and their display names) it checks. See
-tests/test_layers.py for the layers.
+tests/structure/test_layers.py for the layers.
 """

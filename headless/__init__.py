@@ -2,5 +2,5 @@
 executor, stand-ins for the ComfyUI core nodes our workflows use, and the shipped workflows as code.
 
 The top layer: it imports the nodes it hosts, the graph check (graph/) and the engine; nothing in
-the pack imports it. See tests/test_layers.py for the layers.
+the pack imports it. See tests/structure/test_layers.py for the layers.
 """

@@ -2,7 +2,7 @@
 
 They build and check specs and call the engine (omni_backend); the checks they share with the CLI
 live in the graph package below them. They never import the CLI (headless), which hosts them
-outside ComfyUI: see tests/test_layers.py for the layers.
+outside ComfyUI: see tests/structure/test_layers.py for the layers.
 """
 
 from __future__ import annotations

@@ -162,6 +162,7 @@ def pytest_itemcollected(item):
     tree = params.get("comfyui_server")
     group = item.path.stem
     if item.get_closest_marker("comfyui") is not None:
+        item.add_marker(pytest.mark.slow)  # the real-ComfyUI tier is never part of the fast tier
         # The tier's other tests (ComfyUI's modules run on our files) wait for its environment, which
         # CI builds while the rest runs: kept together at the end, not inside their module's group.
         group = "comfyui-code"

@@ -12,6 +12,14 @@ def picture(seed: int, height: int = 40, width: int = 56) -> torch.Tensor:
     return torch.rand(1, height, width, 3, generator=torch.Generator().manual_seed(seed))
 
 
+def transparency(height: int = 40, width: int = 56) -> torch.Tensor:
+    """A ComfyUI MASK (1 - alpha): the left third transparent, a soft edge, the rest opaque."""
+    mask = torch.zeros(1, height, width)
+    mask[:, :, : width // 3] = 1.0
+    mask[:, :, width // 3] = 0.5
+    return mask
+
+
 def assert_lora_acts_and_switches_off(nodes, loras_dir, models_dir, family: str, settings: dict) -> None:
     """A tiny LoRA on the family's model changes its output, and the same graph without the Load LoRA
     node gives the plain output again (nothing stays switched on)."""

@@ -58,7 +58,7 @@ def _additive_mask(mask, dtype):
 # CUDA only. NOT RUN HERE: this project has no GPU. What was checked without one: the ops' argument
 # order and output layout against torch's meta kernels (the shapes the CUDA kernels return, e.g. the
 # memory-efficient kernel pads its log-sum-exp to a multiple of 32 queries), and the bias against the
-# alignment rule torch's SDPA front end applies before that kernel (tests/test_sp_attention.py). Not
+# alignment rule torch's SDPA front end applies before that kernel (tests/parallel/test_sp_attention.py). Not
 # checked: that the kernels' log-sum-exp (natural log, of the scaled scores) merges to the exact result,
 # which the CPU path proves for its own kernel only, and the kernels' eligibility rules on real GPUs.
 def fused_kernel_for(q, k, v, mask) -> str | None:

@@ -6,7 +6,7 @@ yet". Each pair here is either
 supported, naming the tests that run it on tiny models, or refused, naming the compat rule that
 refuses it (so the reason shown is the one users get); "partly" is both, e.g. model offload runs
 with a multi-device layout and layerwise offload is refused. docs/compatibility.md shows
-`render_markdown()`; tests/test_feature_matrix.py checks that the block there is current, that every
+`render_markdown()`; tests/structure/test_feature_matrix.py checks that the block there is current, that every
 test named here exists and that every rule named here exists and is about that pair.
 
 `python -m omni_backend.rules.feature_matrix` prints the block for docs/compatibility.md.
@@ -58,7 +58,7 @@ def refused(rule: str) -> Verdict:
     return Verdict("refused", rule=rule)
 
 
-_PAIRS = "tests/test_feature_pairs.py::"
+_PAIRS = "tests/combinations/test_feature_pairs.py::"
 UNDER_CACHES = _PAIRS + "test_lora_offload_and_fp8_under_each_cache"
 
 
@@ -68,12 +68,12 @@ def on_layout(layout: str) -> str:
 
 MODEL_OFFLOAD_ONLY = "model offload runs, layerwise offload does not"
 
-LORA_COMBOS = "tests/test_lora_combinations.py::"
-MEMORY = "tests/test_memory.py::"
+LORA_COMBOS = "tests/lora/test_lora_combinations.py::"
+MEMORY = "tests/memory/test_memory.py::"
 FP8_OFFLOAD_ULYSSES = MEMORY + "test_fp8_and_model_offload_in_ulysses_worker_processes"
 LAYERWISE_FP8_LORA = MEMORY + "test_lora_added_after_fp8_and_layerwise_offload_stays_high_precision"
-CACHES_AGREE = "tests/test_parallel.py::test_caches_agree_across_sequence_parallel_ranks"
-TP_WITH = "tests/test_tensor_parallel.py::test_tensor_parallel_combines_with_other_methods"
+CACHES_AGREE = "tests/parallel/test_parallel.py::test_caches_agree_across_sequence_parallel_ranks"
+TP_WITH = "tests/parallel/test_tensor_parallel.py::test_tensor_parallel_combines_with_other_methods"
 
 # (row, column) as in vLLM-Omni's lower triangle: the row's feature comes later in FEATURES.
 PAIR_VERDICTS: dict[tuple[str, str], Verdict] = {
@@ -86,7 +86,7 @@ PAIR_VERDICTS: dict[tuple[str, str], Verdict] = {
     ("cfg_parallel", "teacache"): supported(on_layout("cfg2-vae2"), on_layout("ulysses2-cfg2")),
     ("cfg_parallel", "cache_dit"): supported(on_layout("cfg2-vae2")),
     ("cfg_parallel", "sequence_parallel"): supported(
-        on_layout("ulysses2-cfg2"), "tests/test_workflows.py::test_workflow_runs_headless[wan2.2-ulysses2-cfg2.json]"),
+        on_layout("ulysses2-cfg2"), "tests/nodes/test_workflows.py::test_workflow_runs_headless[wan2.2-ulysses2-cfg2.json]"),
     ("cfg_parallel", "tensor_parallel"): supported(TP_WITH + "[tp2xcfg2]"),
     ("lora", "teacache"): supported(LORA_COMBOS + "test_lora_with_teacache_runs_and_still_skips",
                                     UNDER_CACHES + "[teacache]"),
@@ -110,14 +110,14 @@ PAIR_VERDICTS: dict[tuple[str, str], Verdict] = {
     ("fp8", "tensor_parallel"): refused("memory.fp8_tensor_parallel"),
     ("fp8", "cfg_parallel"): supported(on_layout("cfg2-vae2")),
     ("fp8", "lora"): supported(UNDER_CACHES + "[teacache]",
-                               "tests/test_lora.py::test_adapter_factors_stay_in_compute_dtype_on_float8_layers"),
+                               "tests/lora/test_lora.py::test_adapter_factors_stay_in_compute_dtype_on_float8_layers"),
     ("fp8", "offload"): supported(LAYERWISE_FP8_LORA, FP8_OFFLOAD_ULYSSES),
     ("vae_patch_parallel", "teacache"): supported(on_layout("cfg2-vae2"), on_layout("tp2-vae2")),
     ("vae_patch_parallel", "cache_dit"): supported(on_layout("cfg2-vae2")),
     ("vae_patch_parallel", "sequence_parallel"): supported(
-        "tests/test_tensor_parallel.py::test_patch_parallel_decode_equals_one_device_tiled_decode"),
+        "tests/parallel/test_tensor_parallel.py::test_patch_parallel_decode_equals_one_device_tiled_decode"),
     ("vae_patch_parallel", "tensor_parallel"): supported(
-        on_layout("tp2-vae2"), "tests/test_workflows.py::test_workflow_runs_headless[z-image-tp2-vae-patch2.json]"),
+        on_layout("tp2-vae2"), "tests/nodes/test_workflows.py::test_workflow_runs_headless[z-image-tp2-vae-patch2.json]"),
     ("vae_patch_parallel", "cfg_parallel"): supported(on_layout("cfg2-vae2")),
     ("vae_patch_parallel", "lora"): supported(on_layout("cfg2-vae2")),
     ("vae_patch_parallel", "offload"): partly("memory.layerwise_offload_multi_device", MODEL_OFFLOAD_ONLY,

@@ -7,7 +7,7 @@ ComfyUI builds Qwen-Image's text encoder from a fixed configuration, the 7B mode
 file holds, so a tiny file cannot load as it is: tiny_qwen_text_encoder/ (beside this script) shrinks
 that configuration to the tiny model's sizes; the tokenizer, the chat template, the dropped template
 tokens, the loader and the encoder are ComfyUI's own.
-Test helper only (tests/test_comfyui_text_encode.py); never imported by the pack.
+Test helper only (tests/comfyui/test_comfyui_text_encode.py); never imported by the pack.
 """
 
 import json

@@ -2,8 +2,8 @@
 
     python tests/workflow_fixtures/build.py
 
-The validator (`omni-diffusion validate`, tests/test_validate.py) and the server's graph check that
-the browser extension asks (tests/test_check_route.py) read these files. expected.json lists, per
+The validator (`omni-diffusion validate`, tests/engine/test_validate.py) and the server's graph check that
+the browser extension asks (tests/nodes/test_check_route.py) read these files. expected.json lists, per
 file, the problems: {"node", "rule"} for a compat rule, {"node", "contains"} for other problems
 (input values, files, widget layout). Model names are the real
 folder names the test suite gives its tiny stand-ins (2 blocks and 4 attention heads each); entries

@@ -6,7 +6,7 @@ The DiT file keeps Black Forest Labs' original layout. diffusers' converter
 (`convert_flux_transformer_checkpoint_to_diffusers`) hard-codes FLUX.1's width (inner_dim = 3072) to split
 the single blocks' fused `linear1`, so it cannot read a narrower model (the tiny twins, or any other
 width); the same map is written here as one rule table for the released model's every width
-(tests/test_single_file_families.py checks it equals diffusers' converter at FLUX.1's real widths).
+(tests/single_file/test_single_file_families.py checks it equals diffusers' converter at FLUX.1's real widths).
 """
 
 from __future__ import annotations
