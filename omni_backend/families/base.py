@@ -65,9 +65,6 @@ class ModelFamily:
     # The option groups (options.py) the family takes beyond Sample's shared inputs: each is a node
     # connected to Sample's options input. An option of another group is refused by name.
     option_groups: tuple = ()
-    # Whether the pipeline takes `callback_on_step_end`. Where it does not (LongCat), progress, Cancel
-    # and the per-step hooks come from the transformer's calls instead (sampling.py says how).
-    takes_step_callback: bool = True
     # Layered output (Qwen-Image-Layered): the LATENT holds `layers + 1` frames on the frame axis
     # ([B, C, F, H, W] like video) and the decode gives RGBA layers, ComfyUI IMAGE + MASK.
     layered: bool = False
@@ -189,10 +186,6 @@ class ModelFamily:
         """`pipe(**kwargs)` with output_type="latent": the pipeline's latents (a family works around
         a pipeline that cannot return them here)."""
         return pipe(**kwargs)[0]
-
-    def step_callback_kwargs(self, on_step_end) -> dict:
-        """How the pipeline calls back after each step: `on_step_end(pipe, step, timestep, tensors)`."""
-        return {"callback_on_step_end": on_step_end}
 
     def latent_fields(self, folder, request: GenerationRequest) -> dict:
         """Keys of Sample's LATENT besides `samples` that the decode needs (audio: its window), from the

@@ -8,6 +8,7 @@ one run (`RunContext.features`), undone in `finally`.
 from __future__ import annotations
 
 import contextlib
+import inspect
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -117,8 +118,9 @@ def sample(ctx: RunContext):
             return_dict=False,
         )
         kwargs.update(family.shape_kwargs(request))
-        if family.takes_step_callback:
-            kwargs.update(family.step_callback_kwargs(on_step_end))
+        callback = step_callback_kwargs(pipe, on_step_end)
+        if callback is not None:
+            kwargs.update(callback)
         else:
             stack.enter_context(_step_ends_from_transformer(ctx, on_step_end))
         kwargs.update(family.prompt_kwargs(pipe, request))
@@ -149,6 +151,19 @@ def sample(ctx: RunContext):
             latents = family.run_pipeline(pipe, kwargs, request.steps)
             latents = family.to_comfy_latent(pipe, latents, request)
     return latents.detach().to("cpu", torch.float32)
+
+
+def step_callback_kwargs(pipe, on_step_end) -> dict | None:
+    """How the pipeline calls back after each step, read from its `__call__`: diffusers' current hook
+    `callback_on_step_end(pipe, step, timestep, tensors)`, or the legacy `callback(step, timestep,
+    latents)` every `callback_steps` (Stable Audio); None where it takes neither (LongCat)."""
+    parameters = inspect.signature(type(pipe).__call__).parameters
+    if "callback_on_step_end" in parameters:
+        return {"callback_on_step_end": on_step_end}
+    if "callback" in parameters and "callback_steps" in parameters:
+        return {"callback": lambda step, timestep, _latents: on_step_end(None, step, timestep, {}),
+                "callback_steps": 1}
+    return None
 
 
 @contextlib.contextmanager

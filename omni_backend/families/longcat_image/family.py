@@ -51,7 +51,6 @@ class LongCatImage(ModelFamily):
     pipeline_classes = ("LongCatImagePipeline",)
     guidance = GuidanceStyle("cfg", "guidance_scale")
     cfg_in_separate_calls = True
-    takes_step_callback = False
     option_groups = (LONGCAT_OPTIONS,)
     default_steps = 50
     default_guidance = 4.5

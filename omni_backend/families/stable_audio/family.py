@@ -100,11 +100,6 @@ class StableAudio(ModelFamily):
     def shape_kwargs(self, request) -> dict:
         return {"num_waveforms_per_prompt": request.batch_size}
 
-    def step_callback_kwargs(self, on_step_end) -> dict:
-        # The legacy hook, called after every step (callback_steps=1) with (step, timestep, latents).
-        return {"callback": lambda step, timestep, _latents: on_step_end(None, step, timestep, {}),
-                "callback_steps": 1}
-
     def call_kwargs(self, pipe, request):
         kwargs = {self.guidance.argument: request.guidance}
         # Without a negative prompt the pipeline's unconditional branch is all-zero embeddings (what the
