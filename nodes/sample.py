@@ -14,7 +14,7 @@ import logging
 from omni_backend.engine import default_engine
 from omni_backend.errors import OmniInputError
 from omni_backend.families import option_groups
-from omni_backend.options import OMNI_OPTIONS, VIDEO, ModelOptions, checked_options
+from omni_backend.options import OMNI_OPTIONS, VIDEO, ModelOptions, checked_options, options_by_name
 from omni_backend.request import LIMITS, GenerationRequest, check_image_slots
 from omni_backend.run.conditioning import check_conditioning
 from omni_backend.run.sampling import RunControl
@@ -117,7 +117,7 @@ class OmniSample:
 
     @classmethod
     def INPUT_TYPES(cls):
-        declared = declared_options()
+        declared = options_by_name(option_groups())
         legacy = ("image2", "image3", "last_image", "positive", "negative", "seconds", "start", "prompt_rewrite",
                   "cfg_renorm", "cfg_renorm_min", "mask", "layers", "resolution")
         optional = {"image": IMAGE}
@@ -157,7 +157,7 @@ def option_values(family, options) -> dict:
 def _set_options(inputs: dict) -> dict:
     """The old Sample's option widgets the user set: every link, and every value away from its default (a
     model refuses by name the options it does not take)."""
-    declared = declared_options()
+    declared = options_by_name(option_groups())
     values = {}
     for name, value in inputs.items():
         option = declared[name]
@@ -165,11 +165,6 @@ def _set_options(inputs: dict) -> dict:
         if value is not None and value != default:
             values[name] = value
     return values
-
-
-def declared_options() -> dict:
-    """name -> Option, for every option some family declares."""
-    return {option.name: option for group in option_groups() for option in group.options}
 
 
 def checked_request(model, settings: dict, image, positive, negative, values: dict) -> GenerationRequest:

@@ -91,15 +91,15 @@ class ModelOptions:
     values: dict = field(default_factory=dict)
 
 
-def family_options(family) -> dict[str, Option]:
-    """name -> Option for every option the family takes."""
-    return {option.name: option for group in family.option_groups for option in group.options}
+def options_by_name(groups) -> dict[str, Option]:
+    """name -> Option for every option of the groups (a family's `option_groups`, or every family's)."""
+    return {option.name: option for group in groups for option in group.options}
 
 
 def checked_options(family, given: dict) -> dict:
     """`given` checked against the family's declarations and completed with the defaults of every option it
     takes. An option the family does not take is refused by name, whatever its value."""
-    taken = family_options(family)
+    taken = options_by_name(family.option_groups)
     for name, value in given.items():
         if name not in taken:
             offered = ", ".join(taken) or "none"
