@@ -10,7 +10,7 @@ and transformer/, text_encoder/, vae/ each with its config.json (the tiny one wi
 beside weights in the library's own key names, sharded as Hugging Face releases are (at most 5 GB a
 shard, with a .safetensors.index.json; one unindexed file when it fits in one shard). Nothing is
 downloaded: the shapes come from the released configs the single-file profiles already hold
-(omni_backend/single_file/). Tokenizers are the tiny test ones (the token count, not the vocabulary,
+(each family folder's single_file.py). Tokenizers are the tiny test ones (the token count, not the vocabulary,
 decides the work); every token id they give is inside the real embedding.
 
 One JSON row per case:
