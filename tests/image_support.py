@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from omni_backend.engine import Engine
+from omni_backend.memory import MemoryConfig
 from omni_backend.tiny.lora import make_tiny_lora
 
 
@@ -37,3 +39,18 @@ def assert_lora_acts_and_switches_off(nodes, loras_dir, models_dir, family: str,
         assert torch.equal(plain, sample(model)), "the LoRA is off again without the node"
     finally:
         lora.unlink()
+
+
+def assert_offload_lossless_and_fp8_close(spec, request, single_latents, offloads=("layerwise",)) -> None:
+    """Each offload gives the single run's latents bit for bit; FP8 weight-only stays within 5% (mean
+    relative error)."""
+    engine = Engine()
+    try:
+        for offload in offloads:
+            result = engine.generate(spec.replace(memory=MemoryConfig(offload=offload)), request)
+            assert torch.equal(result.latents, single_latents), f"{offload} offload is lossless"
+        fp8 = engine.generate(spec.replace(memory=MemoryConfig(fp8="weight_only")), request).latents
+        error = (fp8 - single_latents).abs().mean() / single_latents.abs().mean()
+        assert error < 0.05, f"FP8 weights: relative error {error:.3f}"
+    finally:
+        engine.unload_all()

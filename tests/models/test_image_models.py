@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 from cache_support import assert_report_counts_the_work
-from image_support import assert_lora_acts_and_switches_off, picture
+from image_support import assert_lora_acts_and_switches_off, assert_offload_lossless_and_fp8_close, picture
 from parallel_support import assert_same
 
 from omni_backend.blocks.diagnostics import count_block_work
@@ -91,12 +91,7 @@ def test_every_parallel_method_equals_one_process(engine, spec, single, layout):
 
 @pytest.mark.slow
 def test_offload_and_fp8_run_the_same_edit(spec, single):
-    engine = Engine()
-    layerwise = engine.generate(spec.replace(memory=MemoryConfig(offload="layerwise")), request())
-    assert torch.equal(layerwise.latents, single.latents), "offload is lossless"
-    fp8 = engine.generate(spec.replace(memory=MemoryConfig(fp8="weight_only")), request())
-    error = (fp8.latents - single.latents).abs().mean() / single.latents.abs().mean()
-    assert error < 0.05, f"FP8 weights: relative error {error:.3f}"
+    assert_offload_lossless_and_fp8_close(spec, request(), single.latents)
 
 
 @pytest.mark.slow

@@ -6,14 +6,14 @@ from __future__ import annotations
 import pytest
 import torch
 from cache_support import assert_report_counts_the_work
-from image_support import assert_lora_acts_and_switches_off, picture, transparency
+from image_support import (assert_lora_acts_and_switches_off, assert_offload_lossless_and_fp8_close, picture,
+                           transparency)
 from parallel_support import assert_same
 
 from omni_backend.blocks.diagnostics import count_block_work
 from omni_backend.cache import CacheDiTConfig, TeaCacheConfig
 from omni_backend.engine import Engine
 from omni_backend.errors import OmniInputError
-from omni_backend.memory import MemoryConfig
 from omni_backend.parallel.config import ParallelConfig
 from omni_backend.request import GenerationRequest
 from omni_backend.spec import ModelSpec
@@ -109,12 +109,7 @@ def test_every_parallel_method_equals_one_process(engine, spec, single, layout):
 
 
 def test_offload_and_fp8_run_the_same_layers(spec, single):
-    engine = Engine()
-    layerwise = engine.generate(spec.replace(memory=MemoryConfig(offload="layerwise")), request())
-    assert torch.equal(layerwise.latents, single.latents), "offload is lossless"
-    fp8 = engine.generate(spec.replace(memory=MemoryConfig(fp8="weight_only")), request())
-    error = (fp8.latents - single.latents).abs().mean() / single.latents.abs().mean()
-    assert error < 0.05, f"FP8 weights: relative error {error:.3f}"
+    assert_offload_lossless_and_fp8_close(spec, request(), single.latents)
 
 
 @pytest.mark.slow

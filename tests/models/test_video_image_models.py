@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 from cache_support import assert_report_counts_the_work
-from image_support import assert_lora_acts_and_switches_off, picture
+from image_support import assert_lora_acts_and_switches_off, assert_offload_lossless_and_fp8_close, picture
 from parallel_support import assert_same
 
 from omni_backend.blocks.diagnostics import count_block_work
@@ -15,7 +15,6 @@ from omni_backend.cache import CacheDiTConfig
 from omni_backend.engine import Engine
 from omni_backend.errors import OmniInputError
 from omni_backend.files.images import to_pil
-from omni_backend.memory import MemoryConfig
 from omni_backend.parallel.config import ParallelConfig
 from omni_backend.request import GenerationRequest
 from omni_backend.spec import ModelSpec
@@ -137,17 +136,8 @@ def test_i2v_needs_an_image_and_ti2v_takes_no_last_frame(headless, nodes, tiny_s
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_offload_and_fp8_run_the_same_video(models_dir, single, family):
-    engine = Engine()
-    spec = spec_of(models_dir, family)
-    try:
-        for offload in ("model", "layerwise"):
-            result = engine.generate(spec.replace(memory=MemoryConfig(offload=offload)), request(family))
-            assert torch.equal(result.latents, single[family]), f"{offload} offload is lossless"
-        fp8 = engine.generate(spec.replace(memory=MemoryConfig(fp8="weight_only")), request(family)).latents
-        error = (fp8 - single[family]).abs().mean() / single[family].abs().mean()
-        assert error < 0.05, f"FP8 weights: relative error {error:.3f}"
-    finally:
-        engine.unload_all()
+    assert_offload_lossless_and_fp8_close(spec_of(models_dir, family), request(family), single[family],
+                                          offloads=("model", "layerwise"))
 
 
 @pytest.mark.parametrize("family", FAMILIES)
