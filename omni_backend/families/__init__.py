@@ -13,7 +13,6 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import pkgutil
-from functools import lru_cache
 
 from .base import GuidanceStyle, ModelFamily
 
@@ -30,7 +29,6 @@ FAMILIES: dict[str, ModelFamily] = {
 }
 
 
-@lru_cache(maxsize=1)
 def single_file_profiles() -> tuple:
     """Every family folder's single-file layouts (its `single_file.py`'s PROFILES), in the families' order."""
     profiles = []

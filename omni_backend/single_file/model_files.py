@@ -18,9 +18,9 @@ from pathlib import Path
 import torch
 
 from ..errors import OmniError, OmniInputError
+from ..families import FAMILIES, most_specific, single_file_profiles
 from ..memory.fp8 import FP8Linear
 from ..memory.fp8_layers import dit_modulation_targets, dit_targets, text_encoder_targets
-from ..families import most_specific, single_file_profiles
 from ..system.process_lock import process_lock
 from ..weights.model_folder import ModelFolder
 from .profile import FilesProfile
@@ -242,8 +242,6 @@ def _without_text_encoders(profile: FilesProfile, files: ModelFiles) -> dict:
     """text_encoder = none: the prompt arrives as CONDITIONING from ComfyUI's own text encoder, so no
     encoder loads (ComfyUI keeps it in its own memory management). Only for families whose embeddings
     match ComfyUI's (the family's conditioning_refusal says why the others do not)."""
-    from ..families import FAMILIES
-
     family = FAMILIES[profile.family_key]
     if family.conditioning_refusal is not None:
         raise OmniInputError("text_encoder", "none", f"{family.title} needs its text encoder here: Sample cannot "
@@ -320,8 +318,6 @@ def find_tokenizer(profile: FilesProfile, files: ModelFiles, input_name: str = "
 def load_pipeline_from_files(files: ModelFiles, info: ModelFolder, dtype):
     """The diffusers pipeline, every weight read from the single files (on the CPU, in `dtype`)."""
     import diffusers
-
-    from ..families import FAMILIES  # the family's pipeline class and its FP8 layers
 
     profile, family = PROFILES[info.family_key], FAMILIES[info.family_key]
 
