@@ -29,14 +29,19 @@ SCHEDULER_SCHNELL = dict(num_train_timesteps=1000, shift=1.0, use_dynamic_shifti
 MLP_RATIO = 4  # FluxSingleTransformerBlock's fixed MLP width factor
 
 
+def block_dims(file: WeightsFile) -> dict:
+    """The block counts and widths of a DiT in BFL's double/single-block layout (FLUX.1, FLUX.2, Ovis)."""
+    head_dim = file.shape("double_blocks.0.img_attn.norm.query_norm.scale")[0]
+    inner, in_channels = file.shape("img_in.weight")
+    return dict(num_layers=file.count("double_blocks", ".img_attn.qkv.weight"),
+                num_single_layers=file.count("single_blocks", ".linear1.weight"),
+                attention_head_dim=head_dim, num_attention_heads=inner // head_dim, in_channels=in_channels)
+
+
 def transformer_config(file: WeightsFile) -> dict:
     """Shapes decide the widths and block counts; guidance-distilled (dev) vs not (schnell) is whether
     the file has the guidance embedder."""
-    head_dim = file.shape("double_blocks.0.img_attn.norm.query_norm.scale")[0]
-    inner, in_channels = file.shape("img_in.weight")
-    derived = dict(num_layers=file.count("double_blocks", ".img_attn.qkv.weight"),
-                   num_single_layers=file.count("single_blocks", ".linear1.weight"),
-                   attention_head_dim=head_dim, num_attention_heads=inner // head_dim, in_channels=in_channels,
+    derived = dict(**block_dims(file),
                    joint_attention_dim=file.shape("txt_in.weight")[1],
                    pooled_projection_dim=file.shape("vector_in.in_layer.weight")[1],
                    guidance_embeds=file.has("guidance_in.in_layer.weight"))

@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ...single_file import ldm_vae, text_encoders
-from ..flux.single_file import double_block_attention
+from ..flux.single_file import block_dims, double_block_attention
 from ...single_file.fused_keys import Rule, linear, rename, to_original
 from ...single_file.profile import Component, FilesProfile, with_file_config
 from ...single_file.weights_file import WeightsFile
@@ -34,11 +34,8 @@ _QUANT_CONVS = {"encoder.quant_conv.": "quant_conv.", "decoder.post_quant_conv."
 
 
 def transformer_config(file: WeightsFile) -> dict:
-    head_dim = file.shape("double_blocks.0.img_attn.norm.query_norm.scale")[0]
-    inner, in_channels = file.shape("img_in.weight")
-    derived = dict(num_layers=file.count("double_blocks", ".img_attn.qkv.weight"),
-                   num_single_layers=file.count("single_blocks", ".linear1.weight"),
-                   attention_head_dim=head_dim, num_attention_heads=inner // head_dim, in_channels=in_channels,
+    inner = file.shape("img_in.weight")[0]
+    derived = dict(**block_dims(file),
                    joint_attention_dim=file.shape("txt_in.weight")[1],
                    timestep_guidance_channels=file.shape("time_in.in_layer.weight")[1],
                    # The MLP's input projection is gated (SwiGLU): twice the hidden width.

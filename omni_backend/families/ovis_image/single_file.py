@@ -30,11 +30,7 @@ MLP_RATIO = 4
 
 
 def transformer_config(file: WeightsFile) -> dict:
-    head_dim = file.shape("double_blocks.0.img_attn.norm.query_norm.scale")[0]
-    inner, in_channels = file.shape("img_in.weight")
-    derived = dict(num_layers=file.count("double_blocks", ".img_attn.qkv.weight"),
-                   num_single_layers=file.count("single_blocks", ".linear1.weight"),
-                   attention_head_dim=head_dim, num_attention_heads=inner // head_dim, in_channels=in_channels,
+    derived = dict(**flux.block_dims(file),
                    out_channels=file.shape("final_layer.linear.weight")[0],
                    joint_attention_dim=file.shape("txt_in.weight")[1])
     return with_file_config(file, {**TRANSFORMER, **derived}, "diffusion_model")
